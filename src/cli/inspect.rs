@@ -1,0 +1,148 @@
+//! `babelflow graph`, `status`, `gc` and `kinds`: commands that look, not run.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use babelflow::engine::{Action, Selection};
+use babelflow::registry::Registry;
+use babelflow::store::lockfile::LockFile;
+use babelflow::store::Store;
+
+use super::{load, report, GraphFormat, RecipeArgs, EXIT_ERROR};
+
+pub fn graph(registry: &Registry, args: &RecipeArgs, format: GraphFormat) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(registry, args) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    print!(
+        "{}",
+        match format {
+            GraphFormat::Dot => pipeline.graph.to_dot(),
+            GraphFormat::Mermaid => pipeline.graph.to_mermaid(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(registry, args) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
+        Ok(s) => s,
+        Err(e) => return Ok(report(e.into())),
+    };
+    let planned = match pipeline.plan(&store, &Selection::default()) {
+        Ok(p) => p,
+        Err(e) => return Ok(report(e)),
+    };
+    let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
+    let mut rows = Vec::new();
+    for p in &planned {
+        let last = lock.instances.get(&p.name);
+        let artifact = (p.action == Action::Cached).then(|| store.artifact_dir(&p.fingerprint));
+        rows.push(serde_json::json!({
+            "name": p.name,
+            "kind": p.kind,
+            "up_to_date": p.action == Action::Cached,
+            "last_status": last.map(|l| l.status.clone()),
+            "last_duration_s": last.map(|l| l.duration_s),
+            "last_finished_at": last.map(|l| l.finished_at),
+            "last_error": last.and_then(|l| l.error.clone()),
+            "artifact": artifact,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8).max(8);
+    println!("{:width$}  {:10}  {:>8}  {:8}  artifact", "instance", "last run", "time", "current");
+    for (p, row) in planned.iter().zip(&rows) {
+        let last = row["last_status"].as_str().unwrap_or("never");
+        let time = row["last_duration_s"].as_f64().map(|s| format!("{s:.1}s")).unwrap_or_default();
+        let current = if p.action == Action::Cached { "yes" } else { "stale" };
+        let artifact = row["artifact"].as_str().unwrap_or("-");
+        println!("{:width$}  {last:10}  {time:>8}  {current:8}  {artifact}", p.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn gc(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let root = store
+        .or_else(|| std::env::var_os("BABELFLOW_STORE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".babelflow"));
+    if !root.join("artifacts").is_dir() {
+        eprintln!("error: {} is not a babelflow store (no artifacts/ folder)", root.display());
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    let store = Store::open(&root)?;
+    let _lock = store.lock(true, || eprintln!("waiting for the run that holds the store…"))?;
+    let mut referenced = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("recipes"))? {
+        let path = entry?.path();
+        for e in LockFile::load(&path).instances.values() {
+            referenced.insert(e.fingerprint.clone());
+        }
+    }
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for fp in store.artifacts()? {
+        if referenced.contains(&fp) {
+            continue;
+        }
+        count += 1;
+        if dry_run {
+            println!("would delete {}", store.artifact_dir(&fp).display());
+            bytes += babelflow::store::dir_size(&store.artifact_dir(&fp));
+        } else {
+            bytes += store.remove_artifact(&fp)?;
+        }
+    }
+    store.clean_temp()?;
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!(
+        "{count} unreferenced artifact{} ({verb} {:.1} MB); {} kept",
+        if count == 1 { "" } else { "s" },
+        bytes as f64 / 1e6,
+        referenced.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kinds(registry: &Registry, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(name) = only {
+        let Some(kind) = registry.get(name) else {
+            eprintln!(
+                "error: no stage kind `{name}`{}",
+                babelflow::diagnostics::did_you_mean(name, registry.names())
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default()
+            );
+            return Ok(ExitCode::from(EXIT_ERROR));
+        };
+        println!("{} (code version {}): {}", kind.name(), kind.code_version(), kind.summary());
+        println!("\nparameters (under `with:`):");
+        for p in kind.params() {
+            let req = if p.required { "required" } else { "optional" };
+            let default = p.default.map(|d| format!(", default {d}")).unwrap_or_default();
+            println!("  {:18} {} ({req}{default})\n  {:18} {}", p.name, p.ty.describe(), "", p.doc);
+        }
+        println!("\ninputs (under `needs:`):");
+        if kind.open_inputs() {
+            println!("  any names you choose");
+        }
+        for i in kind.inputs() {
+            let req = if i.required { "required" } else { "optional" };
+            let many = if i.many { ", several" } else { "" };
+            println!("  {:18} {} ({req}{many})", i.name, i.doc);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for kind in registry.kinds() {
+        println!("{:20} {}", kind.name(), kind.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}

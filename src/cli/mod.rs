@@ -1,0 +1,159 @@
+//! Commands as the user asked for them; the engine does the work.
+
+mod inspect;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use babelflow::engine::{EngineError, Pipeline};
+use babelflow::registry::Registry;
+
+/// A stage failed, a file could not be read, a name was wrong.
+pub const EXIT_ERROR: u8 = 1;
+/// The recipe is invalid; nothing ran.
+pub const EXIT_INVALID: u8 = 2;
+/// Cancelled with Ctrl-C.
+pub const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "babelflow",
+    version,
+    about = "Adapt an English-trained LLaMA-family model to other languages as a cached, repeatable pipeline",
+    long_about = "babelflow runs a transfer recipe (YAML) as a DAG of stage instances. Every instance's \
+output is stored under a fingerprint of its kind, parameters and inputs, so a second run executes \
+only what a change touches. Start with `babelflow plan RECIPE` to see what would run and why."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every recipe command takes.
+#[derive(clap::Args, Clone)]
+pub struct RecipeArgs {
+    /// The recipe file (YAML).
+    pub recipe: PathBuf,
+
+    /// Override a recipe value: `stages.train.with.lr=1e-4`, `vars.langs=[sw, vi]`,
+    /// or one instance: `stages.sft@sw.with.epochs=2`. Values are YAML. Repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+
+    /// The store folder [default: $BABELFLOW_STORE, else .babelflow/ beside the recipe].
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a recipe: execute every instance whose output is not in the store.
+    Run {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Run only these instances or stages (and what they need). Repeatable.
+        #[arg(long, value_name = "INSTANCE")]
+        only: Vec<String>,
+        /// Rerun these instances or stages even if cached. Repeatable.
+        #[arg(long, value_name = "INSTANCE")]
+        force: Vec<String>,
+        /// Instances to run at once (CPU slots) [default: number of CPUs].
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// After a failure, go on with branches that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Fail at once instead of waiting when another run holds the store.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show what `run` would do for each instance, and why.
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long, value_name = "INSTANCE")]
+        only: Vec<String>,
+        #[arg(long, value_name = "INSTANCE")]
+        force: Vec<String>,
+        /// Machine-readable output (schema in ARCHITECTURE.md, "plan --json").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the instance graph.
+    Graph {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Last result, duration and artifact path of each instance.
+    Status {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete artifacts no recipe's lock file refers to.
+    Gc {
+        /// Store folder [default: $BABELFLOW_STORE, else ./.babelflow].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the stage kinds this build knows, with their parameters.
+    Kinds {
+        /// Show one kind in full.
+        kind: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = Registry::builtin();
+    match cli.command {
+        Command::Run {
+            recipe,
+            only,
+            force,
+            jobs,
+            keep_going,
+            no_wait,
+        } => run::run(&registry, &recipe, only, force, jobs, keep_going, !no_wait),
+        Command::Plan { recipe, only, force, json } => run::plan(&registry, &recipe, only, force, json),
+        Command::Graph { recipe, format } => inspect::graph(&registry, &recipe, format),
+        Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),
+        Command::Gc { store, dry_run } => inspect::gc(store, dry_run),
+        Command::Kinds { kind } => inspect::kinds(&registry, kind.as_deref()),
+    }
+}
+
+/// Loads a recipe; an invalid one is printed with every diagnostic.
+pub fn load(registry: &Registry, args: &RecipeArgs) -> Result<Pipeline, ExitCode> {
+    Pipeline::load(&args.recipe, &args.sets, registry).map_err(|diags| {
+        eprintln!("{diags}");
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// Prints an engine error and picks the exit code.
+pub fn report(e: EngineError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        EngineError::Recipe(_) => ExitCode::from(EXIT_INVALID),
+        _ => ExitCode::from(EXIT_ERROR),
+    }
+}

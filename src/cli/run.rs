@@ -1,0 +1,153 @@
+//! `babelflow run` and `babelflow plan`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use babelflow::engine::progress::Progress;
+use babelflow::engine::scheduler::SchedulerOptions;
+use babelflow::engine::{Action, Outcome, PlannedInstance, Selection};
+use babelflow::registry::Registry;
+use babelflow::store::Store;
+use babelflow_stage::CancelFlag;
+
+use super::{load, report, RecipeArgs, EXIT_CANCELLED, EXIT_ERROR};
+
+pub fn run(
+    registry: &Registry,
+    args: &RecipeArgs,
+    only: Vec<String>,
+    force: Vec<String>,
+    jobs: Option<usize>,
+    keep_going: bool,
+    wait_for_lock: bool,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(registry, args) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return Ok(report(e.into())),
+    };
+    let cancel = CancelFlag::new();
+    {
+        let cancel = cancel.clone();
+        // A second Ctrl-C while stages wind down exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if cancel.is_cancelled() {
+                std::process::exit(EXIT_CANCELLED as i32);
+            }
+            eprintln!("\ncancelling: running instances are being stopped (Ctrl-C again to exit now)");
+            cancel.cancel();
+        });
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let options = SchedulerOptions { jobs, keep_going };
+    let selection = Selection { only, force };
+    let progress = Arc::new(Progress::new());
+    let started = std::time::Instant::now();
+    let (planned, outcomes) = match pipeline.run(store, &selection, &options, &cancel, progress, wait_for_lock) {
+        Ok(r) => r,
+        Err(e) => return Ok(report(e)),
+    };
+    print_summary(&planned, &outcomes, started.elapsed().as_secs_f64());
+    if cancel.is_cancelled() {
+        return Ok(ExitCode::from(EXIT_CANCELLED));
+    }
+    let failed = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. } | Outcome::Cancelled));
+    let skipped_needed = planned
+        .iter()
+        .zip(&outcomes)
+        .any(|(p, o)| p.action == Action::Run && matches!(o, Outcome::Skipped { .. }));
+    Ok(if failed || skipped_needed {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_summary(planned: &[PlannedInstance], outcomes: &[Outcome], total: f64) {
+    let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8).max(8);
+    println!("{:width$}  {:9}  {:>8}", "instance", "result", "time");
+    let (mut ran, mut cached, mut failed, mut skipped) = (0, 0, 0, 0);
+    for (p, o) in planned.iter().zip(outcomes) {
+        let (result, time) = match o {
+            Outcome::Cached => {
+                cached += 1;
+                ("cached", String::new())
+            }
+            Outcome::Ran { seconds } => {
+                ran += 1;
+                ("ran", format!("{seconds:.1}s"))
+            }
+            Outcome::Failed { seconds, .. } => {
+                failed += 1;
+                ("FAILED", format!("{seconds:.1}s"))
+            }
+            Outcome::Cancelled => {
+                failed += 1;
+                ("cancelled", String::new())
+            }
+            Outcome::Skipped { .. } => {
+                skipped += 1;
+                ("skipped", String::new())
+            }
+        };
+        println!("{:width$}  {result:9}  {time:>8}", p.name);
+    }
+    println!("{ran} ran, {cached} cached, {failed} failed, {skipped} skipped in {total:.1}s");
+    for (p, o) in planned.iter().zip(outcomes) {
+        if let Outcome::Skipped { why } = o {
+            if p.action == Action::Run {
+                println!("  {} skipped: {why}", p.name);
+            }
+        }
+    }
+}
+
+pub fn plan(
+    registry: &Registry,
+    args: &RecipeArgs,
+    only: Vec<String>,
+    force: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(registry, args) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let store_dir = pipeline.default_store(args.store.as_deref());
+    let store = match Store::open(&store_dir) {
+        Ok(s) => s,
+        Err(e) => return Ok(report(e.into())),
+    };
+    let planned = match pipeline.plan(&store, &Selection { only, force }) {
+        Ok(p) => p,
+        Err(e) => return Ok(report(e)),
+    };
+    let count = |a: Action| planned.iter().filter(|p| p.action == a).count();
+    if json {
+        let doc = serde_json::json!({
+            "recipe": pipeline.name,
+            "recipe_path": pipeline.source.path,
+            "store": store_dir,
+            "instances": planned,
+            "summary": {"run": count(Action::Run), "cached": count(Action::Cached), "skip": count(Action::Skip)},
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8);
+    println!("plan for {} ({}), store {}", pipeline.name, pipeline.source.path.display(), store_dir.display());
+    for p in &planned {
+        let action = match p.action {
+            Action::Cached => "cached",
+            Action::Run => "run",
+            Action::Skip => "skip",
+        };
+        println!("  {action:6}  {:width$}  {}", p.name, p.reasons.join("; "));
+    }
+    println!("{} to run, {} cached, {} skipped", count(Action::Run), count(Action::Cached), count(Action::Skip));
+    let _ = EXIT_ERROR;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,185 @@
+//! The engine: a loaded, checked pipeline, its plan against the store, and
+//! its execution. The CLI (`src/cli`) is a thin layer over this.
+
+pub mod execute;
+pub mod plan;
+pub mod progress;
+pub mod scheduler;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use babelflow_stage::CancelFlag;
+
+use crate::diagnostics::Diagnostics;
+use crate::graph::Graph;
+use crate::recipe::{expand, RecipeSource};
+use crate::registry::Registry;
+use crate::store::lockfile::{LockEntry, LockFile};
+use crate::store::{FileIndex, Store, StoreError};
+pub use plan::{Action, PlannedInstance, Selection};
+pub use scheduler::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Recipe(#[from] Diagnostics),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("no instance or stage named `{name}` in the recipe{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+    UnknownSelection { name: String, hint: Option<String> },
+}
+
+/// A recipe loaded and validated against the registry.
+pub struct Pipeline {
+    pub source: RecipeSource,
+    pub name: String,
+    pub graph: Graph,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path, sets: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
+        let source = RecipeSource::load(path, sets)?;
+        let (instances, mut diags) = expand::expand(&source, registry);
+        let graph = match Graph::new(&source, instances) {
+            Ok(graph) => graph,
+            Err(cycle) => {
+                diags.0.extend(cycle.0);
+                return Err(diags);
+            }
+        };
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let name = source.name();
+        Ok(Pipeline { source, name, graph })
+    }
+
+    /// The store folder: `--store`, else `BABELFLOW_STORE`, else `.babelflow/` beside the recipe.
+    pub fn default_store(&self, explicit: Option<&Path>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_path_buf();
+        }
+        if let Some(p) = std::env::var_os("BABELFLOW_STORE") {
+            return PathBuf::from(p);
+        }
+        self.source.dir.join(".babelflow")
+    }
+
+    fn check_selection(&self, names: &[String]) -> Result<(), EngineError> {
+        for name in names {
+            let known = self.graph.instances.iter().any(|i| i.name == *name || i.stage == *name);
+            if !known {
+                let candidates = self.graph.instances.iter().map(|i| i.name.as_str());
+                return Err(EngineError::UnknownSelection {
+                    name: name.clone(),
+                    hint: crate::diagnostics::did_you_mean(name, candidates),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self, store: &Store, selection: &Selection) -> Result<Vec<PlannedInstance>, EngineError> {
+        self.check_selection(&selection.only)?;
+        self.check_selection(&selection.force)?;
+        let files = FileIndex::load(&store.file_index_path());
+        let lock = LockFile::load(&store.lockfile_path(&self.name));
+        let planned = plan::plan(&self.graph, store, &files, &lock, &self.source.dir, selection)?;
+        // The index is only a cache: failing to save it costs speed, not correctness.
+        let _ = files.save();
+        Ok(planned)
+    }
+
+    /// Plans and executes; returns the plan and each instance's outcome.
+    pub fn run(
+        &self,
+        store: Arc<Store>,
+        selection: &Selection,
+        options: &scheduler::SchedulerOptions,
+        cancel: &CancelFlag,
+        progress: Arc<progress::Progress>,
+        wait_for_lock: bool,
+    ) -> Result<(Vec<PlannedInstance>, Vec<Outcome>), EngineError> {
+        let _lock = store.lock(wait_for_lock, || {
+            progress.line("another babelflow run holds the store lock; waiting for it to finish…")
+        })?;
+        store.clean_temp()?;
+        let planned = self.plan(&store, selection)?;
+        let lock_path = store.lockfile_path(&self.name);
+        let lockfile = Mutex::new(LockFile::load(&lock_path));
+        if let Ok(mut l) = lockfile.lock() {
+            l.recipe = self.source.path.display().to_string();
+        }
+        let mut on_done = |i: usize, p: &PlannedInstance, outcome: &Outcome| {
+            let inst = &self.graph.instances[i];
+            let (status, error, seconds) = match outcome {
+                Outcome::Ran { seconds } => ("ok", None, *seconds),
+                Outcome::Failed { seconds, error } => ("failed", Some(error.clone()), *seconds),
+                Outcome::Cancelled => ("cancelled", None, 0.0),
+                _ => return,
+            };
+            if let Ok(mut l) = lockfile.lock() {
+                l.instances.insert(
+                    inst.name.clone(),
+                    LockEntry {
+                        kind: inst.kind.name().to_string(),
+                        code_version: inst.kind.code_version().to_string(),
+                        fingerprint: p.fingerprint.clone(),
+                        params: serde_json::Value::Object(inst.params.as_map().clone()),
+                        inputs: p.inputs.clone(),
+                        status: status.to_string(),
+                        error,
+                        duration_s: seconds,
+                        finished_at: execute::now_unix(),
+                        backend: inst.backend.clone(),
+                    },
+                );
+                // Saved after every instance so a killed run keeps what finished.
+                if let Err(e) = l.save(&lock_path) {
+                    tracing::warn!("cannot write {}: {e}", lock_path.display());
+                }
+            }
+        };
+        let outcomes = scheduler::run(
+            &self.graph,
+            &planned,
+            &store,
+            &self.name,
+            &self.source.dir,
+            options,
+            cancel,
+            &progress,
+            &mut on_done,
+        );
+        // Cached instances are recorded too, so `status` knows their artifacts.
+        if let Ok(mut l) = lockfile.lock() {
+            for (i, p) in planned.iter().enumerate() {
+                if p.action == Action::Cached && !l.instances.get(&p.name).is_some_and(|e| e.fingerprint == p.fingerprint) {
+                    let inst = &self.graph.instances[i];
+                    l.instances.insert(
+                        p.name.clone(),
+                        LockEntry {
+                            kind: p.kind.clone(),
+                            code_version: inst.kind.code_version().to_string(),
+                            fingerprint: p.fingerprint.clone(),
+                            params: serde_json::Value::Object(inst.params.as_map().clone()),
+                            inputs: p.inputs.clone(),
+                            status: "ok".into(),
+                            error: None,
+                            duration_s: 0.0,
+                            finished_at: execute::now_unix(),
+                            backend: inst.backend.clone(),
+                        },
+                    );
+                }
+            }
+            let names: std::collections::BTreeSet<&str> = planned.iter().map(|p| p.name.as_str()).collect();
+            l.instances.retain(|k, _| names.contains(k.as_str()));
+            let _ = l.save(&lock_path);
+        }
+        Ok((planned, outcomes))
+    }
+}

@@ -1,0 +1,133 @@
+//! Recipes: reading the YAML, applying `--set` overrides, and expanding
+//! `foreach`/`matrix` stages into checked instances (see [`expand`]).
+
+pub mod expand;
+mod interpolate;
+mod overrides;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+pub use expand::{InputBinding, Instance, Resources};
+pub use overrides::Override;
+use yaml::{Node, Span};
+
+/// A recipe file read into a spanned tree, overrides applied.
+#[derive(Debug, Clone)]
+pub struct RecipeSource {
+    pub path: PathBuf,
+    /// The folder relative paths in the recipe resolve against.
+    pub dir: PathBuf,
+    pub text: String,
+    pub root: Node,
+    pub overrides: Vec<Override>,
+}
+
+impl RecipeSource {
+    /// Reads and parses a recipe. I/O and YAML syntax errors come back as
+    /// diagnostics, like every other recipe problem.
+    pub fn load(path: &Path, sets: &[String]) -> Result<RecipeSource, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                location: Location::File {
+                    path: path.to_path_buf(),
+                    span: Span { line: 1, col: 1 },
+                },
+                message: format!("cannot read the recipe: {e}"),
+                help: None,
+                source_line: None,
+            }])
+        })?;
+        Self::from_text(path, text, sets)
+    }
+
+    pub fn from_text(path: &Path, text: String, sets: &[String]) -> Result<RecipeSource, Diagnostics> {
+        let dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut source = RecipeSource {
+            path: path.to_path_buf(),
+            dir,
+            text,
+            root: Node::scalar("", Span::default()),
+            overrides: Vec::new(),
+        };
+        let mut diags = Diagnostics::default();
+        match yaml::parse(&source.text) {
+            Ok(root) => source.root = root,
+            Err(e) => {
+                diags.push(source.diag(e.span, format!("malformed YAML: {}", e.message), None));
+                return Err(diags);
+            }
+        }
+        if source.root.as_map().is_none() {
+            let span = source.root.span;
+            diags.push(source.diag(span, "a recipe must be a mapping with `name` and `stages`", None));
+            return Err(diags);
+        }
+        for (i, text) in sets.iter().enumerate() {
+            match Override::parse(i + 1, text) {
+                Ok(o) => source.overrides.push(o),
+                Err(message) => diags.push(Diagnostic {
+                    location: Location::Override {
+                        index: i + 1,
+                        text: text.clone(),
+                    },
+                    message,
+                    help: Some("write --set path.to.key=value, e.g. --set stages.train.with.lr=1e-4".into()),
+                    source_line: None,
+                }),
+            }
+        }
+        overrides::apply_global(&mut source.root, &source.overrides);
+        if diags.is_empty() {
+            Ok(source)
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// A diagnostic at a span of this recipe (or of a `--set`, see [`overrides`]).
+    pub fn diag(&self, span: Span, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+        if let Some(index) = overrides::override_index(span) {
+            let text = self
+                .overrides
+                .iter()
+                .find(|o| o.index == index)
+                .map(|o| o.text.clone())
+                .unwrap_or_default();
+            return Diagnostic {
+                location: Location::Override { index, text },
+                message: message.into(),
+                help,
+                source_line: None,
+            };
+        }
+        Diagnostic {
+            location: Location::File {
+                path: self.path.clone(),
+                span,
+            },
+            message: message.into(),
+            help,
+            source_line: self.text.lines().nth(span.line.saturating_sub(1)).map(str::to_string),
+        }
+    }
+
+    /// The recipe's `name`, or the file stem when absent.
+    pub fn name(&self) -> String {
+        self.root
+            .get("name")
+            .and_then(Node::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                self.path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "recipe".into())
+            })
+    }
+}

@@ -1,0 +1,41 @@
+//! The stage kinds this build knows. A new kind is one line here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use babelflow_stage::StageKind;
+
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn StageKind>>,
+}
+
+impl Registry {
+    /// Every kind compiled into babelflow.
+    pub fn builtin() -> Self {
+        let mut registry = Registry { kinds: BTreeMap::new() };
+        registry.add(Arc::new(babelflow_command::CommandKind));
+        for kind in babelflow_corpus::kinds() {
+            registry.add(kind);
+        }
+        for kind in babelflow_tokens::kinds() {
+            registry.add(kind);
+        }
+        registry
+    }
+
+    pub fn add(&mut self, kind: Arc<dyn StageKind>) {
+        self.kinds.insert(kind.name(), kind);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn StageKind>> {
+        self.kinds.get(name).cloned()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn StageKind>> {
+        self.kinds.values()
+    }
+}

@@ -1,0 +1,221 @@
+//! The content-addressed store (default `.babelflow/` beside the recipe).
+//!
+//! ```text
+//! artifacts/<fingerprint>/   finished outputs + manifest.json + log.txt
+//! tmp/                       outputs being built; renamed into artifacts/ when complete
+//! resume/<fingerprint>/      checkpoints of unfinished instances (survive kill -9)
+//! logs/<recipe>/<instance>.log   the latest attempt's log
+//! recipes/<recipe>.lock.yaml what each instance last ran with (like dvc.lock)
+//! index/files.json           (path, size, mtime) → content hash
+//! lock                       held by the run that writes the store
+//! ```
+//!
+//! An artifact directory exists only once complete, because it appears by a
+//! single rename; a crash leaves at worst a folder in `tmp/`, which the next
+//! run (holding the lock) deletes.
+
+mod file_index;
+pub mod lockfile;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use file_index::FileIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another babelflow run is using the store {} (lock file {}); wait for it to finish, or use another --store", root.display(), lock.display())]
+    Busy { root: PathBuf, lock: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a run may write; dropping it releases the lock.
+pub struct StoreLock {
+    _file: File,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["artifacts", "tmp", "resume", "logs", "recipes", "index"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the store's write lock. If another run holds it, either waits
+    /// (announcing so through `on_wait`) or fails with [`StoreError::Busy`].
+    pub fn lock(&self, wait: bool, on_wait: impl FnOnce()) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                if !wait {
+                    return Err(StoreError::Busy {
+                        root: self.root.clone(),
+                        lock: path,
+                    });
+                }
+                on_wait();
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Deletes half-built outputs of runs that died. Call with the lock held.
+    pub fn clean_temp(&self) -> Result<usize, StoreError> {
+        let tmp = self.root.join("tmp");
+        let mut removed = 0;
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let path = entry.map_err(io_err(&tmp))?.path();
+            let result = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result.map_err(io_err(&path))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub fn artifact_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join("artifacts").join(fingerprint)
+    }
+
+    /// True when a finished artifact with this fingerprint is in the store.
+    pub fn has_artifact(&self, fingerprint: &str) -> bool {
+        self.artifact_dir(fingerprint).join("manifest.json").is_file()
+    }
+
+    /// A fresh folder to build an artifact in.
+    pub fn new_temp(&self, fingerprint: &str) -> Result<PathBuf, StoreError> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{fingerprint}.{}.{n}", std::process::id()));
+        fs::create_dir_all(&path).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
+    /// Moves a finished build into place under its fingerprint, replacing an
+    /// older artifact of the same fingerprint (a `--force` rerun).
+    pub fn commit(&self, temp: &Path, fingerprint: &str) -> Result<PathBuf, StoreError> {
+        let target = self.artifact_dir(fingerprint);
+        if target.exists() {
+            // Move the old one aside first so the target name never holds a partial tree.
+            let aside = self.root.join("tmp").join(format!(
+                "{fingerprint}.replaced.{}.{}",
+                std::process::id(),
+                TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
+            ));
+            fs::rename(&target, &aside).map_err(io_err(&target))?;
+            let _ = fs::remove_dir_all(&aside);
+        }
+        fs::rename(temp, &target).map_err(io_err(&target))?;
+        Ok(target)
+    }
+
+    pub fn resume_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join("resume").join(fingerprint)
+    }
+
+    pub fn log_path(&self, recipe: &str, instance: &str) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(sanitize(recipe))
+            .join(format!("{}.log", sanitize(instance)))
+    }
+
+    pub fn lockfile_path(&self, recipe: &str) -> PathBuf {
+        self.root.join("recipes").join(format!("{}.lock.yaml", sanitize(recipe)))
+    }
+
+    pub fn file_index_path(&self) -> PathBuf {
+        self.root.join("index").join("files.json")
+    }
+
+    /// Fingerprints of every artifact present.
+    pub fn artifacts(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("artifacts");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes an artifact; returns the bytes freed.
+    pub fn remove_artifact(&self, fingerprint: &str) -> Result<u64, StoreError> {
+        let dir = self.artifact_dir(fingerprint);
+        let size = dir_size(&dir);
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(size)
+    }
+}
+
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if meta.is_file() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// File-system-safe form of an instance or recipe name.
+pub fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+        .collect()
+}
+
+/// Writes a file atomically: to a sibling temp file, then renamed over.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}

@@ -1,0 +1,192 @@
+//! What a running stage sees: its parameters, bound inputs, the directory to
+//! write outputs into, and hooks for progress, cancellation and logging.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::{Params, StageError};
+
+/// Shared cancellation flag: set by the engine on Ctrl-C (or when a sibling
+/// fails without `--keep-going`); long-running stages poll it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Receives progress of one running instance (the engine draws bars from it).
+pub trait ProgressSink: Send + Sync {
+    /// `total` is `None` when the amount of work is unknown.
+    fn update(&self, done: u64, total: Option<u64>, message: &str);
+}
+
+/// One artifact or file bound to an input slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputItem {
+    /// Where to read it: an output inside another instance's artifact, or an
+    /// external file of the user's.
+    pub path: PathBuf,
+    /// The producing instance (`tokens@sw`), `None` for external files.
+    pub instance: Option<String>,
+    /// The producing instance's `foreach`/`matrix` label (`sw`, `sw-ext`).
+    pub label: Option<String>,
+}
+
+/// Input slot name → bound items, in recipe order.
+pub type Inputs = BTreeMap<String, Vec<InputItem>>;
+
+/// The backend/device the recipe asked for (`backend: auto|cpu|wgpu|vulkan|cuda`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    pub backend: String,
+    pub index: usize,
+}
+
+impl Default for DeviceRequest {
+    fn default() -> Self {
+        DeviceRequest {
+            backend: "auto".into(),
+            index: 0,
+        }
+    }
+}
+
+pub struct StageContext<'a> {
+    /// The instance's name, e.g. `tokens@sw`.
+    pub instance: &'a str,
+    pub params: &'a Params,
+    pub inputs: &'a Inputs,
+    /// Write every declared output as `out_dir/<output name>` (file or folder).
+    /// This is a temporary folder: the engine moves it into the store only
+    /// when `run` returns `Ok`, so partial writes are never mistaken for results.
+    pub out_dir: &'a Path,
+    /// Survives a killed run (until the instance succeeds): checkpoints live here.
+    pub resume_dir: &'a Path,
+    /// The folder relative paths in parameters are resolved against (the recipe's).
+    pub base_dir: &'a Path,
+    /// CPU threads this instance may use.
+    pub threads: usize,
+    pub device: DeviceRequest,
+    pub cancel: CancelFlag,
+    progress: &'a dyn ProgressSink,
+    log: Mutex<Option<File>>,
+    notes: Mutex<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> StageContext<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        instance: &'a str,
+        params: &'a Params,
+        inputs: &'a Inputs,
+        out_dir: &'a Path,
+        resume_dir: &'a Path,
+        base_dir: &'a Path,
+        threads: usize,
+        device: DeviceRequest,
+        cancel: CancelFlag,
+        progress: &'a dyn ProgressSink,
+        log: Option<File>,
+    ) -> Self {
+        StageContext {
+            instance,
+            params,
+            inputs,
+            out_dir,
+            resume_dir,
+            base_dir,
+            threads,
+            device,
+            cancel,
+            progress,
+            log: Mutex::new(log),
+            notes: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Path of a declared output inside the temporary output folder.
+    pub fn output(&self, name: &str) -> PathBuf {
+        self.out_dir.join(name)
+    }
+
+    /// Resolves a path from a parameter against the recipe's folder.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The items bound to an input slot (empty when unbound).
+    pub fn input(&self, name: &str) -> &[InputItem] {
+        self.inputs.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The single item bound to a required input slot.
+    pub fn single_input(&self, name: &str) -> Result<&InputItem, StageError> {
+        match self.input(name) {
+            [one] => Ok(one),
+            [] => Err(StageError::failed(format!("input `{name}` is not bound (add it under `needs:`)"))),
+            many => Err(StageError::failed(format!(
+                "input `{name}` takes one artifact, {} were bound",
+                many.len()
+            ))),
+        }
+    }
+
+    /// Returns `Err(Cancelled)` once the run was cancelled; call it between
+    /// units of work.
+    pub fn check_cancelled(&self) -> Result<(), StageError> {
+        if self.cancel.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn progress(&self, done: u64, total: Option<u64>, message: &str) {
+        self.progress.update(done, total, message);
+    }
+
+    /// Writes a line to this instance's log file in the store and to `tracing`.
+    pub fn log(&self, message: &str) {
+        tracing::info!(instance = self.instance, "{message}");
+        self.log_file_only(message);
+    }
+
+    /// Writes raw text (a child's output, say) to the instance log only.
+    pub fn log_file_only(&self, message: &str) {
+        if let Ok(mut guard) = self.log.lock() {
+            if let Some(file) = guard.as_mut() {
+                let _ = writeln!(file, "{message}");
+            }
+        }
+    }
+
+    /// Records a fact about this run (rows written, device used) in the
+    /// artifact's manifest, for `status` and the report.
+    pub fn note(&self, key: &str, value: impl Into<serde_json::Value>) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.insert(key.to_string(), value.into());
+        }
+    }
+
+    pub fn take_notes(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.notes.lock().map(|mut n| std::mem::take(&mut *n)).unwrap_or_default()
+    }
+}

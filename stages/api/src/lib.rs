@@ -1,0 +1,62 @@
+//! The contract between the babelflow engine and its stage kinds.
+//!
+//! A stage kind is a type implementing [`StageKind`]: it declares its typed
+//! parameters, its named inputs and outputs, and a `run` that reads inputs and
+//! writes outputs into a directory the engine gives it. The engine knows kinds
+//! only through this trait, so stage crates depend on this crate and nothing
+//! else of the engine.
+
+mod context;
+mod error;
+mod params;
+
+pub use context::{CancelFlag, DeviceRequest, InputItem, Inputs, ProgressSink, StageContext};
+pub use error::StageError;
+pub use params::{ParamSpec, ParamType, Params};
+
+/// A named input slot of a stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    pub name: &'static str,
+    /// The recipe must bind this input.
+    pub required: bool,
+    /// More than one artifact or file may be bound (a fan-in, e.g. `mix`).
+    pub many: bool,
+    pub doc: &'static str,
+}
+
+/// One kind of stage (`ingest`, `tokenize`, `command`, ...).
+pub trait StageKind: Send + Sync {
+    /// The name recipes use in `kind:`.
+    fn name(&self) -> &'static str;
+
+    /// Bumped whenever the kind's outputs for the same inputs change; part of
+    /// every fingerprint, so a new version reruns the instances of this kind.
+    fn code_version(&self) -> &'static str;
+
+    /// One line for `--help`-style listings.
+    fn summary(&self) -> &'static str;
+
+    fn params(&self) -> &'static [ParamSpec];
+
+    fn inputs(&self) -> &'static [InputSpec];
+
+    /// True when the kind takes any input names the recipe chooses (the
+    /// `command` kind); `inputs()` is then only documentation.
+    fn open_inputs(&self) -> bool {
+        false
+    }
+
+    /// Names of the outputs this instance writes. The first is the default one
+    /// that a bare reference (`tokens@sw`) points to.
+    fn outputs(&self, params: &Params) -> Vec<String>;
+
+    /// Extra, kind-specific checks of the parameters (beyond their types),
+    /// run before anything executes. Messages name the offending field.
+    fn check(&self, _params: &Params) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Reads `ctx.inputs`, writes each declared output under `ctx.out_dir`.
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+}
