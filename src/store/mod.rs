@@ -57,6 +57,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let root = &std::path::absolute(root).map_err(io_err(root))?;
         for sub in ["artifacts", "tmp", "resume", "logs", "recipes", "index"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;

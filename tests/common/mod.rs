@@ -1,0 +1,106 @@
+//! Helpers for end-to-end tests: a scratch folder with a recipe, and the
+//! `babelflow` binary run on it as a user would.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_babelflow"));
+        c.args(args).current_dir(self.dir.path()).env_remove("BABELFLOW_STORE");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run babelflow")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "babelflow {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `plan --json` parsed.
+    pub fn plan(&self, recipe: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["plan", recipe, "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).expect("plan --json is JSON")
+    }
+}
+
+/// Names of the instances a `plan --json` says will run.
+pub fn to_run(plan: &serde_json::Value) -> Vec<String> {
+    plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["action"] == "run")
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The reasons a plan gives for one instance.
+pub fn reasons(plan: &serde_json::Value, name: &str) -> Vec<String> {
+    plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in plan"))["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Instances the summary table reports as `ran`.
+pub fn ran(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            (parts.next()? == "ran").then(|| name.to_string())
+        })
+        .collect()
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub const LANGS13: [&str; 13] = ["ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "sw", "ta", "te", "ur", "vi"];
