@@ -9,6 +9,7 @@
 mod context;
 mod error;
 mod params;
+pub mod testing;
 
 pub use context::{CancelFlag, DeviceRequest, InputItem, Inputs, ProgressSink, StageContext};
 pub use error::StageError;

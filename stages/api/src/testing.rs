@@ -1,0 +1,85 @@
+//! Running a stage kind outside the engine, for stage crates' own tests.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{CancelFlag, DeviceRequest, Inputs, ParamSpec, Params, ProgressSink, StageContext, StageError, StageKind};
+
+struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn update(&self, _done: u64, _total: Option<u64>, _message: &str) {}
+}
+
+/// Checks `params` (a JSON object) against the kind's specs and fills
+/// defaults, as the engine does for a recipe's `with:`.
+pub fn params_for(specs: &[ParamSpec], params: Value) -> Result<Params, String> {
+    let mut map = match params {
+        Value::Object(m) => m,
+        Value::Null => Default::default(),
+        other => return Err(format!("params must be an object, got {other}")),
+    };
+    for key in map.keys() {
+        if !specs.iter().any(|s| s.name == key) {
+            return Err(format!("unknown parameter `{key}`"));
+        }
+    }
+    for spec in specs {
+        match map.get(spec.name) {
+            Some(v) => {
+                let v = spec.ty.coerce(v).map_err(|e| format!("parameter `{}`: {e}", spec.name))?;
+                map.insert(spec.name.to_string(), v);
+            }
+            None => {
+                if let Some(d) = spec.default {
+                    map.insert(spec.name.to_string(), serde_json::from_str(d).map_err(|e| e.to_string())?);
+                } else if spec.required {
+                    return Err(format!("parameter `{}` is required", spec.name));
+                }
+            }
+        }
+    }
+    Ok(Params::new(map))
+}
+
+/// Runs `kind` with `params` and `inputs`, writing outputs into `out_dir`.
+pub fn run_kind(kind: &dyn StageKind, params: Value, inputs: &Inputs, out_dir: &Path) -> Result<(), StageError> {
+    let params = params_for(kind.params(), params).map_err(StageError::failed)?;
+    let resume = out_dir.join(".resume");
+    std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
+    let ctx = StageContext::new(
+        "test",
+        &params,
+        inputs,
+        out_dir,
+        &resume,
+        out_dir,
+        2,
+        DeviceRequest::default(),
+        CancelFlag::new(),
+        &NoProgress,
+        None,
+    );
+    kind.run(&ctx)
+}
+
+/// Inputs from (slot, paths) pairs.
+pub fn inputs(pairs: &[(&str, &[&Path])]) -> Inputs {
+    pairs
+        .iter()
+        .map(|(name, paths)| {
+            (
+                name.to_string(),
+                paths
+                    .iter()
+                    .map(|p| crate::InputItem {
+                        path: p.to_path_buf(),
+                        instance: None,
+                        label: None,
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
