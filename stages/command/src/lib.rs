@@ -1,7 +1,8 @@
 //! The `command` stage kind: runs an external program with declared inputs and
 //! outputs, like a DVC stage, so users can plug their own scripts into a recipe.
 //!
-//! The program runs through `sh -c` in the recipe's folder and finds its
+//! The program runs through `sh -ec` (stop at the first failing command) in
+//! the recipe's folder and finds its
 //! inputs and outputs in environment variables:
 //! - `IN_<NAME>`: the bound paths of input `<name>`, separated by spaces
 //!   (`IN_<NAME>_0`, `IN_<NAME>_1`, ... one each);
@@ -20,7 +21,7 @@ use babelflow_stage::{
 pub struct CommandKind;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required("run", ParamType::Str, "shell command line, run with `sh -c` in the recipe's folder"),
+    ParamSpec::required("run", ParamType::Str, "shell command line, run with `sh -ec` in the recipe's folder"),
     ParamSpec::with_default("outputs", ParamType::StrList, r#"["out"]"#, "names of the outputs the command writes (files or folders)"),
     ParamSpec::optional("env", ParamType::StrMap, "extra environment variables"),
 ];
@@ -71,7 +72,7 @@ impl StageKind for CommandKind {
         let script = ctx.params.str("run")?;
         let mut command = Command::new("sh");
         command
-            .arg("-c")
+            .arg("-ec")
             .arg(script)
             .current_dir(ctx.base_dir)
             .stdin(Stdio::null())
@@ -96,7 +97,7 @@ impl StageKind for CommandKind {
         ctx.log(&format!("$ {script}"));
         let mut child = command
             .spawn()
-            .map_err(|e| StageError::failed(format!("cannot start `sh -c {script:?}`: {e}")))?;
+            .map_err(|e| StageError::failed(format!("cannot start `sh -ec {script:?}`: {e}")))?;
         let tail = std::sync::Mutex::new(std::collections::VecDeque::new());
         let status = std::thread::scope(|scope| {
             let stdout = child.stdout.take();

@@ -1,0 +1,166 @@
+//! The `train-tokenizer` kind: a LLaMA-style BPE tokenizer (SentencePiece-like
+//! `▁` word marks, byte fallback through `<0x00>`..`<0xFF>` pieces) trained
+//! with the tokenizers crate's BPE trainer on corpus Parquet.
+
+use std::str::FromStr;
+
+use babelflow_corpus::read_corpus;
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+use serde_json::{json, Map, Value};
+use tokenizers::models::bpe::BpeTrainerBuilder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+pub struct TrainTokenizer;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::with_default("vocab_size", ParamType::Int, "8000", "size of the whole vocabulary, special and byte pieces included"),
+    ParamSpec::with_default("special_tokens", ParamType::StrList, r#"["<unk>", "<s>", "</s>"]"#, "special tokens, given the first ids in this order (the first is the unknown token)"),
+    ParamSpec::with_default("byte_fallback", ParamType::Bool, "true", "add the 256 <0xNN> byte pieces so no text is ever unknown (as LLaMA-1/2)"),
+    ParamSpec::with_default("min_frequency", ParamType::Int, "2", "a merge must occur at least this often"),
+    ParamSpec::with_default("max_training_chars", ParamType::Int, "500000000", "train on at most this many characters of the corpus (in corpus order)"),
+];
+
+const INPUTS: &[InputSpec] = &[InputSpec { name: "corpus", required: true, many: true, doc: "corpus Parquet to learn from" }];
+
+/// An untrained tokenizer with LLaMA's conventions, as HF JSON.
+pub fn llama_style_skeleton(unk: &str, byte_fallback: bool) -> Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": true, "byte_fallback": byte_fallback, "ignore_merges": false,
+            "vocab": {}, "merges": []
+        }
+    })
+}
+
+/// Inserts the 256 byte pieces right after the special tokens (LLaMA's
+/// layout: ids 3..=258 for `<unk>`, `<s>`, `</s>`), shifting learned tokens.
+fn insert_byte_pieces(doc: &mut Value, n_special: usize) -> Result<(), StageError> {
+    let vocab = doc["model"]["vocab"]
+        .as_object()
+        .cloned()
+        .ok_or_else(|| StageError::failed("trained tokenizer has no BPE vocabulary"))?;
+    let mut entries: Vec<(String, u64)> = vocab.into_iter().filter_map(|(k, v)| v.as_u64().map(|id| (k, id))).collect();
+    entries.sort_by_key(|(_, id)| *id);
+    let mut out = Map::new();
+    let mut next = 0u64;
+    for (token, _) in entries.iter().take(n_special) {
+        out.insert(token.clone(), json!(next));
+        next += 1;
+    }
+    for b in 0..=255u8 {
+        let piece = format!("<0x{b:02X}>");
+        if !out.contains_key(&piece) {
+            out.insert(piece, json!(next));
+            next += 1;
+        }
+    }
+    for (token, _) in entries.iter().skip(n_special) {
+        if !out.contains_key(token) {
+            out.insert(token.clone(), json!(next));
+            next += 1;
+        }
+    }
+    doc["model"]["vocab"] = Value::Object(out);
+    Ok(())
+}
+
+impl StageKind for TrainTokenizer {
+    fn name(&self) -> &'static str {
+        "train-tokenizer"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "train a LLaMA-style byte-fallback BPE tokenizer.json on a corpus"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec!["tokenizer.json".into()]
+    }
+    fn check(&self, params: &Params) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let specials = params.str_list("special_tokens").unwrap_or_default();
+        if specials.is_empty() {
+            problems.push(("special_tokens".into(), "needs at least the unknown token".into()));
+        }
+        let floor = specials.len() as i64 + if params.bool("byte_fallback").unwrap_or(true) { 256 } else { 0 };
+        if params.i64("vocab_size").is_ok_and(|v| v <= floor) {
+            problems.push(("vocab_size".into(), format!("must exceed {floor} (special tokens + byte pieces)")));
+        }
+        problems
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let p = ctx.params;
+        let specials = p.str_list("special_tokens")?;
+        let byte_fallback = p.bool("byte_fallback")?;
+        let vocab_size = p.usize("vocab_size")?;
+        let max_chars = p.usize("max_training_chars")?;
+
+        let mut texts = Vec::new();
+        let mut chars = 0usize;
+        for item in ctx.input("corpus") {
+            read_corpus(&item.path, &mut |doc| {
+                if chars < max_chars {
+                    chars += doc.text.chars().count();
+                    texts.push(doc.text);
+                }
+                Ok(())
+            })?;
+        }
+        ctx.log(&format!("training on {} documents, {chars} characters", texts.len()));
+        ctx.check_cancelled()?;
+
+        let skeleton = llama_style_skeleton(&specials[0], byte_fallback);
+        let mut tokenizer = Tokenizer::from_str(&skeleton.to_string())
+            .map_err(|e| StageError::failed(format!("building the tokenizer skeleton: {e}")))?;
+        let learned = vocab_size - if byte_fallback { 256 } else { 0 };
+        let trainer = BpeTrainerBuilder::new()
+            .vocab_size(learned)
+            .min_frequency(p.usize("min_frequency")? as u64)
+            .special_tokens(specials.iter().map(|s| AddedToken::from(s.clone(), true)).collect())
+            .show_progress(false)
+            .build();
+        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+        tokenizer
+            .train(&mut trainer, texts.iter())
+            .map_err(|e| StageError::failed(format!("training failed: {e}")))?;
+
+        let mut doc: Value = serde_json::from_str(
+            &tokenizer.to_string(false).map_err(|e| StageError::failed(e.to_string()))?,
+        )
+        .map_err(|e| StageError::failed(e.to_string()))?;
+        if byte_fallback {
+            insert_byte_pieces(&mut doc, specials.len())?;
+        }
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::failed(e.to_string()))?;
+        // Round-trip through the tokenizers crate: what we write must load.
+        let check = Tokenizer::from_str(&text).map_err(|e| StageError::failed(format!("trained tokenizer does not reload: {e}")))?;
+        let path = ctx.output("tokenizer.json");
+        std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))?;
+        ctx.note("vocab_size", check.get_vocab_size(true));
+        Ok(())
+    }
+}
