@@ -15,14 +15,28 @@ use criterion::{criterion_group, criterion_main, Criterion};
 fn cached_plan(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("commands-13.yaml");
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/examples/commands-13.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/examples/commands-13.yaml"
+    ))
+    .unwrap();
     std::fs::write(&recipe, text).unwrap();
     let registry = Registry::builtin();
     let pipeline = Pipeline::load(&recipe, &[], &registry).unwrap();
     let store = Arc::new(Store::open(&pipeline.default_store(None)).unwrap());
-    let options = SchedulerOptions { jobs: 2, keep_going: false };
+    let options = SchedulerOptions {
+        jobs: 2,
+        keep_going: false,
+    };
     pipeline
-        .run(store.clone(), &Selection::default(), &options, &CancelFlag::new(), Arc::new(Progress::new()), true)
+        .run(
+            store.clone(),
+            &Selection::default(),
+            &options,
+            &CancelFlag::new(),
+            Arc::new(Progress::new()),
+            true,
+        )
         .unwrap();
 
     c.bench_function("plan: fully cached 13x7 recipe (load + validate + plan)", |b| {

@@ -9,9 +9,15 @@ use crate::recipe::yaml::Span;
 /// Where a problem is: a place in a recipe file, or a `--set` argument.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Location {
-    File { path: PathBuf, span: Span },
+    File {
+        path: PathBuf,
+        span: Span,
+    },
     /// The n-th (1-based) `--set` override.
-    Override { index: usize, text: String },
+    Override {
+        index: usize,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +42,14 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
             Location::File { path, span } => {
-                writeln!(f, "{}:{}:{}: error: {}", path.display(), span.line, span.col, self.message)?;
+                writeln!(
+                    f,
+                    "{}:{}:{}: error: {}",
+                    path.display(),
+                    span.line,
+                    span.col,
+                    self.message
+                )?;
                 if let Some(line) = &self.source_line {
                     let gutter = span.line.to_string();
                     writeln!(f, "{} |", " ".repeat(gutter.len()))?;
@@ -92,7 +105,11 @@ impl fmt::Display for Diagnostics {
             writeln!(f, "{d}")?;
         }
         let n = self.0.len();
-        write!(f, "the recipe has {n} error{}; nothing was run", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "the recipe has {n} error{}; nothing was run",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 

@@ -83,11 +83,21 @@ impl Graph {
     pub fn to_dot(&self) -> String {
         let mut out = String::from("digraph babelflow {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
         for inst in &self.instances {
-            let _ = writeln!(out, "  \"{}\" [label=\"{}\\n({})\"];", inst.name, inst.name, inst.kind.name());
+            let _ = writeln!(
+                out,
+                "  \"{}\" [label=\"{}\\n({})\"];",
+                inst.name,
+                inst.name,
+                inst.kind.name()
+            );
         }
         for (i, deps) in self.deps.iter().enumerate() {
             for &d in deps {
-                let _ = writeln!(out, "  \"{}\" -> \"{}\";", self.instances[d].name, self.instances[i].name);
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\";",
+                    self.instances[d].name, self.instances[i].name
+                );
             }
         }
         out.push_str("}\n");
@@ -138,7 +148,11 @@ fn topological_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
     let mut path = vec![start];
     let mut current = start;
     loop {
-        let next = deps[current].iter().copied().find(|&d| indegree[d] > 0).unwrap_or(start);
+        let next = deps[current]
+            .iter()
+            .copied()
+            .find(|&d| indegree[d] > 0)
+            .unwrap_or(start);
         if let Some(pos) = path.iter().position(|&p| p == next) {
             let mut cycle: Vec<usize> = path[pos..].to_vec();
             cycle.reverse();

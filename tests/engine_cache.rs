@@ -40,7 +40,11 @@ fn thirteen_languages_run_once_then_everything_is_cached() {
     let plan = p.plan(&recipe, &[]);
     assert_eq!(plan["summary"]["cached"], 92);
     assert_eq!(plan["summary"]["run"], 0);
-    assert!(plan["instances"].as_array().unwrap().iter().all(|i| i["action"] == "cached"));
+    assert!(plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["action"] == "cached"));
 }
 
 #[test]
@@ -55,7 +59,10 @@ fn setting_one_languages_parameter_reruns_only_its_chain() {
     expected.sort();
     got.sort();
     assert_eq!(got, expected);
-    assert_eq!(reasons(&plan, "count@sw"), vec!["params changed: with.env.MODE lines → words"]);
+    assert_eq!(
+        reasons(&plan, "count@sw"),
+        vec!["params changed: with.env.MODE lines → words"]
+    );
     assert_eq!(reasons(&plan, "stats@sw"), vec!["upstream changed: count@sw"]);
 
     let out = p.ok(&["run", &recipe, "--set", set]);

@@ -26,7 +26,11 @@ stages:
 fn wait_for(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "{} never appeared", path.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -41,12 +45,17 @@ fn spawn_run(p: &Project, extra: &[&str]) -> Child {
 }
 
 fn signal(target: &str, sig: &str) {
-    let status = std::process::Command::new("kill").args([sig, "--", target]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args([sig, "--", target])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 fn tmp_entries(p: &Project) -> usize {
-    std::fs::read_dir(p.path(".babelflow/tmp")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(p.path(".babelflow/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -115,7 +124,10 @@ fn a_second_run_waits_for_the_store_lock_or_fails_clearly() {
     let waiting = waiting.wait_with_output().unwrap();
     assert!(waiting.status.success());
     assert!(String::from_utf8_lossy(&waiting.stderr).contains("waiting"));
-    assert!(ran(&String::from_utf8_lossy(&waiting.stdout)).is_empty(), "the waiting run found everything done");
+    assert!(
+        ran(&String::from_utf8_lossy(&waiting.stdout)).is_empty(),
+        "the waiting run found everything done"
+    );
 }
 
 const FAILING: &str = r#"stages:
@@ -143,7 +155,10 @@ fn a_failure_stops_the_run_unless_keep_going() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("exit status 3") && stderr.contains("shard 7 is corrupt"), "{stderr}");
+    assert!(
+        stderr.contains("exit status 3") && stderr.contains("shard 7 is corrupt"),
+        "{stderr}"
+    );
     assert!(ran(&stdout).is_empty(), "{stdout}");
     assert!(stdout.contains("--keep-going"), "{stdout}");
 
@@ -153,11 +168,17 @@ fn a_failure_stops_the_run_unless_keep_going() {
     let mut got = ran(&stdout);
     got.sort();
     assert_eq!(got, vec!["after_good", "good"]);
-    assert!(stdout.contains("after_bad skipped: upstream bad did not finish"), "{stdout}");
+    assert!(
+        stdout.contains("after_bad skipped: upstream bad did not finish"),
+        "{stdout}"
+    );
 
     // The log of the failed instance is kept in the store.
     let log = std::fs::read_to_string(p.path(".babelflow/logs/r/bad.log")).unwrap();
-    assert!(log.contains("reading shard 7") && log.contains("shard 7 is corrupt"), "{log}");
+    assert!(
+        log.contains("reading shard 7") && log.contains("shard 7 is corrupt"),
+        "{log}"
+    );
     let plan = p.plan("r.yaml", &[]);
     assert_eq!(reasons(&plan, "bad"), vec!["last run failed"]);
 }
@@ -197,7 +218,9 @@ vars: { x: one }
     for row in status.as_array().unwrap() {
         assert_eq!(row["last_status"], "ok");
         assert_eq!(row["up_to_date"], true);
-        assert!(Path::new(row["artifact"].as_str().unwrap()).join("manifest.json").is_file());
+        assert!(Path::new(row["artifact"].as_str().unwrap())
+            .join("manifest.json")
+            .is_file());
     }
     let dot = p.ok(&["graph", "r.yaml"]);
     assert!(dot.contains("\"a\" -> \"b\""), "{dot}");

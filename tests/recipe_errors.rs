@@ -12,8 +12,15 @@ fn check(text: &str, extra: &[&str]) -> (i32, String) {
     let mut args = vec!["plan", "r.yaml"];
     args.extend_from_slice(extra);
     let out = p.run(&args);
-    assert!(!p.path(".babelflow/artifacts").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    assert!(!p
+        .path(".babelflow/artifacts")
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_error_at(stderr: &str, line_col: &str, message: &str) {
@@ -73,14 +80,26 @@ fn all_mistakes_are_reported_in_one_pass_each_at_its_place() {
     assert_error_at(&err, "7:11", "unknown stage kind `comand`");
     assert!(err.contains("did you mean `command`?"));
     assert_error_at(&err, "10:14", "`foreach` must be a list, found \"sw\"");
-    assert_error_at(&err, "15:17", "input `x` refers to stage `nope`, which the recipe does not have");
+    assert_error_at(
+        &err,
+        "15:17",
+        "input `x` refers to stage `nope`, which the recipe does not have",
+    );
     assert_error_at(&err, "16:26", "unknown parameter `outptus` for kind `command`");
     assert!(err.contains("did you mean `outputs`?"));
-    assert_error_at(&err, "16:45", "parameter `env` of kind `command`: expected a mapping of names to strings, found the number 5");
+    assert_error_at(
+        &err,
+        "16:45",
+        "parameter `env` of kind `command`: expected a mapping of names to strings, found the number 5",
+    );
     assert_error_at(&err, "19:19", "`foreach` lists `sw` twice");
     assert_error_at(&err, "25:3", "the stages form a cycle: f → e → f");
     assert_error_at(&err, "31:5", "unknown key `bakend` in stage `g`");
-    assert_error_at(&err, "32:35", "parameter `outputs` of kind `command`: expected a list of strings, found the number 3");
+    assert_error_at(
+        &err,
+        "32:35",
+        "parameter `outputs` of kind `command`: expected a list of strings, found the number 3",
+    );
     assert!(err.contains("nothing was run"));
 }
 
@@ -98,7 +117,11 @@ fn references_to_missing_instances_and_outputs_are_named() {
 "#;
     let (code, err) = check(text, &[]);
     assert_eq!(code, 2);
-    assert_error_at(&err, "8:17", "input `a` refers to instance `tok@hi`, which stage `tok` does not produce");
+    assert_error_at(
+        &err,
+        "8:17",
+        "input `a` refers to instance `tok@hi`, which stage `tok` does not produce",
+    );
     assert!(err.contains("did you mean `tok@vi`?"), "{err}");
     assert_error_at(&err, "8:30", "input `b`: instance `tok@sw` has no output `vocab`");
     assert_error_at(&err, "8:49", "input `c` refers to stage `tokk`");
@@ -134,10 +157,21 @@ fn matrix_expands_the_cross_product_and_rejects_a_non_list_axis() {
 "#,
     );
     let plan = p.plan("m.yaml", &[]);
-    let names: Vec<&str> = plan["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["train@sw-keep", "train@sw-ext", "train@vi-keep", "train@vi-ext"]);
+    let names: Vec<&str> = plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["train@sw-keep", "train@sw-ext", "train@vi-keep", "train@vi-ext"]
+    );
 
-    let (code, err) = check("stages:\n  t:\n    kind: command\n    matrix: { lang: sw }\n    with: { run: 'true' }\n", &[]);
+    let (code, err) = check(
+        "stages:\n  t:\n    kind: command\n    matrix: { lang: sw }\n    with: { run: 'true' }\n",
+        &[],
+    );
     assert_eq!(code, 2);
     assert_error_at(&err, "4:21", "matrix axis `lang` must be a list");
 }
@@ -150,8 +184,14 @@ fn bad_overrides_point_at_the_set_argument() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("--set #2 (nonsense): error: missing `=`"), "{err}");
-    let (_, err) = check("stages:\n  a:\n    kind: command\n    with: { run: 'true' }\n", &["--set", "stages.a.with.runn=1"]);
-    assert!(err.contains("--set #1 (stages.a.with.runn=1): error: unknown parameter `runn`"), "{err}");
+    let (_, err) = check(
+        "stages:\n  a:\n    kind: command\n    with: { run: 'true' }\n",
+        &["--set", "stages.a.with.runn=1"],
+    );
+    assert!(
+        err.contains("--set #1 (stages.a.with.runn=1): error: unknown parameter `runn`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,5 +240,8 @@ stages:
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path().join("out")).unwrap())
         .collect();
-    assert!(outputs.contains(&"hello\n".to_string()) && outputs.contains(&"bye\n".to_string()), "{outputs:?}");
+    assert!(
+        outputs.contains(&"hello\n".to_string()) && outputs.contains(&"bye\n".to_string()),
+        "{outputs:?}"
+    );
 }

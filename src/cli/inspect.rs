@@ -9,7 +9,7 @@ use babelflow::registry::Registry;
 use babelflow::store::lockfile::LockFile;
 use babelflow::store::Store;
 
-use super::{load, report, GraphFormat, RecipeArgs, EXIT_ERROR};
+use super::{load, report as report_error, GraphFormat, RecipeArgs, EXIT_ERROR};
 
 pub fn graph(registry: &Registry, args: &RecipeArgs, format: GraphFormat) -> anyhow::Result<ExitCode> {
     let pipeline = match load(registry, args) {
@@ -33,11 +33,11 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
     };
     let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
         Ok(s) => s,
-        Err(e) => return Ok(report(e.into())),
+        Err(e) => return Ok(report_error(e.into())),
     };
     let planned = match pipeline.plan(&store, &Selection::default()) {
         Ok(p) => p,
-        Err(e) => return Ok(report(e)),
+        Err(e) => return Ok(report_error(e)),
     };
     let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
     let mut rows = Vec::new();
@@ -60,10 +60,16 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     }
     let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8).max(8);
-    println!("{:width$}  {:10}  {:>8}  {:8}  artifact", "instance", "last run", "time", "current");
+    println!(
+        "{:width$}  {:10}  {:>8}  {:8}  artifact",
+        "instance", "last run", "time", "current"
+    );
     for (p, row) in planned.iter().zip(&rows) {
         let last = row["last_status"].as_str().unwrap_or("never");
-        let time = row["last_duration_s"].as_f64().map(|s| format!("{s:.1}s")).unwrap_or_default();
+        let time = row["last_duration_s"]
+            .as_f64()
+            .map(|s| format!("{s:.1}s"))
+            .unwrap_or_default();
         let current = if p.action == Action::Cached { "yes" } else { "stale" };
         let artifact = row["artifact"].as_str().unwrap_or("-");
         println!("{:width$}  {last:10}  {time:>8}  {current:8}  {artifact}", p.name);
@@ -71,12 +77,66 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn report(registry: &Registry, args: &RecipeArgs, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(registry, args) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
+        Ok(s) => s,
+        Err(e) => return Ok(report_error(e.into())),
+    };
+    let planned = match pipeline.plan(&store, &Selection::default()) {
+        Ok(p) => p,
+        Err(e) => return Ok(report_error(e)),
+    };
+    let reports: Vec<_> = planned.iter().filter(|p| p.kind == "report").collect();
+    if reports.is_empty() {
+        eprintln!("error: the recipe has no stage of kind `report`");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    let mut missing = false;
+    for p in reports {
+        if p.action != Action::Cached {
+            eprintln!(
+                "{}: not built for the recipe as it is now ({}); run `babelflow run` first",
+                p.name,
+                p.reasons.join("; ")
+            );
+            missing = true;
+            continue;
+        }
+        let dir = store.artifact_dir(&p.fingerprint);
+        println!("{}: {}", p.name, dir.join("report.html").display());
+        if let Some(out) = &out {
+            let target = if planned.iter().filter(|q| q.kind == "report").count() > 1 {
+                out.join(babelflow::store::sanitize(&p.name))
+            } else {
+                out.clone()
+            };
+            std::fs::create_dir_all(&target)?;
+            for name in ["report.md", "report.html"] {
+                std::fs::copy(dir.join(name), target.join(name))?;
+            }
+            println!("  copied to {}", target.display());
+        }
+    }
+    Ok(if missing {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub fn gc(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
     let root = store
         .or_else(|| std::env::var_os("BABELFLOW_STORE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(".babelflow"));
     if !root.join("artifacts").is_dir() {
-        eprintln!("error: {} is not a babelflow store (no artifacts/ folder)", root.display());
+        eprintln!(
+            "error: {} is not a babelflow store (no artifacts/ folder)",
+            root.display()
+        );
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     let store = Store::open(&root)?;
@@ -123,12 +183,23 @@ pub fn kinds(registry: &Registry, only: Option<&str>) -> anyhow::Result<ExitCode
             );
             return Ok(ExitCode::from(EXIT_ERROR));
         };
-        println!("{} (code version {}): {}", kind.name(), kind.code_version(), kind.summary());
+        println!(
+            "{} (code version {}): {}",
+            kind.name(),
+            kind.code_version(),
+            kind.summary()
+        );
         println!("\nparameters (under `with:`):");
         for p in kind.params() {
             let req = if p.required { "required" } else { "optional" };
             let default = p.default.map(|d| format!(", default {d}")).unwrap_or_default();
-            println!("  {:18} {} ({req}{default})\n  {:18} {}", p.name, p.ty.describe(), "", p.doc);
+            println!(
+                "  {:18} {} ({req}{default})\n  {:18} {}",
+                p.name,
+                p.ty.describe(),
+                "",
+                p.doc
+            );
         }
         println!("\ninputs (under `needs:`):");
         if kind.open_inputs() {

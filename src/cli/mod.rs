@@ -100,6 +100,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print where the recipe's reports are (the `report` instances' outputs).
+    Report {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Also copy report.md and report.html into this folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Delete artifacts no recipe's lock file refers to.
     Gc {
         /// Store folder [default: $BABELFLOW_STORE, else ./.babelflow].
@@ -133,9 +141,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_going,
             no_wait,
         } => run::run(&registry, &recipe, only, force, jobs, keep_going, !no_wait),
-        Command::Plan { recipe, only, force, json } => run::plan(&registry, &recipe, only, force, json),
+        Command::Plan {
+            recipe,
+            only,
+            force,
+            json,
+        } => run::plan(&registry, &recipe, only, force, json),
         Command::Graph { recipe, format } => inspect::graph(&registry, &recipe, format),
         Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),
+        Command::Report { recipe, out } => inspect::report(&registry, &recipe, out),
         Command::Gc { store, dry_run } => inspect::gc(store, dry_run),
         Command::Kinds { kind } => inspect::kinds(&registry, kind.as_deref()),
     }

@@ -54,7 +54,9 @@ pub fn run(
     if cancel.is_cancelled() {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     }
-    let failed = outcomes.iter().any(|o| matches!(o, Outcome::Failed { .. } | Outcome::Cancelled));
+    let failed = outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Failed { .. } | Outcome::Cancelled));
     let skipped_needed = planned
         .iter()
         .zip(&outcomes)
@@ -138,7 +140,12 @@ pub fn plan(
         return Ok(ExitCode::SUCCESS);
     }
     let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8);
-    println!("plan for {} ({}), store {}", pipeline.name, pipeline.source.path.display(), store_dir.display());
+    println!(
+        "plan for {} ({}), store {}",
+        pipeline.name,
+        pipeline.source.path.display(),
+        store_dir.display()
+    );
     for p in &planned {
         let action = match p.action {
             Action::Cached => "cached",
@@ -147,7 +154,12 @@ pub fn plan(
         };
         println!("  {action:6}  {:width$}  {}", p.name, p.reasons.join("; "));
     }
-    println!("{} to run, {} cached, {} skipped", count(Action::Run), count(Action::Cached), count(Action::Skip));
+    println!(
+        "{} to run, {} cached, {} skipped",
+        count(Action::Run),
+        count(Action::Cached),
+        count(Action::Skip)
+    );
     let _ = EXIT_ERROR;
     Ok(ExitCode::SUCCESS)
 }

@@ -126,8 +126,8 @@ fn build(
             progress,
             Some(log),
         );
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.kind.run(&ctx)))
-            .unwrap_or_else(|panic| {
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.kind.run(&ctx))).unwrap_or_else(|panic| {
                 let message = panic
                     .downcast_ref::<String>()
                     .cloned()

@@ -157,7 +157,8 @@ impl Pipeline {
         // Cached instances are recorded too, so `status` knows their artifacts.
         if let Ok(mut l) = lockfile.lock() {
             for (i, p) in planned.iter().enumerate() {
-                if p.action == Action::Cached && !l.instances.get(&p.name).is_some_and(|e| e.fingerprint == p.fingerprint) {
+                if p.action == Action::Cached && l.instances.get(&p.name).is_none_or(|e| e.fingerprint != p.fingerprint)
+                {
                     let inst = &self.graph.instances[i];
                     l.instances.insert(
                         p.name.clone(),

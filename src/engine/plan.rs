@@ -124,7 +124,12 @@ pub fn plan(
             }
             inputs.insert(binding.name.clone(), records);
         }
-        let fingerprint = fingerprint(inst.kind.name(), inst.kind.code_version(), &inst.params.canonical_json(), &inputs);
+        let fingerprint = fingerprint(
+            inst.kind.name(),
+            inst.kind.code_version(),
+            &inst.params.canonical_json(),
+            &inputs,
+        );
         fingerprints[i] = fingerprint.clone();
 
         let forced = matches(graph, i, &selection.force);
@@ -136,7 +141,16 @@ pub fn plan(
             (Action::Cached, Vec::new())
         } else {
             let previous = lock.instances.get(&inst.name);
-            (Action::Run, why(previous, inst.kind.code_version(), inst.params.as_map(), &inputs, &fingerprint))
+            (
+                Action::Run,
+                why(
+                    previous,
+                    inst.kind.code_version(),
+                    inst.params.as_map(),
+                    &inputs,
+                    &fingerprint,
+                ),
+            )
         };
         planned[i] = Some(PlannedInstance {
             name: inst.name.clone(),
@@ -153,7 +167,12 @@ pub fn plan(
 }
 
 /// 32 hex digits of blake3 over a canonical encoding.
-pub fn fingerprint(kind: &str, code_version: &str, params_json: &str, inputs: &BTreeMap<String, Vec<LockInput>>) -> String {
+pub fn fingerprint(
+    kind: &str,
+    code_version: &str,
+    params_json: &str,
+    inputs: &BTreeMap<String, Vec<LockInput>>,
+) -> String {
     let mut h = blake3::Hasher::new();
     let mut field = |label: &str, value: &str| {
         h.update(label.as_bytes());
@@ -254,7 +273,12 @@ fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
             keys.dedup();
             for k in keys {
                 let null = Value::Null;
-                diff_values(&format!("{path}.{k}"), a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), out);
+                diff_values(
+                    &format!("{path}.{k}"),
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    out,
+                );
             }
         }
         (a, b) if a != b => out.push(format!("{path} {} → {}", short(a), short(b))),

@@ -17,11 +17,18 @@ use crate::store::Store;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Cached,
-    Ran { seconds: f64 },
-    Failed { seconds: f64, error: String },
+    Ran {
+        seconds: f64,
+    },
+    Failed {
+        seconds: f64,
+        error: String,
+    },
     Cancelled,
     /// Not run: not selected, or an upstream instance failed.
-    Skipped { why: String },
+    Skipped {
+        why: String,
+    },
 }
 
 pub struct SchedulerOptions {
@@ -52,7 +59,11 @@ pub fn run(
     for (i, p) in planned.iter().enumerate() {
         match p.action {
             Action::Cached => outcomes[i] = Some(Outcome::Cached),
-            Action::Skip => outcomes[i] = Some(Outcome::Skipped { why: p.reasons.join("; ") }),
+            Action::Skip => {
+                outcomes[i] = Some(Outcome::Skipped {
+                    why: p.reasons.join("; "),
+                })
+            }
             Action::Run => {}
         }
     }
@@ -149,7 +160,9 @@ pub fn run(
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let Some((cpus, gpu)) = running.remove(&result.index) else { continue };
+            let Some((cpus, gpu)) = running.remove(&result.index) else {
+                continue;
+            };
             cpu_free += cpus;
             if let Some(d) = gpu {
                 gpus_busy.remove(&d);
@@ -158,14 +171,20 @@ pub fn run(
             let outcome = match result.outcome {
                 Ok(_) => {
                     progress.line(&format!("✓ {name} ({:.1}s)", result.seconds));
-                    Outcome::Ran { seconds: result.seconds }
+                    Outcome::Ran {
+                        seconds: result.seconds,
+                    }
                 }
                 Err(StageError::Cancelled) => {
                     progress.line(&format!("✗ {name} cancelled"));
                     Outcome::Cancelled
                 }
                 Err(e) => {
-                    progress.line(&format!("✗ {name} failed after {:.1}s:\n{}", result.seconds, indent(&e.to_string())));
+                    progress.line(&format!(
+                        "✗ {name} failed after {:.1}s:\n{}",
+                        result.seconds,
+                        indent(&e.to_string())
+                    ));
                     if !options.keep_going {
                         stopping = true;
                     }

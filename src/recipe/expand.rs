@@ -19,7 +19,15 @@ use crate::registry::Registry;
 
 const RECIPE_KEYS: &[&str] = &["name", "description", "vars", "defaults", "stages"];
 const STAGE_KEYS: &[&str] = &[
-    "kind", "description", "with", "needs", "foreach", "matrix", "backend", "device", "resources",
+    "kind",
+    "description",
+    "with",
+    "needs",
+    "foreach",
+    "matrix",
+    "backend",
+    "device",
+    "resources",
 ];
 const DEFAULT_KEYS: &[&str] = &["backend", "device", "resources"];
 const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "vulkan", "cuda"];
@@ -137,7 +145,17 @@ pub fn expand(source: &RecipeSource, registry: &Registry) -> (Vec<Instance>, Dia
             ));
             continue;
         }
-        expand_stage(source, registry, stage_name, key.span, decl, vars, defaults, &mut pending, &mut diags);
+        expand_stage(
+            source,
+            registry,
+            stage_name,
+            key.span,
+            decl,
+            vars,
+            defaults,
+            &mut pending,
+            &mut diags,
+        );
     }
 
     // Duplicate instance names (a repeated foreach item, colliding matrix labels).
@@ -165,18 +183,24 @@ fn valid_name(name: &str) -> bool {
 
 fn check_keys(source: &RecipeSource, node: &Node, allowed: &[&str], what: &str, diags: &mut Diagnostics) {
     let Some(entries) = node.as_map() else {
-        diags.push(source.diag(node.span, format!("{what} must be a mapping, found {}", node.describe()), None));
+        diags.push(source.diag(
+            node.span,
+            format!("{what} must be a mapping, found {}", node.describe()),
+            None,
+        ));
         return;
     };
     for (k, _) in entries {
         let key = k.as_str().unwrap_or_default();
         if !allowed.contains(&key) {
-            diags.push(source.diag(
-                k.span,
-                format!("unknown key `{key}` in {what}"),
-                did_you_mean(key, allowed.iter().copied())
-                    .or_else(|| Some(format!("allowed keys: {}", allowed.join(", ")))),
-            ));
+            diags.push(
+                source.diag(
+                    k.span,
+                    format!("unknown key `{key}` in {what}"),
+                    did_you_mean(key, allowed.iter().copied())
+                        .or_else(|| Some(format!("allowed keys: {}", allowed.join(", ")))),
+                ),
+            );
         }
     }
 }
@@ -217,8 +241,12 @@ fn expand_stage(
                     diags.push(source.diag(
                         node.span,
                         format!("unknown stage kind `{name}`"),
-                        did_you_mean(name, registry.names())
-                            .or_else(|| Some(format!("known kinds: {}", registry.names().collect::<Vec<_>>().join(", ")))),
+                        did_you_mean(name, registry.names()).or_else(|| {
+                            Some(format!(
+                                "known kinds: {}",
+                                registry.names().collect::<Vec<_>>().join(", ")
+                            ))
+                        }),
                     ));
                     return;
                 }
@@ -230,7 +258,9 @@ fn expand_stage(
         item: None,
         matrix: BTreeMap::new(),
     };
-    let Some(bindings) = bindings(source, decl, &scope_vars, diags) else { return };
+    let Some(bindings) = bindings(source, decl, &scope_vars, diags) else {
+        return;
+    };
 
     for binding in bindings {
         let name = match &binding.label {
@@ -331,7 +361,10 @@ fn bindings(source: &RecipeSource, decl: &Node, scope: &Scope, diags: &mut Diagn
                 _ => {
                     diags.push(source.diag(
                         item.span,
-                        format!("{what} item {} must be a plain name (letters, digits, `-`, `_`, `.`)", item.describe()),
+                        format!(
+                            "{what} item {} must be a plain name (letters, digits, `-`, `_`, `.`)",
+                            item.describe()
+                        ),
                         None,
                     ));
                     ok = false;
@@ -355,7 +388,11 @@ fn bindings(source: &RecipeSource, decl: &Node, scope: &Scope, diags: &mut Diagn
     }
     if let Some(m) = matrix {
         let Some(axes) = m.as_map() else {
-            diags.push(source.diag(m.span, format!("`matrix` must map axis names to lists, found {}", m.describe()), None));
+            diags.push(source.diag(
+                m.span,
+                format!("`matrix` must map axis names to lists, found {}", m.describe()),
+                None,
+            ));
             return None;
         };
         let mut combos: Vec<Vec<(String, Node)>> = vec![Vec::new()];
@@ -411,7 +448,11 @@ fn check_params(
     let with = node.get("with");
     if let Some(with) = with {
         match with.as_map() {
-            None => diags.push(source.diag(with.span, format!("`with` must be a mapping, found {}", with.describe()), None)),
+            None => diags.push(source.diag(
+                with.span,
+                format!("`with` must be a mapping, found {}", with.describe()),
+                None,
+            )),
             Some(entries) => {
                 for (k, v) in entries {
                     let key = k.as_str().unwrap_or_default();
@@ -460,7 +501,11 @@ fn check_params(
     }
     let params = Params::new(values);
     for (field, message) in kind.check(&params) {
-        let span = spans.get(&field).copied().or(with.map(|w| w.span)).unwrap_or(stage_span);
+        let span = spans
+            .get(&field)
+            .copied()
+            .or(with.map(|w| w.span))
+            .unwrap_or(stage_span);
         diags.push(source.diag(span, format!("parameter `{field}`: {message}"), None));
     }
     params
@@ -489,7 +534,11 @@ fn settings(
             Some(s) if BACKENDS.contains(&s) => backend = s.to_string(),
             _ => diags.push(source.diag(
                 b.span,
-                format!("`backend` must be one of {}, found {}", BACKENDS.join(", "), b.describe()),
+                format!(
+                    "`backend` must be one of {}, found {}",
+                    BACKENDS.join(", "),
+                    b.describe()
+                ),
                 b.as_str().and_then(|s| did_you_mean(s, BACKENDS.iter().copied())),
             )),
         }
@@ -498,7 +547,11 @@ fn settings(
     if let Some(d) = pick("device") {
         match d.to_value().as_u64() {
             Some(i) => device = i as usize,
-            None => diags.push(source.diag(d.span, format!("`device` must be a device number, found {}", d.describe()), None)),
+            None => diags.push(source.diag(
+                d.span,
+                format!("`device` must be a device number, found {}", d.describe()),
+                None,
+            )),
         }
     }
     let mut resources = Resources {
@@ -519,7 +572,11 @@ fn settings(
                             v.span,
                             format!(
                                 "`resources.{key}` must be {}, found {}",
-                                if key == "cpus" { "a positive integer" } else { "true or false" },
+                                if key == "cpus" {
+                                    "a positive integer"
+                                } else {
+                                    "true or false"
+                                },
                                 v.describe()
                             ),
                             None,
@@ -538,7 +595,11 @@ fn settings(
 }
 
 /// Reads `needs:` into unresolved references.
-fn needs(source: &RecipeSource, node: &Node, diags: &mut Diagnostics) -> (Vec<PendingRef>, Vec<(String, Span)>, Option<Span>) {
+fn needs(
+    source: &RecipeSource,
+    node: &Node,
+    diags: &mut Diagnostics,
+) -> (Vec<PendingRef>, Vec<(String, Span)>, Option<Span>) {
     let mut refs = Vec::new();
     let mut names = Vec::new();
     let Some(needs) = node.get("needs") else {
@@ -568,7 +629,10 @@ fn needs(source: &RecipeSource, node: &Node, diags: &mut Diagnostics) -> (Vec<Pe
                 }),
                 _ => diags.push(source.diag(
                     item.span,
-                    format!("input `{input}`: expected an instance reference or a file path, found {}", item.describe()),
+                    format!(
+                        "input `{input}`: expected an instance reference or a file path, found {}",
+                        item.describe()
+                    ),
                     None,
                 )),
             }
@@ -602,7 +666,16 @@ fn resolve_refs(source: &RecipeSource, pending: &mut [Pending], declared: &[&str
             let sources = if is_path(&r.text) {
                 resolve_files(source, r, diags)
             } else {
-                resolve_instance(source, r, &by_name, &by_stage, &outputs, &instance_names, declared, diags)
+                resolve_instance(
+                    source,
+                    r,
+                    &by_name,
+                    &by_stage,
+                    &outputs,
+                    &instance_names,
+                    declared,
+                    diags,
+                )
             };
             match bindings.iter_mut().find(|b| b.name == r.input) {
                 Some(b) => b.sources.extend(sources),
@@ -640,10 +713,18 @@ fn resolve_refs(source: &RecipeSource, pending: &mut [Pending], declared: &[&str
                 }
                 if let Some(n) = bound {
                     if n > 1 && !spec.many {
-                        let span = p.input_spans.iter().find(|(name, _)| name == spec.name).map(|(_, s)| *s);
+                        let span = p
+                            .input_spans
+                            .iter()
+                            .find(|(name, _)| name == spec.name)
+                            .map(|(_, s)| *s);
                         diags.push(source.diag(
                             span.unwrap_or(p.needs_span),
-                            format!("input `{}` of kind `{}` takes one artifact, {n} are bound", spec.name, kind.name()),
+                            format!(
+                                "input `{}` of kind `{}` takes one artifact, {n} are bound",
+                                spec.name,
+                                kind.name()
+                            ),
                             Some("name one instance (`stage@item`) instead of the whole stage".into()),
                         ));
                     }
@@ -662,7 +743,11 @@ fn resolve_files(source: &RecipeSource, r: &PendingRef, diags: &mut Diagnostics)
     };
     match glob::glob(&pattern) {
         Err(e) => {
-            diags.push(source.diag(r.span, format!("input `{}`: bad file pattern {:?}: {e}", r.input, r.text), None));
+            diags.push(source.diag(
+                r.span,
+                format!("input `{}`: bad file pattern {:?}: {e}", r.input, r.text),
+                None,
+            ));
             Vec::new()
         }
         Ok(paths) => {
@@ -671,7 +756,12 @@ fn resolve_files(source: &RecipeSource, r: &PendingRef, diags: &mut Diagnostics)
             if files.is_empty() {
                 diags.push(source.diag(
                     r.span,
-                    format!("input `{}`: no file matches {:?} (looked in {})", r.input, r.text, source.dir.display()),
+                    format!(
+                        "input `{}`: no file matches {:?} (looked in {})",
+                        r.input,
+                        r.text,
+                        source.dir.display()
+                    ),
                     Some("paths are relative to the recipe's folder".into()),
                 ));
             }
@@ -704,12 +794,17 @@ fn resolve_instance(
             // The stage exists but has errors of its own, already reported.
             return Vec::new();
         }
-        diags.push(source.diag(
-            r.span,
-            format!("input `{}` refers to stage `{stage}`, which the recipe does not have", r.input),
-            did_you_mean(stage, by_stage.keys().map(String::as_str))
-                .or_else(|| Some("file paths must contain `/` (write ./file for the recipe's folder)".into())),
-        ));
+        diags.push(
+            source.diag(
+                r.span,
+                format!(
+                    "input `{}` refers to stage `{stage}`, which the recipe does not have",
+                    r.input
+                ),
+                did_you_mean(stage, by_stage.keys().map(String::as_str))
+                    .or_else(|| Some("file paths must contain `/` (write ./file for the recipe's folder)".into())),
+            ),
+        );
         return Vec::new();
     };
     let targets: Vec<usize> = match label {
@@ -719,11 +814,18 @@ fn resolve_instance(
             None => {
                 diags.push(source.diag(
                     r.span,
-                    format!("input `{}` refers to instance `{target}`, which stage `{stage}` does not produce", r.input),
+                    format!(
+                        "input `{}` refers to instance `{target}`, which stage `{stage}` does not produce",
+                        r.input
+                    ),
                     did_you_mean(target, stage_instances.iter().map(|&i| instance_names[i].as_str())).or_else(|| {
                         Some(format!(
                             "its instances: {}",
-                            stage_instances.iter().map(|&i| instance_names[i].as_str()).collect::<Vec<_>>().join(", ")
+                            stage_instances
+                                .iter()
+                                .map(|&i| instance_names[i].as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))
                     }),
                 ));
@@ -736,12 +838,17 @@ fn resolve_instance(
         let output = match output {
             Some(o) => {
                 if !outputs[i].iter().any(|x| x == o) {
-                    diags.push(source.diag(
-                        r.span,
-                        format!("input `{}`: instance `{}` has no output `{o}`", r.input, instance_names[i]),
-                        did_you_mean(o, outputs[i].iter().map(String::as_str))
-                            .or_else(|| Some(format!("its outputs: {}", outputs[i].join(", ")))),
-                    ));
+                    diags.push(
+                        source.diag(
+                            r.span,
+                            format!(
+                                "input `{}`: instance `{}` has no output `{o}`",
+                                r.input, instance_names[i]
+                            ),
+                            did_you_mean(o, outputs[i].iter().map(String::as_str))
+                                .or_else(|| Some(format!("its outputs: {}", outputs[i].join(", ")))),
+                        ),
+                    );
                     continue;
                 }
                 o.to_string()

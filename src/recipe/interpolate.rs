@@ -16,6 +16,7 @@ pub struct Scope<'a> {
 }
 
 /// A failed reference: where, and what went wrong.
+#[derive(Debug)]
 pub struct InterpError {
     pub span: Span,
     pub message: String,
@@ -172,7 +173,10 @@ mod tests {
         };
         let node = parse("a: ${vars.langs}\nb: data/${item}/*.txt\nc: ${vars.lr}\n").unwrap();
         let out = scope.apply(&node).unwrap().to_value();
-        assert_eq!(out, serde_json::json!({"a": ["sw", "vi"], "b": "data/sw/*.txt", "c": 0.5}));
+        assert_eq!(
+            out,
+            serde_json::json!({"a": ["sw", "vi"], "b": "data/sw/*.txt", "c": 0.5})
+        );
     }
 
     #[test]

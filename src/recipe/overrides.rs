@@ -20,9 +20,7 @@ pub struct Override {
 
 impl Override {
     pub fn parse(index: usize, text: &str) -> Result<Override, String> {
-        let (path, value) = text
-            .split_once('=')
-            .ok_or_else(|| "missing `=`".to_string())?;
+        let (path, value) = text.split_once('=').ok_or_else(|| "missing `=`".to_string())?;
         let path: Vec<String> = path.trim().split('.').map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
             return Err(format!("`{}` is not a key path", path.join(".")));

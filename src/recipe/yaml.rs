@@ -38,7 +38,10 @@ impl fmt::Display for Span {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
     /// Scalar text; `quoted` scalars are always strings, plain ones are typed.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -125,10 +128,8 @@ pub fn plain_scalar(text: &str) -> Value {
     if let Ok(i) = text.parse::<i64>() {
         return Value::from(i);
     }
-    let looks_numeric = text
-        .chars()
-        .all(|c| c.is_ascii_digit() || "+-.eE_".contains(c))
-        && text.chars().any(|c| c.is_ascii_digit());
+    let looks_numeric =
+        text.chars().all(|c| c.is_ascii_digit() || "+-.eE_".contains(c)) && text.chars().any(|c| c.is_ascii_digit());
     if looks_numeric {
         if let Ok(f) = text.replace('_', "").parse::<f64>() {
             if let Some(n) = serde_json::Number::from_f64(f) {
@@ -194,9 +195,7 @@ impl Builder {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map {
-                entries,
-                pending_key,
-                ..
+                entries, pending_key, ..
             }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
@@ -266,10 +265,7 @@ impl MarkedEventReceiver for Builder {
                         anchor,
                     ),
                     Some(Frame::Map {
-                        anchor,
-                        span,
-                        entries,
-                        ..
+                        anchor, span, entries, ..
                     }) => (
                         Node {
                             kind: NodeKind::Map(entries),

@@ -165,7 +165,9 @@ impl Store {
     }
 
     pub fn lockfile_path(&self, recipe: &str) -> PathBuf {
-        self.root.join("recipes").join(format!("{}.lock.yaml", sanitize(recipe)))
+        self.root
+            .join("recipes")
+            .join(format!("{}.lock.yaml", sanitize(recipe)))
     }
 
     pub fn file_index_path(&self) -> PathBuf {
@@ -206,7 +208,13 @@ pub fn dir_size(path: &Path) -> u64 {
 /// File-system-safe form of an instance or recipe name.
 pub fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -141,7 +141,9 @@ impl<'a> StageContext<'a> {
     pub fn single_input(&self, name: &str) -> Result<&InputItem, StageError> {
         match self.input(name) {
             [one] => Ok(one),
-            [] => Err(StageError::failed(format!("input `{name}` is not bound (add it under `needs:`)"))),
+            [] => Err(StageError::failed(format!(
+                "input `{name}` is not bound (add it under `needs:`)"
+            ))),
             many => Err(StageError::failed(format!(
                 "input `{name}` takes one artifact, {} were bound",
                 many.len()
@@ -187,6 +189,9 @@ impl<'a> StageContext<'a> {
     }
 
     pub fn take_notes(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.notes.lock().map(|mut n| std::mem::take(&mut *n)).unwrap_or_default()
+        self.notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
     }
 }

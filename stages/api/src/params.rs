@@ -44,13 +44,7 @@ impl ParamType {
     /// Checks a value, coercing where YAML is ambiguous (an integer where a
     /// float is expected, a lone string where a list is expected).
     pub fn coerce(&self, value: &Value) -> Result<Value, String> {
-        let wrong = || {
-            Err(format!(
-                "expected {}, found {}",
-                self.describe(),
-                describe_value(value)
-            ))
-        };
+        let wrong = || Err(format!("expected {}, found {}", self.describe(), describe_value(value)));
         match (self, value) {
             (ParamType::Any, v) => Ok(v.clone()),
             (ParamType::Str, Value::String(_)) => Ok(value.clone()),
@@ -115,18 +109,31 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: None, required: true, doc }
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            required: true,
+            doc,
+        }
     }
     pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: None, required: false, doc }
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            required: false,
+            doc,
+        }
     }
-    pub const fn with_default(
-        name: &'static str,
-        ty: ParamType,
-        default: &'static str,
-        doc: &'static str,
-    ) -> Self {
-        ParamSpec { name, ty, default: Some(default), required: false, doc }
+    pub const fn with_default(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: Some(default),
+            required: false,
+            doc,
+        }
     }
 }
 
@@ -269,10 +276,12 @@ impl Params {
     pub fn decode<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StageError> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| StageError::Param {
-                name: name.to_string(),
-                message: e.to_string(),
-            }),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| StageError::Param {
+                    name: name.to_string(),
+                    message: e.to_string(),
+                }),
         }
     }
 

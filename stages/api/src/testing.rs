@@ -28,12 +28,18 @@ pub fn params_for(specs: &[ParamSpec], params: Value) -> Result<Params, String> 
     for spec in specs {
         match map.get(spec.name) {
             Some(v) => {
-                let v = spec.ty.coerce(v).map_err(|e| format!("parameter `{}`: {e}", spec.name))?;
+                let v = spec
+                    .ty
+                    .coerce(v)
+                    .map_err(|e| format!("parameter `{}`: {e}", spec.name))?;
                 map.insert(spec.name.to_string(), v);
             }
             None => {
                 if let Some(d) = spec.default {
-                    map.insert(spec.name.to_string(), serde_json::from_str(d).map_err(|e| e.to_string())?);
+                    map.insert(
+                        spec.name.to_string(),
+                        serde_json::from_str(d).map_err(|e| e.to_string())?,
+                    );
                 } else if spec.required {
                     return Err(format!("parameter `{}` is required", spec.name));
                 }

@@ -14,15 +14,22 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use babelflow_stage::{
-    InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind,
-};
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
 pub struct CommandKind;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required("run", ParamType::Str, "shell command line, run with `sh -ec` in the recipe's folder"),
-    ParamSpec::with_default("outputs", ParamType::StrList, r#"["out"]"#, "names of the outputs the command writes (files or folders)"),
+    ParamSpec::required(
+        "run",
+        ParamType::Str,
+        "shell command line, run with `sh -ec` in the recipe's folder",
+    ),
+    ParamSpec::with_default(
+        "outputs",
+        ParamType::StrList,
+        r#"["out"]"#,
+        "names of the outputs the command writes (files or folders)",
+    ),
     ParamSpec::optional("env", ParamType::StrMap, "extra environment variables"),
 ];
 
@@ -130,11 +137,7 @@ fn env_name(name: &str) -> String {
     name.to_ascii_uppercase().replace(['-', '.'], "_")
 }
 
-fn copy_lines(
-    stream: impl Read,
-    ctx: &StageContext,
-    tail: &std::sync::Mutex<std::collections::VecDeque<String>>,
-) {
+fn copy_lines(stream: impl Read, ctx: &StageContext, tail: &std::sync::Mutex<std::collections::VecDeque<String>>) {
     for line in BufReader::new(stream).lines().map_while(Result::ok) {
         ctx.log_file_only(&line);
         if let Ok(mut t) = tail.lock() {
@@ -147,10 +150,7 @@ fn copy_lines(
 }
 
 /// Waits for the child, killing it when the run is cancelled.
-fn wait_or_cancel(
-    child: &mut Child,
-    ctx: &StageContext,
-) -> Result<std::process::ExitStatus, StageError> {
+fn wait_or_cancel(child: &mut Child, ctx: &StageContext) -> Result<std::process::ExitStatus, StageError> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Ok(status),

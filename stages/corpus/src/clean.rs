@@ -83,7 +83,10 @@ mod tests {
 
     #[test]
     fn whitespace_is_collapsed_and_controls_dropped() {
-        assert_eq!(clean_whitespace("  a\u{0007}b \t c  \n\n\n\nd\u{feff}e \n"), "ab c\n\nde");
+        assert_eq!(
+            clean_whitespace("  a\u{0007}b \t c  \n\n\n\nd\u{feff}e \n"),
+            "ab c\n\nde"
+        );
         assert_eq!(clean_whitespace("क्‍ष"), "क्‍ष");
     }
 

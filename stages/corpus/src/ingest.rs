@@ -17,25 +17,101 @@ use crate::table::{StringTableWriter, CORPUS_COLUMNS};
 
 pub struct Ingest;
 
-const FORMATS: &[&str] = &["auto", "text", "lines", "paragraphs", "jsonl", "json", "csv", "tsv", "parquet"];
+const FORMATS: &[&str] = &[
+    "auto",
+    "text",
+    "lines",
+    "paragraphs",
+    "jsonl",
+    "json",
+    "csv",
+    "tsv",
+    "parquet",
+];
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::with_default("format", ParamType::Choice(FORMATS), r#""auto""#, "input format; `auto` picks by file extension, plain text by `text_unit`"),
-    ParamSpec::with_default("text_unit", ParamType::Choice(&["file", "line", "paragraph"]), r#""paragraph""#, "for plain text: one document per file, per line, or per blank-line-separated paragraph"),
-    ParamSpec::with_default("text_field", ParamType::Str, r#""text""#, "field (dotted path for nested JSON) or column holding the text"),
-    ParamSpec::optional("id_field", ParamType::Str, "field holding a document id (default: file name and line)"),
-    ParamSpec::optional("lang", ParamType::Str, "the corpus language (ISO 639-1, e.g. sw); also the expected language for `langid`"),
-    ParamSpec::optional("lang_field", ParamType::Str, "field holding each document's language (overrides `lang`)"),
-    ParamSpec::with_default("normalize", ParamType::Choice(&["none", "nfc", "nfkc"]), r#""nfc""#, "Unicode normalisation"),
-    ParamSpec::with_default("clean_whitespace", ParamType::Bool, "true", "drop control characters, collapse spaces, trim lines"),
-    ParamSpec::with_default("min_chars", ParamType::Int, "1", "drop documents shorter than this (characters, after cleaning)"),
+    ParamSpec::with_default(
+        "format",
+        ParamType::Choice(FORMATS),
+        r#""auto""#,
+        "input format; `auto` picks by file extension, plain text by `text_unit`",
+    ),
+    ParamSpec::with_default(
+        "text_unit",
+        ParamType::Choice(&["file", "line", "paragraph"]),
+        r#""paragraph""#,
+        "for plain text: one document per file, per line, or per blank-line-separated paragraph",
+    ),
+    ParamSpec::with_default(
+        "text_field",
+        ParamType::Str,
+        r#""text""#,
+        "field (dotted path for nested JSON) or column holding the text",
+    ),
+    ParamSpec::optional(
+        "id_field",
+        ParamType::Str,
+        "field holding a document id (default: file name and line)",
+    ),
+    ParamSpec::optional(
+        "lang",
+        ParamType::Str,
+        "the corpus language (ISO 639-1, e.g. sw); also the expected language for `langid`",
+    ),
+    ParamSpec::optional(
+        "lang_field",
+        ParamType::Str,
+        "field holding each document's language (overrides `lang`)",
+    ),
+    ParamSpec::with_default(
+        "normalize",
+        ParamType::Choice(&["none", "nfc", "nfkc"]),
+        r#""nfc""#,
+        "Unicode normalisation",
+    ),
+    ParamSpec::with_default(
+        "clean_whitespace",
+        ParamType::Bool,
+        "true",
+        "drop control characters, collapse spaces, trim lines",
+    ),
+    ParamSpec::with_default(
+        "min_chars",
+        ParamType::Int,
+        "1",
+        "drop documents shorter than this (characters, after cleaning)",
+    ),
     ParamSpec::optional("max_chars", ParamType::Int, "drop documents longer than this"),
     ParamSpec::with_default("dedup", ParamType::Bool, "true", "drop exact duplicates"),
-    ParamSpec::optional("near_dup_threshold", ParamType::Float, "drop near-duplicates (MinHash over 5-grams) at or above this Jaccard similarity, e.g. 0.8"),
-    ParamSpec::with_default("langid", ParamType::Bool, "false", "keep only documents identified as `lang` (needs `lang`)"),
-    ParamSpec::with_default("langid_min_confidence", ParamType::Float, "0.5", "minimum identifier confidence to keep a document"),
-    ParamSpec::with_default("strict", ParamType::Bool, "false", "invalid UTF-8 is an error naming file and byte offset (else skipped and counted)"),
-    ParamSpec::with_default("lenient", ParamType::Bool, "false", "skip and count malformed records and missing text fields instead of failing"),
+    ParamSpec::optional(
+        "near_dup_threshold",
+        ParamType::Float,
+        "drop near-duplicates (MinHash over 5-grams) at or above this Jaccard similarity, e.g. 0.8",
+    ),
+    ParamSpec::with_default(
+        "langid",
+        ParamType::Bool,
+        "false",
+        "keep only documents identified as `lang` (needs `lang`)",
+    ),
+    ParamSpec::with_default(
+        "langid_min_confidence",
+        ParamType::Float,
+        "0.5",
+        "minimum identifier confidence to keep a document",
+    ),
+    ParamSpec::with_default(
+        "strict",
+        ParamType::Bool,
+        "false",
+        "invalid UTF-8 is an error naming file and byte offset (else skipped and counted)",
+    ),
+    ParamSpec::with_default(
+        "lenient",
+        ParamType::Bool,
+        "false",
+        "skip and count malformed records and missing text fields instead of failing",
+    ),
 ];
 
 const INPUTS: &[InputSpec] = &[InputSpec {
@@ -132,7 +208,9 @@ impl StageKind for Ingest {
         let min_chars = p.usize("min_chars")?;
         let max_chars = p.opt_usize("max_chars")?;
         let lenient = p.bool("lenient")?;
-        let utf8 = Utf8Policy { strict: p.bool("strict")? };
+        let utf8 = Utf8Policy {
+            strict: p.bool("strict")?,
+        };
         let mut exact = p.bool("dedup")?.then(ExactDedup::default);
         let mut near = p.opt_f64("near_dup_threshold")?.map(NearDedup::new);
         let langid = p.bool("langid")?.then(LangId::default);
@@ -148,7 +226,10 @@ impl StageKind for Ingest {
             ctx.progress(file_no as u64, Some(files.len() as u64), &path.display().to_string());
             stats.files += 1;
             let format = forced.unwrap_or_else(|| Format::detect(path, text_unit));
-            let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let source = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for_each_record(path, format, utf8, &mut |record| {
                 stats.documents_in += 1;
                 let record = match record {
@@ -162,7 +243,11 @@ impl StageKind for Ingest {
                             count_drop(&mut stats, "malformed");
                             return Ok(());
                         }
-                        return Err(StageError::input(path, Some(line), format!("{message} (set lenient: true to skip such records)")));
+                        return Err(StageError::input(
+                            path,
+                            Some(line),
+                            format!("{message} (set lenient: true to skip such records)"),
+                        ));
                     }
                 };
                 let Some(text) = field(&record.fields, &text_field).and_then(Value::as_str) else {

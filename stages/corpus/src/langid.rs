@@ -66,7 +66,9 @@ impl Default for LangId {
 impl LangId {
     /// (ISO code, confidence 0–1), or `None` when no language is detectable.
     pub fn detect(&self, text: &str) -> Option<(&'static str, f64)> {
-        self.detector.detect(text).map(|info| (to_code(info.lang()), info.confidence()))
+        self.detector
+            .detect(text)
+            .map(|info| (to_code(info.lang()), info.confidence()))
     }
 }
 
@@ -76,7 +78,9 @@ mod tests {
 
     #[test]
     fn knows_the_study_languages_except_swahili() {
-        for code in ["ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "ta", "te", "ur", "vi", "en", "zh"] {
+        for code in [
+            "ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "ta", "te", "ur", "vi", "en", "zh",
+        ] {
             assert!(to_whatlang(code).is_some(), "{code}");
         }
         assert!(to_whatlang("sw").is_none());
@@ -85,9 +89,14 @@ mod tests {
     #[test]
     fn tells_scripts_apart() {
         let id = LangId::default();
-        assert_eq!(id.detect("这是一个关于语言模型的简短中文句子，用来测试语言识别。").map(|d| d.0), Some("zh"));
         assert_eq!(
-            id.detect("The quick brown fox jumps over the lazy dog while the farmer watches.").map(|d| d.0),
+            id.detect("这是一个关于语言模型的简短中文句子，用来测试语言识别。")
+                .map(|d| d.0),
+            Some("zh")
+        );
+        assert_eq!(
+            id.detect("The quick brown fox jumps over the lazy dog while the farmer watches.")
+                .map(|d| d.0),
             Some("en")
         );
     }

@@ -32,7 +32,10 @@ impl Format {
     /// Picks a format from the file name (compression suffixes ignored);
     /// plain text files are cut by `text_unit`.
     pub fn detect(path: &Path, text_unit: Format) -> Format {
-        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         let name = name.trim_end_matches(".gz").trim_end_matches(".zst");
         match name.rsplit('.').next() {
             Some("jsonl" | "ndjson") => Format::Jsonl,
@@ -108,15 +111,17 @@ pub fn for_each_record(
             open(path)?
                 .read_to_string(&mut text)
                 .map_err(|e| StageError::input(path, None, format!("cannot read as UTF-8 JSON: {e}")))?;
-            let value: Value = serde_json::from_str(&text).map_err(|e| {
-                StageError::input(path, Some(e.line() as u64), format!("invalid JSON: {e}"))
-            })?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| StageError::input(path, Some(e.line() as u64), format!("invalid JSON: {e}")))?;
             let items = match value {
                 Value::Array(items) => items,
                 other => vec![other],
             };
             for (i, fields) in items.into_iter().enumerate() {
-                each(Ok(Record { fields, line: i as u64 + 1 }))?;
+                each(Ok(Record {
+                    fields,
+                    line: i as u64 + 1,
+                }))?;
             }
             return Ok(());
         }
@@ -132,7 +137,9 @@ pub fn for_each_record(
     let mut whole = String::new();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| StageError::io(path, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| StageError::io(path, e))?;
         if n == 0 {
             break;
         }

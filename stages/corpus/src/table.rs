@@ -37,7 +37,10 @@ fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> StageEr
 impl StringTableWriter {
     pub fn create(path: &Path, columns: &[&str]) -> Result<Self, StageError> {
         let schema: SchemaRef = Arc::new(Schema::new(
-            columns.iter().map(|c| Field::new(*c, DataType::Utf8, false)).collect::<Vec<_>>(),
+            columns
+                .iter()
+                .map(|c| Field::new(*c, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
         ));
         let file = File::create(path).map_err(|e| StageError::io(path, e))?;
         let props = WriterProperties::builder()
@@ -117,7 +120,10 @@ pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), Sta
                     StageError::input(
                         path,
                         None,
-                        format!("not a corpus artifact: no string column `{name}` (expected {})", CORPUS_COLUMNS.join(", ")),
+                        format!(
+                            "not a corpus artifact: no string column `{name}` (expected {})",
+                            CORPUS_COLUMNS.join(", ")
+                        ),
                     )
                 })
         };

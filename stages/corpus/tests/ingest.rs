@@ -93,7 +93,11 @@ fn json_array_csv_tsv_and_parquet() {
 #[test]
 fn malformed_records_name_file_and_line_or_are_counted_when_lenient() {
     let dir = tempfile::tempdir().unwrap();
-    let jsonl = write(dir.path(), "bad.jsonl", b"{\"text\": \"ok\"}\n{\"text\": oops}\n{\"body\": \"no text\"}\n");
+    let jsonl = write(
+        dir.path(),
+        "bad.jsonl",
+        b"{\"text\": \"ok\"}\n{\"text\": oops}\n{\"body\": \"no text\"}\n",
+    );
     let err = run(json!({}), &[&jsonl]).err().unwrap().to_string();
     assert!(err.contains("bad.jsonl:2: invalid JSON"), "{err}");
     let (docs, stats, _) = run(json!({"lenient": true}), &[&jsonl]).unwrap();
@@ -109,7 +113,10 @@ fn malformed_records_name_file_and_line_or_are_counted_when_lenient() {
     let err = run(json!({}), &[&csv]).err().unwrap().to_string();
     assert!(err.contains("bad.csv:3: row has 3 columns, the header has 2"), "{err}");
 
-    let err = run(json!({}), &[&dir.path().join("absent.txt")]).err().unwrap().to_string();
+    let err = run(json!({}), &[&dir.path().join("absent.txt")])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("absent.txt"), "{err}");
 }
 
@@ -120,7 +127,10 @@ fn invalid_utf8_is_counted_or_named_with_its_byte_offset() {
     let (docs, stats, _) = run(json!({"text_unit": "line"}), &[&f]).unwrap();
     assert_eq!(texts(&docs), vec!["good line"]);
     assert_eq!(stats["dropped"]["invalid_utf8"], 1);
-    let err = run(json!({"text_unit": "line", "strict": true}), &[&f]).err().unwrap().to_string();
+    let err = run(json!({"text_unit": "line", "strict": true}), &[&f])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("u.txt:2: invalid UTF-8 at byte offset 14"), "{err}");
 }
 
@@ -143,7 +153,8 @@ fn cleaning_normalises_filters_and_dedups() {
 #[test]
 fn language_id_drops_a_planted_foreign_paragraph() {
     let dir = tempfile::tempdir().unwrap();
-    let hindi = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/samples/text/hi.txt")).unwrap();
+    let hindi =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/samples/text/hi.txt")).unwrap();
     let planted = "The committee will publish its annual report on the state of the harbour next Tuesday morning.";
     let f = write(dir.path(), "hi.txt", format!("{hindi}\n\n{planted}\n").as_bytes());
     let (docs, stats, _) = run(json!({"lang": "hi", "langid": true}), &[&f]).unwrap();
@@ -157,7 +168,8 @@ fn near_duplicates_are_dropped_above_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let a = "The river flooded the lower town in the spring of that year, and the people moved their goats to the hills above the old mill for three weeks.";
     let b = "The river flooded the lower town in the spring of that year, and the people moved their goats to the hills above the old mill for four weeks.";
-    let c = "A recipe for flatbread needs flour, water, salt and a very hot pan; knead for ten minutes and rest the dough.";
+    let c =
+        "A recipe for flatbread needs flour, water, salt and a very hot pan; knead for ten minutes and rest the dough.";
     let f = write(dir.path(), "n.txt", format!("{a}\n\n{b}\n\n{c}\n").as_bytes());
     let (docs, stats, _) = run(json!({"near_dup_threshold": 0.7}), &[&f]).unwrap();
     assert_eq!(texts(&docs), vec![a, c]);

@@ -72,7 +72,8 @@ pub struct TokenWriter {
 impl TokenWriter {
     pub fn create(path: &Path, vocab_size: u32, tokenizer_hash: [u8; 32]) -> Result<Self, StageError> {
         let mut file = File::create(path).map_err(|e| StageError::io(path, e))?;
-        file.write_all(&[0u8; HEADER_LEN]).map_err(|e| StageError::io(path, e))?;
+        file.write_all(&[0u8; HEADER_LEN])
+            .map_err(|e| StageError::io(path, e))?;
         Ok(TokenWriter {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(1 << 20, file),
@@ -111,7 +112,10 @@ impl TokenWriter {
     pub fn finish(self) -> Result<Header, StageError> {
         let path = self.path.clone();
         let io = |e| StageError::io(&path, e);
-        let mut file = self.out.into_inner().map_err(|e| StageError::io(&path, e.into_error()))?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| StageError::io(&path, e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&self.header.encode()).map_err(io)?;
         file.sync_all().map_err(io)?;
@@ -133,7 +137,10 @@ impl TokenFile {
         // are written in a temporary folder and renamed in whole.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| StageError::io(path, e))?;
         if map.len() < HEADER_LEN {
-            return Err(bad(format!("{} bytes is shorter than the {HEADER_LEN}-byte header", map.len())));
+            return Err(bad(format!(
+                "{} bytes is shorter than the {HEADER_LEN}-byte header",
+                map.len()
+            )));
         }
         if &map[..8] != MAGIC {
             return Err(bad("wrong magic (expected BFTOKENS)".into()));
@@ -247,12 +254,18 @@ impl IndexWriter {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.rows);
-        let u64s = |f: fn(&DocEntry) -> u64| Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>())) as Arc<dyn Array>;
+        let u64s = |f: fn(&DocEntry) -> u64| {
+            Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>())) as Arc<dyn Array>
+        };
         let batch = RecordBatch::try_new(
             index_schema(),
             vec![
-                Arc::new(StringArray::from(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())) as Arc<dyn Array>,
-                Arc::new(StringArray::from(rows.iter().map(|r| r.lang.as_str()).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                )) as Arc<dyn Array>,
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.lang.as_str()).collect::<Vec<_>>(),
+                )),
                 u64s(|r| r.offset),
                 u64s(|r| r.n_tokens),
                 u64s(|r| r.n_chars),
@@ -283,7 +296,13 @@ pub fn read_index(path: &Path) -> Result<Vec<DocEntry>, StageError> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| StageError::input(path, None, format!("token index read error: {e}")))?;
-        let missing = |name: &str| StageError::input(path, None, format!("token index has no column `{name}` of the right type"));
+        let missing = |name: &str| {
+            StageError::input(
+                path,
+                None,
+                format!("token index has no column `{name}` of the right type"),
+            )
+        };
         let s = |name: &str| {
             batch
                 .column_by_name(name)
@@ -296,8 +315,14 @@ pub fn read_index(path: &Path) -> Result<Vec<DocEntry>, StageError> {
                 .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
                 .ok_or_else(|| missing(name))
         };
-        let (id, lang, offset, n_tokens, n_chars, n_bytes) =
-            (s("id")?, s("lang")?, u("offset")?, u("n_tokens")?, u("n_chars")?, u("n_bytes")?);
+        let (id, lang, offset, n_tokens, n_chars, n_bytes) = (
+            s("id")?,
+            s("lang")?,
+            u("offset")?,
+            u("n_tokens")?,
+            u("n_chars")?,
+            u("n_bytes")?,
+        );
         for r in 0..batch.num_rows() {
             out.push(DocEntry {
                 id: id.value(r).to_string(),

@@ -26,9 +26,8 @@ impl LoadedTokenizer {
         let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| StageError::input(path, None, "not a tokenizer.json: the file is not UTF-8 text"))?;
-        let tokenizer = Tokenizer::from_str(text).map_err(|e| {
-            StageError::input(path, None, format!("not a Hugging Face tokenizer.json: {e}"))
-        })?;
+        let tokenizer = Tokenizer::from_str(text)
+            .map_err(|e| StageError::input(path, None, format!("not a Hugging Face tokenizer.json: {e}")))?;
         Ok(Self::from_tokenizer(tokenizer, *blake3::hash(&bytes).as_bytes()))
     }
 

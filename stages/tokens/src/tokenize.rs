@@ -13,16 +13,49 @@ use crate::hf::{hex, LoadedTokenizer};
 pub struct Tokenize;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::with_default("add_bos", ParamType::Bool, "true", "put the BOS token before each document"),
-    ParamSpec::with_default("add_eos", ParamType::Bool, "true", "put the EOS token after each document"),
-    ParamSpec::optional("bos_token", ParamType::Str, "BOS token text (default: <s>, <|begin_of_text|> or <bos>, whichever the tokenizer has)"),
-    ParamSpec::optional("eos_token", ParamType::Str, "EOS token text (default: </s>, <|end_of_text|>, <eos> or <|endoftext|>)"),
-    ParamSpec::with_default("batch_docs", ParamType::Int, "1024", "documents encoded per parallel batch (bounds memory)"),
+    ParamSpec::with_default(
+        "add_bos",
+        ParamType::Bool,
+        "true",
+        "put the BOS token before each document",
+    ),
+    ParamSpec::with_default(
+        "add_eos",
+        ParamType::Bool,
+        "true",
+        "put the EOS token after each document",
+    ),
+    ParamSpec::optional(
+        "bos_token",
+        ParamType::Str,
+        "BOS token text (default: <s>, <|begin_of_text|> or <bos>, whichever the tokenizer has)",
+    ),
+    ParamSpec::optional(
+        "eos_token",
+        ParamType::Str,
+        "EOS token text (default: </s>, <|end_of_text|>, <eos> or <|endoftext|>)",
+    ),
+    ParamSpec::with_default(
+        "batch_docs",
+        ParamType::Int,
+        "1024",
+        "documents encoded per parallel batch (bounds memory)",
+    ),
 ];
 
 const INPUTS: &[InputSpec] = &[
-    InputSpec { name: "corpus", required: true, many: true, doc: "corpus Parquet (from `ingest`)" },
-    InputSpec { name: "tokenizer", required: true, many: false, doc: "an HF tokenizer.json (a file, or `train-tokenizer` / `extend-vocab` output)" },
+    InputSpec {
+        name: "corpus",
+        required: true,
+        many: true,
+        doc: "corpus Parquet (from `ingest`)",
+    },
+    InputSpec {
+        name: "tokenizer",
+        required: true,
+        many: false,
+        doc: "an HF tokenizer.json (a file, or `train-tokenizer` / `extend-vocab` output)",
+    },
 ];
 
 impl StageKind for Tokenize {
@@ -42,15 +75,25 @@ impl StageKind for Tokenize {
         INPUTS
     }
     fn outputs(&self, _params: &Params) -> Vec<String> {
-        ["tokens.bin", "index.parquet", "stats.json", "tokenizer.json"].map(String::from).to_vec()
+        ["tokens.bin", "index.parquet", "stats.json", "tokenizer.json"]
+            .map(String::from)
+            .to_vec()
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let tokenizer_path = &ctx.single_input("tokenizer")?.path;
         let tok = LoadedTokenizer::load(tokenizer_path)?;
-        let bos = if p.bool("add_bos")? { Some(tok.bos_id(p.opt_str("bos_token")?)?) } else { None };
-        let eos = if p.bool("add_eos")? { Some(tok.eos_id(p.opt_str("eos_token")?)?) } else { None };
+        let bos = if p.bool("add_bos")? {
+            Some(tok.bos_id(p.opt_str("bos_token")?)?)
+        } else {
+            None
+        };
+        let eos = if p.bool("add_eos")? {
+            Some(tok.eos_id(p.opt_str("eos_token")?)?)
+        } else {
+            None
+        };
         let batch_docs = p.usize("batch_docs")?.max(1);
 
         let mut tokens = TokenWriter::create(&ctx.output("tokens.bin"), tok.vocab_size, tok.hash)?;
@@ -89,7 +132,11 @@ impl StageKind for Tokenize {
                 })?;
             }
             docs += batch.len() as u64;
-            ctx.progress(docs, None, &format!("{docs} documents, {} tokens", tokens.tokens_written()));
+            ctx.progress(
+                docs,
+                None,
+                &format!("{docs} documents, {} tokens", tokens.tokens_written()),
+            );
             batch.clear();
             Ok(())
         };
@@ -120,8 +167,11 @@ impl StageKind for Tokenize {
             "languages": languages,
         });
         let path = ctx.output("stats.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?)
-            .map_err(|e| StageError::io(&path, e))?;
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
+        )
+        .map_err(|e| StageError::io(&path, e))?;
         ctx.note("tokens", header.n_tokens);
         ctx.log(&format!("{docs} documents → {} tokens", header.n_tokens));
         Ok(())

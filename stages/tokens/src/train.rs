@@ -14,14 +14,44 @@ use tokenizers::{AddedToken, Tokenizer};
 pub struct TrainTokenizer;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::with_default("vocab_size", ParamType::Int, "8000", "size of the whole vocabulary, special and byte pieces included"),
-    ParamSpec::with_default("special_tokens", ParamType::StrList, r#"["<unk>", "<s>", "</s>"]"#, "special tokens, given the first ids in this order (the first is the unknown token)"),
-    ParamSpec::with_default("byte_fallback", ParamType::Bool, "true", "add the 256 <0xNN> byte pieces so no text is ever unknown (as LLaMA-1/2)"),
-    ParamSpec::with_default("min_frequency", ParamType::Int, "2", "a merge must occur at least this often"),
-    ParamSpec::with_default("max_training_chars", ParamType::Int, "500000000", "train on at most this many characters of the corpus (in corpus order)"),
+    ParamSpec::with_default(
+        "vocab_size",
+        ParamType::Int,
+        "8000",
+        "size of the whole vocabulary, special and byte pieces included",
+    ),
+    ParamSpec::with_default(
+        "special_tokens",
+        ParamType::StrList,
+        r#"["<unk>", "<s>", "</s>"]"#,
+        "special tokens, given the first ids in this order (the first is the unknown token)",
+    ),
+    ParamSpec::with_default(
+        "byte_fallback",
+        ParamType::Bool,
+        "true",
+        "add the 256 <0xNN> byte pieces so no text is ever unknown (as LLaMA-1/2)",
+    ),
+    ParamSpec::with_default(
+        "min_frequency",
+        ParamType::Int,
+        "2",
+        "a merge must occur at least this often",
+    ),
+    ParamSpec::with_default(
+        "max_training_chars",
+        ParamType::Int,
+        "500000000",
+        "train on at most this many characters of the corpus (in corpus order)",
+    ),
 ];
 
-const INPUTS: &[InputSpec] = &[InputSpec { name: "corpus", required: true, many: true, doc: "corpus Parquet to learn from" }];
+const INPUTS: &[InputSpec] = &[InputSpec {
+    name: "corpus",
+    required: true,
+    many: true,
+    doc: "corpus Parquet to learn from",
+}];
 
 /// An untrained tokenizer with LLaMA's conventions, as HF JSON.
 pub fn llama_style_skeleton(unk: &str, byte_fallback: bool) -> Value {
@@ -55,7 +85,10 @@ fn insert_byte_pieces(doc: &mut Value, n_special: usize) -> Result<(), StageErro
         .as_object()
         .cloned()
         .ok_or_else(|| StageError::failed("trained tokenizer has no BPE vocabulary"))?;
-    let mut entries: Vec<(String, u64)> = vocab.into_iter().filter_map(|(k, v)| v.as_u64().map(|id| (k, id))).collect();
+    let mut entries: Vec<(String, u64)> = vocab
+        .into_iter()
+        .filter_map(|(k, v)| v.as_u64().map(|id| (k, id)))
+        .collect();
     entries.sort_by_key(|(_, id)| *id);
     let mut out = Map::new();
     let mut next = 0u64;
@@ -105,9 +138,17 @@ impl StageKind for TrainTokenizer {
         if specials.is_empty() {
             problems.push(("special_tokens".into(), "needs at least the unknown token".into()));
         }
-        let floor = specials.len() as i64 + if params.bool("byte_fallback").unwrap_or(true) { 256 } else { 0 };
+        let floor = specials.len() as i64
+            + if params.bool("byte_fallback").unwrap_or(true) {
+                256
+            } else {
+                0
+            };
         if params.i64("vocab_size").is_ok_and(|v| v <= floor) {
-            problems.push(("vocab_size".into(), format!("must exceed {floor} (special tokens + byte pieces)")));
+            problems.push((
+                "vocab_size".into(),
+                format!("must exceed {floor} (special tokens + byte pieces)"),
+            ));
         }
         problems
     }
@@ -149,7 +190,9 @@ impl StageKind for TrainTokenizer {
             .map_err(|e| StageError::failed(format!("training failed: {e}")))?;
 
         let mut doc: Value = serde_json::from_str(
-            &tokenizer.to_string(false).map_err(|e| StageError::failed(e.to_string()))?,
+            &tokenizer
+                .to_string(false)
+                .map_err(|e| StageError::failed(e.to_string()))?,
         )
         .map_err(|e| StageError::failed(e.to_string()))?;
         if byte_fallback {
@@ -157,7 +200,8 @@ impl StageKind for TrainTokenizer {
         }
         let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::failed(e.to_string()))?;
         // Round-trip through the tokenizers crate: what we write must load.
-        let check = Tokenizer::from_str(&text).map_err(|e| StageError::failed(format!("trained tokenizer does not reload: {e}")))?;
+        let check = Tokenizer::from_str(&text)
+            .map_err(|e| StageError::failed(format!("trained tokenizer does not reload: {e}")))?;
         let path = ctx.output("tokenizer.json");
         std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))?;
         ctx.note("vocab_size", check.get_vocab_size(true));

@@ -9,7 +9,9 @@ use babelflow_tokens::artifact::{read_index, TokenFile};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-const LANGS: [&str; 15] = ["en", "zh", "ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "sw", "ta", "te", "ur", "vi"];
+const LANGS: [&str; 15] = [
+    "en", "zh", "ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "sw", "ta", "te", "ur", "vi",
+];
 
 fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
     babelflow_corpus::kinds()
@@ -28,7 +30,13 @@ fn corpus(dir: &Path, lang: &str) -> PathBuf {
     let out = dir.join(format!("corpus-{lang}"));
     std::fs::create_dir_all(&out).unwrap();
     let file = sample(lang);
-    run_kind(kind("ingest").as_ref(), json!({"lang": lang}), &inputs(&[("files", &[&file])]), &out).unwrap();
+    run_kind(
+        kind("ingest").as_ref(),
+        json!({"lang": lang}),
+        &inputs(&[("files", &[&file])]),
+        &out,
+    )
+    .unwrap();
     out.join("corpus.parquet")
 }
 
@@ -82,7 +90,11 @@ fn ids_equal_the_tokenizers_own_encode_in_all_15_languages_and_round_trip() {
             expected.extend_from_slice(reference.encode(*paragraph, false).unwrap().get_ids());
             expected.push(eos);
             assert_eq!(ids, expected, "{lang}: ids differ from tokenizers' encode");
-            assert_eq!(reference.decode(&ids, true).unwrap(), *paragraph, "{lang}: decode(encode(x)) != x");
+            assert_eq!(
+                reference.decode(&ids, true).unwrap(),
+                *paragraph,
+                "{lang}: decode(encode(x)) != x"
+            );
             assert_eq!(entry.n_chars, paragraph.chars().count() as u64);
             assert_eq!(entry.n_bytes, paragraph.len() as u64);
             assert_eq!(entry.lang, *lang);
@@ -104,7 +116,13 @@ fn fertility_matches_a_hand_count_on_a_short_text() {
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("c");
     std::fs::create_dir_all(&out).unwrap();
-    run_kind(kind("ingest").as_ref(), json!({"lang": "en"}), &inputs(&[("files", &[&input])]), &out).unwrap();
+    run_kind(
+        kind("ingest").as_ref(),
+        json!({"lang": "en"}),
+        &inputs(&[("files", &[&input])]),
+        &out,
+    )
+    .unwrap();
     let stats_dir = tokenize(dir.path(), "t", &out.join("corpus.parquet"), &tok_path);
     let stats: Value = serde_json::from_slice(&std::fs::read(stats_dir.join("stats.json")).unwrap()).unwrap();
     let en = &stats["languages"]["en"];
@@ -117,7 +135,11 @@ fn fertility_matches_a_hand_count_on_a_short_text() {
     assert_eq!(en["tokens"], n);
     assert!((en["tokens_per_char"].as_f64().unwrap() - n / 31.0).abs() < 1e-12);
     assert!((en["tokens_per_word"].as_f64().unwrap() - n / 5.0).abs() < 1e-12);
-    assert_eq!(stats["tokens"], n + 2.0, "BOS and EOS are in the stream, not in fertility");
+    assert_eq!(
+        stats["tokens"],
+        n + 2.0,
+        "BOS and EOS are in the stream, not in fertility"
+    );
 }
 
 #[test]
@@ -128,7 +150,9 @@ fn unseen_script_falls_back_to_bytes_and_still_round_trips() {
     let tok = Tokenizer::from_file(&tok_path).unwrap();
     let text = "市场 opens";
     let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
-    assert!(ids.iter().any(|&id| tok.id_to_token(id).is_some_and(|t| t.starts_with("<0x"))));
+    assert!(ids
+        .iter()
+        .any(|&id| tok.id_to_token(id).is_some_and(|t| t.starts_with("<0x"))));
     assert_eq!(tok.decode(&ids, true).unwrap(), text);
     // The trained file has LLaMA's id layout: specials, then bytes.
     assert_eq!(tok.token_to_id("<unk>"), Some(0));
@@ -154,9 +178,12 @@ fn corrupt_inputs_get_clear_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("not a Hugging Face tokenizer.json"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not a Hugging Face tokenizer.json"),
+        "{err}"
+    );
 
-    let tok_path = train(dir.path(), &[en.clone()], 400);
+    let tok_path = train(dir.path(), std::slice::from_ref(&en), 400);
     let good = tokenize(dir.path(), "good", &en, &tok_path);
     let bytes = std::fs::read(good.join("tokens.bin")).unwrap();
 
@@ -174,5 +201,9 @@ fn corrupt_inputs_get_clear_errors() {
 
     let tiny = dir.path().join("tiny.bin");
     std::fs::write(&tiny, b"BFTOK").unwrap();
-    assert!(TokenFile::open(&tiny).err().unwrap().to_string().contains("shorter than the 64-byte header"));
+    assert!(TokenFile::open(&tiny)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("shorter than the 64-byte header"));
 }

@@ -1,0 +1,217 @@
+//! The `report` kind: report.md and a self-contained report.html built only
+//! from the artifacts bound to it. A table whose artifacts are absent says
+//! so; nothing is filled in.
+
+mod table;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use babelflow_stage::{InputItem, InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+use serde_json::Value;
+pub use table::{Cell, Table};
+
+pub struct Report;
+
+const PARAMS: &[ParamSpec] = &[ParamSpec::with_default(
+    "title",
+    ParamType::Str,
+    r#""babelflow report""#,
+    "heading of the report",
+)];
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "corpus",
+        required: false,
+        many: true,
+        doc: "stats.json of `ingest` instances (bind `corpus@x:stats.json`, or the whole stage)",
+    },
+    InputSpec {
+        name: "tokens",
+        required: false,
+        many: true,
+        doc: "stats.json of `tokenize` instances",
+    },
+];
+
+/// The stage kinds this crate provides.
+pub fn kinds() -> Vec<Arc<dyn StageKind>> {
+    vec![Arc::new(Report)]
+}
+
+fn read_json(path: &Path) -> Result<Value, StageError> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StageError::input(path, None, format!("not JSON: {e}")))
+}
+
+/// The stats.json of an input: the item itself, or `stats.json` beside it
+/// (a bare reference binds the kind's first output).
+fn stats_of(item: &InputItem) -> Result<Value, StageError> {
+    let path = if item.path.file_name().is_some_and(|n| n == "stats.json") {
+        item.path.clone()
+    } else {
+        item.path.with_file_name("stats.json")
+    };
+    read_json(&path)
+}
+
+/// The manifest of the artifact an input comes from, when it has one.
+fn manifest_of(item: &InputItem) -> Option<Value> {
+    read_json(&item.path.parent()?.join("manifest.json")).ok()
+}
+
+fn source_name(item: &InputItem) -> String {
+    item.instance.clone().unwrap_or_else(|| item.path.display().to_string())
+}
+
+pub fn data_table(items: &[InputItem]) -> Result<Table, StageError> {
+    let mut t = Table::new(
+        "Data: documents and characters per language",
+        &[
+            "source",
+            "language",
+            "documents in",
+            "documents kept",
+            "characters kept",
+            "dropped (reason: count)",
+        ],
+    );
+    for item in items {
+        let s = stats_of(item)?;
+        let dropped = s["dropped"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let languages = s["languages"].as_object().cloned().unwrap_or_default();
+        for (lang, counts) in &languages {
+            t.rows.push(vec![
+                Cell::Text(source_name(item)),
+                Cell::Text(lang.clone()),
+                Cell::from_json_u64(&s["documents_in"]),
+                Cell::from_json_u64(&counts["documents"]),
+                Cell::from_json_u64(&counts["chars"]),
+                Cell::Text(if dropped.is_empty() {
+                    "none".into()
+                } else {
+                    dropped.clone()
+                }),
+            ]);
+        }
+    }
+    Ok(t)
+}
+
+pub fn fertility_table(items: &[InputItem]) -> Result<Table, StageError> {
+    let mut t = Table::new(
+        "Tokenizer fertility per language",
+        &[
+            "source",
+            "language",
+            "tokens",
+            "tokens/char",
+            "tokens/word",
+            "tokens/byte",
+            "byte-fallback share",
+            "vocabulary",
+        ],
+    );
+    t.note = Some(
+        "Text tokens only (BOS/EOS excluded). Tokens per word is left out for languages written without spaces.".into(),
+    );
+    for item in items {
+        let s = stats_of(item)?;
+        for (lang, f) in s["languages"].as_object().cloned().unwrap_or_default() {
+            t.rows.push(vec![
+                Cell::Text(source_name(item)),
+                Cell::Text(lang),
+                Cell::from_json_u64(&f["tokens"]),
+                Cell::from_json_f64(&f["tokens_per_char"], 3),
+                Cell::from_json_f64(&f["tokens_per_word"], 3),
+                Cell::from_json_f64(&f["tokens_per_byte"], 3),
+                Cell::from_json_f64(&f["byte_fallback_share"], 3),
+                Cell::from_json_u64(&s["vocab_size"]),
+            ]);
+        }
+    }
+    Ok(t)
+}
+
+pub fn provenance_table(items: &[&InputItem]) -> Table {
+    let mut t = Table::new(
+        "Provenance of the artifacts in this report",
+        &["instance", "kind", "fingerprint", "duration (s)", "backend"],
+    );
+    for item in items {
+        let Some(m) = manifest_of(item) else { continue };
+        t.rows.push(vec![
+            Cell::Text(m["instance"].as_str().unwrap_or("?").to_string()),
+            Cell::Text(m["kind"].as_str().unwrap_or("?").to_string()),
+            Cell::Text(m["fingerprint"].as_str().unwrap_or("?").to_string()),
+            Cell::from_json_f64(&m["duration_s"], 2),
+            Cell::Text(m["backend"].as_str().unwrap_or("?").to_string()),
+        ]);
+    }
+    t
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;color:#222}\
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ccc;padding:.25rem .6rem}\
+th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+td.missing,p.missing{color:#999}p.note{color:#555;font-size:.9rem}@media print{body{margin:0}}";
+
+impl StageKind for Report {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "report.md + self-contained report.html with the numbers of the bound artifacts"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec!["report.md".into(), "report.html".into()]
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let title = ctx.params.str("title")?;
+        let corpus = ctx.input("corpus");
+        let tokens = ctx.input("tokens");
+        let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).collect();
+        all.sort_by_key(|i| i.instance.clone());
+        all.dedup_by_key(|i| i.instance.clone());
+        let tables = [data_table(corpus)?, fertility_table(tokens)?, provenance_table(&all)];
+
+        let mut md = format!("# {title}\n\n");
+        let mut html = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
+            table::escape(title),
+            table::escape(title)
+        );
+        for t in &tables {
+            md.push_str(&t.markdown());
+            html.push_str(&t.html());
+        }
+        html.push_str("</body>\n</html>\n");
+        let write = |name: &str, text: &str| {
+            let path = ctx.output(name);
+            std::fs::write(&path, text).map_err(|e| StageError::io(&path, e))
+        };
+        write("report.md", &md)?;
+        write("report.html", &html)?;
+        ctx.log(&format!("report with {} tables", tables.len()));
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! The README's run command, end to end on the shipped samples, and every
+//! shipped recipe passing validation.
+
+mod common;
+
+use common::{ran, repo_root, Project};
+
+#[test]
+fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
+    let p = Project::new();
+    let recipe = repo_root().join("pipelines/quickstart.yaml");
+    let recipe = recipe.to_str().unwrap();
+    let store = p.path("store");
+    let store = store.to_str().unwrap();
+    let first = p.ok(&["run", recipe, "--store", store]);
+    assert_eq!(ran(&first).len(), 8, "{first}");
+    let second = p.ok(&["run", recipe, "--store", store]);
+    assert!(ran(&second).is_empty(), "{second}");
+
+    let located = p.ok(&[
+        "report",
+        recipe,
+        "--store",
+        store,
+        "--out",
+        p.path("out").to_str().unwrap(),
+    ]);
+    assert!(located.contains("report.html"), "{located}");
+    let html = std::fs::read_to_string(p.path("out/report.html")).unwrap();
+    let md = std::fs::read_to_string(p.path("out/report.md")).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report is self-contained"
+    );
+
+    // Every number in the fertility table is the one in the tokenize artifact.
+    let plan = p.plan(recipe, &["--store", store]);
+    for inst in plan["instances"].as_array().unwrap() {
+        let name = inst["name"].as_str().unwrap();
+        let dir = std::path::Path::new(store)
+            .join("artifacts")
+            .join(inst["fingerprint"].as_str().unwrap());
+        if let Some(lang) = name.strip_prefix("tokens@") {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let f = &stats["languages"][lang];
+            let row = format!(
+                "<tr><td>{name}</td><td>{lang}</td><td class=\"num\">{}</td><td class=\"num\">{:.3}</td>",
+                f["tokens"],
+                f["tokens_per_char"].as_f64().unwrap()
+            );
+            assert!(html.contains(&row), "missing {row} in the report");
+            assert!(md.contains(&format!(
+                "| {name} | {lang} | {} | {:.3} |",
+                f["tokens"],
+                f["tokens_per_char"].as_f64().unwrap()
+            )));
+        }
+        if let Some(lang) = name.strip_prefix("corpus@") {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let kept = &stats["languages"][lang];
+            assert!(
+                md.contains(&format!(
+                    "| {name} | {lang} | {} | {} | {} |",
+                    stats["documents_in"], kept["documents"], kept["chars"]
+                )),
+                "{md}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plan_accepts_every_shipped_recipe() {
+    let p = Project::new();
+    let mut checked = 0;
+    let mut stack = vec![repo_root().join("pipelines")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with(".babelflow") {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let store = p.path("store");
+                p.ok(&["plan", path.to_str().unwrap(), "--store", store.to_str().unwrap()]);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "found {checked} recipes");
+}
