@@ -1,10 +1,14 @@
-//! Corpus stage kinds: turn the user's files into clean, typed Parquet.
+//! Corpus stage kinds: turn the user's files (text, instructions, exams)
+//! into clean, typed Parquet, and split tables deterministically.
 
+mod choice;
 mod clean;
 mod dedup;
 mod ingest;
+mod instructions;
 pub mod langid;
 mod read;
+mod split;
 pub mod table;
 
 use std::sync::Arc;
@@ -15,5 +19,10 @@ pub use table::{read_corpus, Document, StringTableWriter};
 
 /// The stage kinds this crate provides.
 pub fn kinds() -> Vec<Arc<dyn StageKind>> {
-    vec![Arc::new(ingest::Ingest)]
+    vec![
+        Arc::new(ingest::Ingest),
+        Arc::new(instructions::IngestInstructions),
+        Arc::new(choice::IngestChoice),
+        Arc::new(split::Split),
+    ]
 }

@@ -1,9 +1,12 @@
 //! Token stage kinds: tokenize with an HF tokenizer, measure fertility,
-//! train a tokenizer, and the token artifact format they share.
+//! train a tokenizer, extend a vocabulary, mix languages by token budget,
+//! and the token artifact format they share.
 
 pub mod artifact;
+mod extend;
 pub mod fertility;
 pub mod hf;
+mod mix;
 mod tokenize;
 mod train;
 
@@ -13,5 +16,10 @@ use babelflow_stage::StageKind;
 
 /// The stage kinds this crate provides.
 pub fn kinds() -> Vec<Arc<dyn StageKind>> {
-    vec![Arc::new(tokenize::Tokenize), Arc::new(train::TrainTokenizer)]
+    vec![
+        Arc::new(tokenize::Tokenize),
+        Arc::new(train::TrainTokenizer),
+        Arc::new(extend::ExtendVocab),
+        Arc::new(mix::Mix),
+    ]
 }

@@ -1,0 +1,260 @@
+//! The `extend-vocab` kind: the study's EXT variant, done as Chinese-LLaMA
+//! did it. Train a BPE on target-language text with the base tokenizer's own
+//! normaliser and pre-tokeniser, then append the new characters and merges
+//! to the base tokenizer. Existing ids and merges are untouched (new merges
+//! rank after all old ones), so the base model's embeddings stay valid; the
+//! model stage resizes embeddings from `added_tokens.json`.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use babelflow_corpus::read_corpus;
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+use serde_json::{json, Map, Value};
+use tokenizers::models::bpe::BpeTrainerBuilder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{Model, Tokenizer};
+
+use crate::hf::LoadedTokenizer;
+
+pub struct ExtendVocab;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::with_default("new_tokens", ParamType::Int, "1000", "how many tokens to add at most"),
+    ParamSpec::with_default(
+        "train_vocab_size",
+        ParamType::Int,
+        "4000",
+        "vocabulary of the target-language BPE the new tokens are drawn from",
+    ),
+    ParamSpec::with_default(
+        "min_frequency",
+        ParamType::Int,
+        "2",
+        "a new merge must occur at least this often in the corpus",
+    ),
+];
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "tokenizer",
+        required: true,
+        many: false,
+        doc: "the base HF tokenizer.json (BPE: LLaMA-1/2/3 style)",
+    },
+    InputSpec {
+        name: "corpus",
+        required: true,
+        many: true,
+        doc: "target-language corpus Parquet",
+    },
+];
+
+/// Merges as pairs, from either serialisation (`["a", "b"]` or `"a b"`).
+fn merges_of(model: &Value) -> Vec<(String, String)> {
+    model["merges"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| match m {
+                    Value::Array(pair) if pair.len() == 2 => {
+                        Some((pair[0].as_str()?.to_string(), pair[1].as_str()?.to_string()))
+                    }
+                    Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn vocab_of(model: &Value) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = model["vocab"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, id)| Some((k.clone(), id.as_u64()?))).collect())
+        .unwrap_or_default();
+    v.sort_by_key(|(_, id)| *id);
+    v
+}
+
+fn tokens_per_char(tok: &Tokenizer, texts: &[String]) -> Result<f64, StageError> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let enc = tok
+        .encode_batch(refs, false)
+        .map_err(|e| StageError::failed(format!("encoding: {e}")))?;
+    let tokens: usize = enc.iter().map(|e| e.get_ids().len()).sum();
+    let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
+    Ok(if chars == 0 { 0.0 } else { tokens as f64 / chars as f64 })
+}
+
+impl StageKind for ExtendVocab {
+    fn name(&self) -> &'static str {
+        "extend-vocab"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "add target-language tokens to a base tokenizer without changing any existing id"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec!["tokenizer.json".into(), "added_tokens.json".into(), "stats.json".into()]
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let p = ctx.params;
+        let base_path = &ctx.single_input("tokenizer")?.path;
+        let base = LoadedTokenizer::load(base_path)?;
+        let mut doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(base_path).map_err(|e| StageError::io(base_path, e))?)
+                .map_err(|e| StageError::input(base_path, None, format!("not JSON: {e}")))?;
+        if doc["model"]["type"] != "BPE" {
+            return Err(StageError::input(
+                base_path,
+                None,
+                format!(
+                    "extend-vocab works on BPE tokenizers (LLaMA-1/2/3); this one is {}",
+                    doc["model"]["type"]
+                ),
+            ));
+        }
+
+        let mut texts = Vec::new();
+        for item in ctx.input("corpus") {
+            read_corpus(&item.path, &mut |d| {
+                texts.push(d.text);
+                Ok(())
+            })?;
+        }
+        ctx.check_cancelled()?;
+
+        // 1. A BPE on the target language with the base's own text handling.
+        let mut target_doc = doc.clone();
+        target_doc["model"]["vocab"] = json!({});
+        target_doc["model"]["merges"] = json!([]);
+        target_doc["added_tokens"] = json!([]);
+        target_doc["post_processor"] = Value::Null;
+        let mut target = Tokenizer::from_str(&target_doc.to_string())
+            .map_err(|e| StageError::failed(format!("building the target-language trainer: {e}")))?;
+        let mut builder = BpeTrainerBuilder::new()
+            .vocab_size(p.usize("train_vocab_size")?)
+            .min_frequency(p.usize("min_frequency")? as u64)
+            .show_progress(false);
+        if doc["pre_tokenizer"].to_string().contains("ByteLevel") {
+            builder = builder.initial_alphabet(ByteLevel::alphabet().into_iter().collect());
+        }
+        let mut trainer = TrainerWrapper::BpeTrainer(builder.build());
+        target
+            .train(&mut trainer, texts.iter())
+            .map_err(|e| StageError::failed(format!("training target-language merges: {e}")))?;
+        let trained: Value =
+            serde_json::from_str(&target.to_string(false).map_err(|e| StageError::failed(e.to_string()))?)
+                .map_err(|e| StageError::failed(e.to_string()))?;
+
+        // 2. Append new characters, then new merges in training order.
+        let base_vocab = vocab_of(&doc["model"]);
+        let mut vocab: Map<String, Value> = doc["model"]["vocab"].as_object().cloned().unwrap_or_default();
+        let mut known: HashSet<String> = base_vocab.iter().map(|(t, _)| t.clone()).collect();
+        let added_ids = doc["added_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["id"].as_u64());
+        let mut next_id = base_vocab
+            .iter()
+            .map(|(_, id)| *id)
+            .chain(added_ids)
+            .max()
+            .map_or(0, |m| m + 1);
+        let base_size = next_id;
+        let limit = p.usize("new_tokens")?;
+        let mut added: Vec<(String, u64)> = Vec::new();
+        let mut merges = merges_of(&doc["model"]);
+        for (token, _) in vocab_of(&trained["model"]) {
+            if added.len() >= limit {
+                break;
+            }
+            if token.chars().count() == 1 && known.insert(token.clone()) {
+                vocab.insert(token.clone(), json!(next_id));
+                added.push((token, next_id));
+                next_id += 1;
+            }
+        }
+        for (a, b) in merges_of(&trained["model"]) {
+            if added.len() >= limit {
+                break;
+            }
+            let joined = format!("{a}{b}");
+            if known.contains(&a) && known.contains(&b) && known.insert(joined.clone()) {
+                vocab.insert(joined.clone(), json!(next_id));
+                added.push((joined, next_id));
+                merges.push((a, b));
+                next_id += 1;
+            }
+        }
+        doc["model"]["vocab"] = Value::Object(vocab);
+        doc["model"]["merges"] = Value::Array(merges.iter().map(|(a, b)| json!([a, b])).collect());
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::failed(e.to_string()))?;
+        let merged = Tokenizer::from_str(&text)
+            .map_err(|e| StageError::failed(format!("the merged tokenizer does not load: {e}")))?;
+
+        // 3. Nothing that existed moved.
+        for (token, id) in &base_vocab {
+            if merged.token_to_id(token) != Some(*id as u32) {
+                return Err(StageError::failed(format!(
+                    "internal error: base token {token:?} lost id {id}"
+                )));
+            }
+        }
+
+        // The pieces the *old* tokenizer splits each new token into (for subword-mean init).
+        let records: Vec<Value> = added
+            .iter()
+            .map(|(token, id)| {
+                let pieces: Vec<u32> = base
+                    .tokenizer
+                    .get_model()
+                    .tokenize(token)
+                    .map(|ts| ts.into_iter().map(|t| t.id).collect())
+                    .unwrap_or_default();
+                json!({"id": id, "token": token, "base_pieces": pieces})
+            })
+            .collect();
+        let before = tokens_per_char(&base.tokenizer, &texts)?;
+        let after = tokens_per_char(&merged, &texts)?;
+
+        let write = |name: &str, bytes: Vec<u8>| {
+            let path = ctx.output(name);
+            std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))
+        };
+        write("tokenizer.json", text.into_bytes())?;
+        let record = json!({"base_vocab_size": base_size, "vocab_size": next_id, "added": records});
+        write(
+            "added_tokens.json",
+            serde_json::to_vec_pretty(&record).map_err(|e| StageError::failed(e.to_string()))?,
+        )?;
+        let stats = json!({
+            "added": added.len(),
+            "base_vocab_size": base_size,
+            "vocab_size": next_id,
+            "corpus_tokens_per_char_before": before,
+            "corpus_tokens_per_char_after": after,
+        });
+        write(
+            "stats.json",
+            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
+        )?;
+        ctx.log(&format!(
+            "added {} tokens; tokens/char on the corpus {before:.3} → {after:.3}",
+            added.len()
+        ));
+        Ok(())
+    }
+}
