@@ -20,6 +20,9 @@ impl Registry {
         for kind in babelflow_tokens::kinds() {
             registry.add(kind);
         }
+        for kind in babelflow_model::kinds() {
+            registry.add(kind);
+        }
         for kind in babelflow_report::kinds() {
             registry.add(kind);
         }

@@ -36,8 +36,26 @@ impl FileIndex {
         }
     }
 
-    /// The blake3 hash of a file's content (hex).
-    pub fn hash(&self, file: &Path) -> std::io::Result<String> {
+    /// The blake3 hash of a file's content (hex); for a folder, of every
+    /// file under it (relative paths and contents, in sorted order).
+    pub fn hash(&self, path: &Path) -> std::io::Result<String> {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect_files(path, &mut files)?;
+            files.sort();
+            let mut h = blake3::Hasher::new();
+            for f in &files {
+                let rel = f.strip_prefix(path).unwrap_or(f).to_string_lossy().into_owned();
+                h.update(rel.as_bytes());
+                h.update(&[0]);
+                h.update(self.hash_file(f)?.as_bytes());
+            }
+            return Ok(h.finalize().to_hex().to_string());
+        }
+        self.hash_file(path)
+    }
+
+    fn hash_file(&self, file: &Path) -> std::io::Result<String> {
         let meta = std::fs::metadata(file)?;
         let mtime_ns = meta
             .modified()?
@@ -52,7 +70,7 @@ impl FileIndex {
                 }
             }
         }
-        let hash = hash_file(file)?;
+        let hash = content_hash(file)?;
         if let Ok(mut guard) = self.entries.lock() {
             guard.0.insert(
                 key,
@@ -78,7 +96,19 @@ impl FileIndex {
     }
 }
 
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+pub fn content_hash(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];

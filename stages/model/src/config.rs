@@ -1,0 +1,235 @@
+//! The model's shape, read from and written to HF `config.json`
+//! (`LlamaConfig` field names), and the rotary-embedding scaling variants.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ModelError;
+
+/// `rope_scaling` variants babelflow computes exactly as HF does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// LLaMA-3.1's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<Value>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_max_pos() -> usize {
+    2048
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    /// A small config for tests and from-scratch training.
+    pub fn tiny(vocab_size: usize, hidden_size: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
+        LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: hidden_size * 8 / 3 / 8 * 8 + 8,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: None,
+            max_position_embeddings: 512,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(Value::from(2)),
+            hidden_act: "silu".into(),
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Everything babelflow's LLaMA cannot compute exactly, as one error.
+    pub fn validate(&self, source: &Path) -> Result<(), ModelError> {
+        let bad = |m: String| ModelError::Config {
+            path: source.to_path_buf(),
+            message: m,
+        };
+        if self.hidden_act != "silu" {
+            return Err(bad(format!(
+                "hidden_act `{}` is not supported (LLaMA uses silu)",
+                self.hidden_act
+            )));
+        }
+        if self.attention_bias || self.mlp_bias {
+            return Err(bad(
+                "attention_bias / mlp_bias are not supported (LLaMA has no biases)".into()
+            ));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
+            return Err(bad(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.kv_heads()
+            )));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(bad(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            )));
+        }
+        self.rope_scaling().map_err(bad)?;
+        Ok(())
+    }
+
+    pub fn rope_scaling(&self) -> Result<RopeScaling, String> {
+        let Some(v) = &self.rope_scaling else {
+            return Ok(RopeScaling::None);
+        };
+        if v.is_null() {
+            return Ok(RopeScaling::None);
+        }
+        let kind = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| format!("rope_scaling.{k} is missing"))
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            }),
+            other => Err(format!(
+                "rope_scaling type `{other}` is not supported (supported: default, linear, llama3)"
+            )),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let config: LlamaConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            message: format!("not a LlamaConfig: {e}"),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The HF `config.json` text, with the fields transformers expects.
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("model_type".into(), "llama".into());
+            m.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+            m.insert("torch_dtype".into(), "float32".into());
+            m.insert("num_key_value_heads".into(), self.kv_heads().into());
+            m.insert("head_dim".into(), self.head_dim().into());
+            m.insert("pretraining_tp".into(), 1.into());
+            m.insert("initializer_range".into(), 0.02.into());
+            m.insert("use_cache".into(), true.into());
+        }
+        v
+    }
+}
+
+/// The inverse frequencies of rotary embedding for one head, HF's formula
+/// (including `rope_scaling`).
+pub fn inverse_frequencies(config: &LlamaConfig) -> Result<Vec<f64>, String> {
+    let hd = config.head_dim();
+    let base: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / hd as f64))
+        .collect();
+    Ok(match config.rope_scaling()? {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    })
+}

@@ -1,0 +1,297 @@
+//! HF checkpoints in and out: `config.json` + `model.safetensors` (or shards
+//! with `model.safetensors.index.json`), f32 / f16 / bf16 on disk. Tensor
+//! names and layouts are HF's `LlamaForCausalLM`; babelflow's projections
+//! already use HF's `[out, in]` layout and half-split rotary embedding, so
+//! q/k need no permutation (the permutation exists between Meta's original
+//! interleaved checkpoints and HF's, not here).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::config::LlamaConfig;
+use crate::llama::{Attention, Block, Llama, Mlp, Proj, RmsNorm};
+use crate::ModelError;
+
+/// On-disk precision when saving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Every tensor of a checkpoint as f32, by HF name, with its shape.
+pub struct Weights {
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    source: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn to_f32(view: &TensorView, name: &str, file: &Path) -> Result<Vec<f32>, ModelError> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(ModelError::Weights {
+                path: file.to_path_buf(),
+                message: format!("tensor {name} has dtype {other:?}; babelflow reads f32, f16 and bf16"),
+            })
+        }
+    })
+}
+
+impl Weights {
+    /// Reads `model.safetensors`, or every shard listed in `model.safetensors.index.json`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+                path: index.clone(),
+                message: format!("not JSON: {e}"),
+            })?;
+            let mut shards: Vec<String> = v["weight_map"]
+                .as_object()
+                .ok_or_else(|| ModelError::Weights {
+                    path: index.clone(),
+                    message: "no `weight_map`".into(),
+                })?
+                .values()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            return Err(ModelError::Weights {
+                path: dir.to_path_buf(),
+                message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
+            });
+        };
+        let mut tensors = HashMap::new();
+        for file in &files {
+            let bytes = std::fs::read(file).map_err(io(file))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
+                path: file.clone(),
+                message: format!("not a safetensors file: {e}"),
+            })?;
+            for (name, view) in st.tensors() {
+                let data = to_f32(&view, &name, file)?;
+                tensors.insert(name, (view.shape().to_vec(), data));
+            }
+        }
+        Ok(Weights {
+            tensors,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    fn take<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>, ModelError> {
+        let (found, data) = self.tensors.remove(name).ok_or_else(|| ModelError::Weights {
+            path: self.source.clone(),
+            message: format!("tensor `{name}` is missing"),
+        })?;
+        if found != shape {
+            return Err(ModelError::Weights {
+                path: self.source.clone(),
+                message: format!("tensor `{name}` has shape {found:?}, the config implies {shape:?}"),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(data, shape), device))
+    }
+
+    /// Builds the model from these weights, checking every name and shape.
+    pub fn into_model(mut self, config: &LlamaConfig, device: &Device) -> Result<Llama, ModelError> {
+        let (d, hd, h, kv, inter, v) = (
+            config.hidden_size,
+            config.head_dim(),
+            config.num_attention_heads,
+            config.kv_heads(),
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let proj = |w: &mut Weights, name: String, shape: [usize; 2]| -> Result<Proj, ModelError> {
+            Ok(Proj {
+                weight: Param::from_tensor(w.take(&name, shape, device)?),
+            })
+        };
+        let norm = |w: &mut Weights, name: String| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm {
+                weight: Param::from_tensor(w.take(&name, [d], device)?),
+                eps: config.rms_norm_eps,
+            })
+        };
+        let embed_tokens = Param::from_tensor(self.take("model.embed_tokens.weight", [v, d], device)?);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: norm(&mut self, format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: proj(&mut self, format!("{p}.self_attn.q_proj.weight"), [h * hd, d])?,
+                    k_proj: proj(&mut self, format!("{p}.self_attn.k_proj.weight"), [kv * hd, d])?,
+                    v_proj: proj(&mut self, format!("{p}.self_attn.v_proj.weight"), [kv * hd, d])?,
+                    o_proj: proj(&mut self, format!("{p}.self_attn.o_proj.weight"), [d, h * hd])?,
+                    n_heads: h,
+                    n_kv_heads: kv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(&mut self, format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: proj(&mut self, format!("{p}.mlp.gate_proj.weight"), [inter, d])?,
+                    up_proj: proj(&mut self, format!("{p}.mlp.up_proj.weight"), [inter, d])?,
+                    down_proj: proj(&mut self, format!("{p}.mlp.down_proj.weight"), [d, inter])?,
+                },
+            });
+        }
+        let final_norm = norm(&mut self, "model.norm.weight".into())?;
+        let lm_head = if config.tie_word_embeddings {
+            self.tensors.remove("lm_head.weight");
+            None
+        } else {
+            Some(proj(&mut self, "lm_head.weight".into(), [v, d])?)
+        };
+        // Rotary tables are recomputed, never loaded.
+        self.tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+        if let Some(extra) = self.tensors.keys().next() {
+            return Err(ModelError::Weights {
+                path: self.source.clone(),
+                message: format!("unexpected tensor `{extra}` (not part of LlamaForCausalLM)"),
+            });
+        }
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm: final_norm,
+            lm_head,
+        })
+    }
+}
+
+/// Loads an HF LLaMA folder: config.json + safetensors.
+pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, Llama), ModelError> {
+    let config = LlamaConfig::load(&dir.join("config.json"))?;
+    let model = Weights::load(dir)?.into_model(&config, device)?;
+    Ok((config, model))
+}
+
+fn tensor_f32<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    let shape = t.dims().to_vec();
+    let data = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    (shape, data)
+}
+
+/// HF name → tensor, for saving.
+pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let mut out = BTreeMap::new();
+    out.insert("model.embed_tokens.weight".into(), tensor_f32(model.embed_tokens.val()));
+    for (i, b) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        let mut put = |name: &str, t: (Vec<usize>, Vec<f32>)| {
+            out.insert(format!("{p}.{name}"), t);
+        };
+        put("input_layernorm.weight", tensor_f32(b.input_layernorm.weight.val()));
+        put(
+            "post_attention_layernorm.weight",
+            tensor_f32(b.post_attention_layernorm.weight.val()),
+        );
+        put("self_attn.q_proj.weight", tensor_f32(b.self_attn.q_proj.weight.val()));
+        put("self_attn.k_proj.weight", tensor_f32(b.self_attn.k_proj.weight.val()));
+        put("self_attn.v_proj.weight", tensor_f32(b.self_attn.v_proj.weight.val()));
+        put("self_attn.o_proj.weight", tensor_f32(b.self_attn.o_proj.weight.val()));
+        put("mlp.gate_proj.weight", tensor_f32(b.mlp.gate_proj.weight.val()));
+        put("mlp.up_proj.weight", tensor_f32(b.mlp.up_proj.weight.val()));
+        put("mlp.down_proj.weight", tensor_f32(b.mlp.down_proj.weight.val()));
+    }
+    out.insert("model.norm.weight".into(), tensor_f32(model.norm.weight.val()));
+    if let Some(head) = &model.lm_head {
+        out.insert("lm_head.weight".into(), tensor_f32(head.weight.val()));
+    }
+    out
+}
+
+/// Writes `config.json` and `model.safetensors` (one file) into `dir`.
+pub fn save(dir: &Path, config: &LlamaConfig, model: &Llama, dtype: DiskDtype) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut cfg = config.to_hf_json();
+    cfg["torch_dtype"] = match dtype {
+        DiskDtype::F32 => "float32",
+        DiskDtype::F16 => "float16",
+        DiskDtype::Bf16 => "bfloat16",
+    }
+    .into();
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap_or_default()).map_err(io(&cfg_path))?;
+
+    let tensors = named_tensors(model);
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, (shape, data))| {
+            let bytes: Vec<u8> = match dtype {
+                DiskDtype::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                DiskDtype::F16 => data
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                DiskDtype::Bf16 => data
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            };
+            (name, shape, bytes)
+        })
+        .collect();
+    let st_dtype = match dtype {
+        DiskDtype::F32 => Dtype::F32,
+        DiskDtype::F16 => Dtype::F16,
+        DiskDtype::Bf16 => Dtype::BF16,
+    };
+    let views: Vec<(String, TensorView)> = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(st_dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Weights {
+                    path: dir.to_path_buf(),
+                    message: format!("{name}: {e}"),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let path = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| ModelError::Weights {
+        path: path.clone(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,43 @@
+//! The LLaMA model: architecture in burn, HF checkpoints in and out,
+//! generation, and backend choice at run time.
+
+pub mod config;
+pub mod device;
+pub mod generate;
+pub mod hf;
+pub mod llama;
+pub mod resize;
+
+use std::path::PathBuf;
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, Llama, Rope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+    #[error("backend `{requested}` is not available: {message}")]
+    Backend { requested: String, message: String },
+}
+
+pub mod stage;
+
+use std::sync::Arc;
+
+/// The stage kinds this crate provides.
+pub fn kinds() -> Vec<Arc<dyn babelflow_stage::StageKind>> {
+    vec![
+        Arc::new(stage::ImportModel),
+        Arc::new(stage::InitModel),
+        Arc::new(stage::ResizeVocab),
+    ]
+}

@@ -1,0 +1,281 @@
+//! The LLaMA architecture in burn 0.22 (run-time `Device`, no backend type
+//! parameter): token embedding, RMSNorm, rotary position embedding in HF's
+//! half-split layout, grouped-query attention, SwiGLU MLP, tied or untied
+//! head, causal mask. Weights are kept in HF's layout (`[out, in]` for
+//! projections), so checkpoints load without permutations.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::config::{inverse_frequencies, LlamaConfig};
+
+/// A bias-free projection with HF's weight layout `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Proj {
+    pub fn new(out: usize, inp: usize, std: f64, device: &Device) -> Self {
+        let w = Tensor::<2>::random([out, inp], burn::tensor::Distribution::Normal(0.0, std), device);
+        Proj {
+            weight: Param::from_tensor(w),
+        }
+    }
+
+    /// `x @ Wᵀ` over the last dimension.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let [out, _] = self.weight.val().dims();
+        x.reshape([b * t, d])
+            .matmul(self.weight.val().transpose())
+            .reshape([b, t, out])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(d: usize, eps: f64, device: &Device) -> Self {
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        (x / rms) * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub o_proj: Proj,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Keys and values of earlier positions, per layer, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; layers],
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// cos and sin tables `[positions, head_dim]` (frequencies repeated twice, as HF).
+pub struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+}
+
+impl Rope {
+    pub fn new(config: &LlamaConfig, max_positions: usize, device: &Device) -> Result<Self, String> {
+        let inv = inverse_frequencies(config)?;
+        let hd = config.head_dim();
+        let mut cos = Vec::with_capacity(max_positions * hd);
+        let mut sin = Vec::with_capacity(max_positions * hd);
+        for p in 0..max_positions {
+            // HF repeats the frequencies for both halves of the head.
+            for _half in 0..2 {
+                for f in &inv {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_data(TensorData::new(cos, [max_positions, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [max_positions, hd]), device),
+        })
+    }
+
+    /// Rotates `x: [batch, heads, t, head_dim]` for positions `start..start + t`.
+    pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+        let [_, _, t, hd] = x.dims();
+        let cos = self.cos.clone().narrow(0, start, t).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, t).unsqueeze::<4>();
+        let x1 = x.clone().narrow(3, 0, hd / 2);
+        let x2 = x.clone().narrow(3, hd / 2, hd / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        let past = cache
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0);
+        let q = rope.apply(q, past);
+        let k = rope.apply(k, past);
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let total = past + t;
+        // Grouped-query attention: each key/value head serves h / kv query heads.
+        let rep = h / kv;
+        let k = k
+            .unsqueeze_dim::<5>(2)
+            .expand([b, kv, rep, total, hd])
+            .reshape([b, h, total, hd]);
+        let v = v
+            .unsqueeze_dim::<5>(2)
+            .expand([b, kv, rep, total, hd])
+            .reshape([b, h, total, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
+        let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
+        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        let out = softmax(scores, 3).matmul(v);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+    }
+}
+
+/// `[t, past + t]`, true where query i (at position past + i) may not look
+/// (key j > past + i). burn's `tril_mask` marks what lies above the
+/// diagonal at `offset`, the part a lower-triangular keep-mask removes.
+fn causal_mask(t: usize, past: usize, device: &Device) -> Tensor<2, Bool> {
+    Tensor::<2, Bool>::tril_mask([t, past + t], past as i64, device)
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when the head is tied to the embeddings.
+    pub lm_head: Option<Proj>,
+}
+
+impl Llama {
+    /// A randomly initialised model (normal, std 0.02, as HF's `initializer_range`).
+    pub fn init(config: &LlamaConfig, device: &Device) -> Self {
+        let (d, hd) = (config.hidden_size, config.head_dim());
+        let (h, kv) = (config.num_attention_heads, config.kv_heads());
+        let std = 0.02;
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Block {
+                input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+                self_attn: Attention {
+                    q_proj: Proj::new(h * hd, d, std, device),
+                    k_proj: Proj::new(kv * hd, d, std, device),
+                    v_proj: Proj::new(kv * hd, d, std, device),
+                    o_proj: Proj::new(d, h * hd, std, device),
+                    n_heads: h,
+                    n_kv_heads: kv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
+                mlp: Mlp {
+                    gate_proj: Proj::new(config.intermediate_size, d, std, device),
+                    up_proj: Proj::new(config.intermediate_size, d, std, device),
+                    down_proj: Proj::new(d, config.intermediate_size, std, device),
+                },
+            })
+            .collect();
+        let embed = Tensor::<2>::random(
+            [config.vocab_size, d],
+            burn::tensor::Distribution::Normal(0.0, std),
+            device,
+        );
+        Llama {
+            embed_tokens: Param::from_tensor(embed),
+            layers,
+            norm: RmsNorm::new(d, config.rms_norm_eps, device),
+            lm_head: (!config.tie_word_embeddings).then(|| Proj::new(config.vocab_size, d, std, device)),
+        }
+    }
+
+    /// Logits `[batch, t, vocab]` for token ids `[batch, t]`; with a cache,
+    /// `ids` are the new positions after the cached ones.
+    pub fn forward(&self, ids: Tensor<2, Int>, rope: &Rope, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let [_, d] = self.embed_tokens.val().dims();
+        let mut x = self
+            .embed_tokens
+            .val()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, d]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = x.clone() + layer.self_attn.forward(layer.input_layernorm.forward(x), rope, slot);
+            x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
+        }
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let w = self.embed_tokens.val();
+                let [v, _] = w.dims();
+                x.reshape([b * t, d]).matmul(w.transpose()).reshape([b, t, v])
+            }
+        }
+    }
+}
