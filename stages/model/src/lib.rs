@@ -6,10 +6,12 @@ pub mod device;
 pub mod generate;
 pub mod hf;
 pub mod llama;
+pub mod loss;
 pub mod resize;
 
 use std::path::PathBuf;
 
+pub use burn;
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, Rope};
 
