@@ -10,15 +10,17 @@
 
 use std::time::Instant;
 
+use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{Llama, LlamaConfig, Rope};
-use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Token ids from a small LCG (no rand dependency needed for a benchmark).
 fn random_ids(batch: usize, seq: usize, vocab: usize, state: &mut u64, device: &Device) -> Tensor<2, Int> {
     let data: Vec<i64> = (0..batch * seq)
         .map(|_| {
-            *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((*state >> 33) % vocab as u64) as i64
         })
         .collect();
@@ -27,7 +29,11 @@ fn random_ids(batch: usize, seq: usize, vocab: usize, state: &mut u64, device: &
 
 fn main() {
     let small = std::env::var_os("BENCH_SMALL").is_some();
-    let (d, layers, vocab, batch, seq) = if small { (64, 2, 2048, 4, 128) } else { (256, 4, 8192, 8, 256) };
+    let (d, layers, vocab, batch, seq) = if small {
+        (64, 2, 2048, 4, 128)
+    } else {
+        (256, 4, 8192, 8, 256)
+    };
     let mut config = LlamaConfig::tiny(vocab, d, layers, 8, 8);
     config.intermediate_size = d * 8 / 3;
     let tokens = (batch * seq) as f64;

@@ -23,6 +23,9 @@ impl Registry {
         for kind in babelflow_model::kinds() {
             registry.add(kind);
         }
+        for kind in babelflow_train::kinds() {
+            registry.add(kind);
+        }
         for kind in babelflow_report::kinds() {
             registry.add(kind);
         }

@@ -13,7 +13,7 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
     let store = p.path("store");
     let store = store.to_str().unwrap();
     let first = p.ok(&["run", recipe, "--store", store]);
-    assert_eq!(ran(&first).len(), 8, "{first}");
+    assert_eq!(ran(&first).len(), 17, "{first}");
     let second = p.ok(&["run", recipe, "--store", store]);
     assert!(ran(&second).is_empty(), "{second}");
 
@@ -55,6 +55,26 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
                 f["tokens"],
                 f["tokens_per_char"].as_f64().unwrap()
             )));
+        }
+        if name == "pretrain" {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            for lang in ["en", "sw", "hi"] {
+                let (before, after) = (
+                    stats["validation_loss_start"][lang].as_f64().unwrap(),
+                    stats["validation_loss_end"][lang].as_f64().unwrap(),
+                );
+                assert!(
+                    after < before,
+                    "{lang}: held-out loss did not fall ({before} → {after})"
+                );
+                let row = format!(
+                    "| pretrain | {lang} | {before:.3} | {after:.3} | {:.2} | {:.2} |",
+                    before.exp(),
+                    after.exp()
+                );
+                assert!(md.contains(&row), "missing {row} in\n{md}");
+            }
         }
         if let Some(lang) = name.strip_prefix("corpus@") {
             let stats: serde_json::Value =

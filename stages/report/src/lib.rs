@@ -33,6 +33,12 @@ const INPUTS: &[InputSpec] = &[
         many: true,
         doc: "stats.json of `tokenize` instances",
     },
+    InputSpec {
+        name: "training",
+        required: false,
+        many: true,
+        doc: "stats.json of `pretrain` instances",
+    },
 ];
 
 /// The stage kinds this crate provides.
@@ -142,6 +148,57 @@ pub fn fertility_table(items: &[InputItem]) -> Result<Table, StageError> {
     Ok(t)
 }
 
+pub fn training_table(items: &[InputItem]) -> Result<Table, StageError> {
+    let mut t = Table::new(
+        "Training: held-out loss per language, before and after",
+        &[
+            "stage",
+            "language",
+            "loss before",
+            "loss after",
+            "perplexity before",
+            "perplexity after",
+        ],
+    );
+    t.note = Some("Token-level loss on held-out text of each language (natural log); perplexity = exp(loss).".into());
+    for item in items {
+        let s = stats_of(item)?;
+        let start = s["validation_loss_start"].as_object().cloned().unwrap_or_default();
+        for (lang, before) in &start {
+            let after = &s["validation_loss_end"][lang.as_str()];
+            let exp = |v: &Value| v.as_f64().map(|x| Cell::Float(x.exp(), 2)).unwrap_or(Cell::Missing);
+            t.rows.push(vec![
+                Cell::Text(source_name(item)),
+                Cell::Text(lang.clone()),
+                Cell::from_json_f64(before, 3),
+                Cell::from_json_f64(after, 3),
+                exp(before),
+                exp(after),
+            ]);
+        }
+        t.rows.push(vec![
+            Cell::Text(source_name(item)),
+            Cell::Text(format!(
+                "train: {} steps, {} tokens",
+                s["steps"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+                s["tokens"]
+                    .as_u64()
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "?".into())
+            )),
+            Cell::Missing,
+            Cell::from_json_f64(&s["final_loss"], 3),
+            Cell::Missing,
+            Cell::Text(format!(
+                "{:.0} tokens/s on {}",
+                s["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                s["backend"].as_str().unwrap_or("?")
+            )),
+        ]);
+    }
+    Ok(t)
+}
+
 pub fn provenance_table(items: &[&InputItem]) -> Table {
     let mut t = Table::new(
         "Provenance of the artifacts in this report",
@@ -189,10 +246,16 @@ impl StageKind for Report {
         let title = ctx.params.str("title")?;
         let corpus = ctx.input("corpus");
         let tokens = ctx.input("tokens");
-        let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).collect();
+        let training = ctx.input("training");
+        let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).chain(training).collect();
         all.sort_by_key(|i| i.instance.clone());
         all.dedup_by_key(|i| i.instance.clone());
-        let tables = [data_table(corpus)?, fertility_table(tokens)?, provenance_table(&all)];
+        let tables = [
+            data_table(corpus)?,
+            fertility_table(tokens)?,
+            training_table(training)?,
+            provenance_table(&all),
+        ];
 
         let mut md = format!("# {title}\n\n");
         let mut html = format!(

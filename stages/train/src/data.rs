@@ -1,0 +1,122 @@
+//! Training batches from a token artifact: the token stream is cut into
+//! windows of `seq_len + 1` tokens (inputs and shifted targets; documents
+//! are packed back to back, separated by their BOS/EOS), and windows are
+//! visited in a seeded random order, epoch after epoch.
+
+use babelflow_stage::StageError;
+use babelflow_tokens::artifact::{read_index, TokenFile};
+use std::path::Path;
+
+pub struct Windows {
+    tokens: TokenFile,
+    seq_len: usize,
+    count: usize,
+    /// The language most of the stream is in (for validation labels).
+    pub lang: String,
+}
+
+#[allow(clippy::len_without_is_empty)] // a Windows is never empty: `open` refuses that
+impl Windows {
+    pub fn open(bin: &Path, seq_len: usize) -> Result<Self, StageError> {
+        let tokens = TokenFile::open(bin)?;
+        let count = tokens.len().saturating_sub(1) / seq_len;
+        if count == 0 {
+            return Err(StageError::input(
+                bin,
+                None,
+                format!("{} tokens are fewer than one sequence of {} + 1", tokens.len(), seq_len),
+            ));
+        }
+        let index = read_index(&bin.with_file_name("index.parquet"))?;
+        let mut per_lang = std::collections::BTreeMap::<String, u64>::new();
+        for d in &index {
+            *per_lang.entry(d.lang.clone()).or_default() += d.n_tokens;
+        }
+        let lang = per_lang
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(l, _)| l)
+            .unwrap_or_else(|| "und".into());
+        Ok(Windows {
+            tokens,
+            seq_len,
+            count,
+            lang,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn vocab_size(&self) -> u32 {
+        self.tokens.header.vocab_size
+    }
+
+    /// Window `i`: `seq_len + 1` ids.
+    pub fn window(&self, i: usize) -> Vec<u32> {
+        let start = i * self.seq_len;
+        self.tokens.slice(start, start + self.seq_len + 1)
+    }
+}
+
+/// A reproducible order of window indices: epoch `e` is a fresh shuffle
+/// seeded by (seed, e), so position `k` of the whole run is known without
+/// replaying it (what a resumed run needs). The current epoch's permutation
+/// is kept, so a lookup costs O(1) within an epoch.
+pub struct Order {
+    seed: u64,
+    windows: usize,
+    epoch: Option<usize>,
+    perm: Vec<usize>,
+}
+
+impl Order {
+    pub fn new(windows: usize, seed: u64) -> Self {
+        Order {
+            seed,
+            windows,
+            epoch: None,
+            perm: Vec::new(),
+        }
+    }
+
+    pub fn at(&mut self, position: usize) -> usize {
+        let epoch = position / self.windows;
+        if self.epoch != Some(epoch) {
+            self.perm = (0..self.windows).collect();
+            let mut state = self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
+            for i in (1..self.windows).rev() {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                self.perm.swap(i, (z % (i as u64 + 1)) as usize);
+            }
+            self.epoch = Some(epoch);
+        }
+        self.perm[position % self.windows]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_epoch_visits_every_window_once_and_orders_differ() {
+        let n = 10;
+        let mut order = Order::new(n, 3);
+        let mut first: Vec<usize> = (0..n).map(|p| order.at(p)).collect();
+        let second: Vec<usize> = (n..2 * n).map(|p| order.at(p)).collect();
+        assert_ne!(first, second);
+        first.sort();
+        assert_eq!(first, (0..n).collect::<Vec<_>>());
+        assert_eq!(
+            Order::new(n, 3).at(17),
+            order.at(17),
+            "a fresh order agrees at any position"
+        );
+    }
+}
