@@ -170,7 +170,7 @@ table = pa.table({"id": [f"corpus.txt:{i}" for i in range(n)], "lang": ["und"] *
 pq.write_table(table, sys.argv[2], compression="zstd", compression_level=3)
 s = time.time() - t
 mb = len(text.encode("utf-8")) / 2**20
-print(f"pyarrow        {mb:8.1} MB in {s:6.2} s = {mb/s:7.1} MB/s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:7.1} MB")
+print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:7.1f} MB")
 "#;
         let out = dir.path().join("pyarrow.parquet");
         let _ = Command::new("python3")

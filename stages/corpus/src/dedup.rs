@@ -112,12 +112,17 @@ impl NearDedup {
     }
 }
 
+/// A fast 64-bit hash of a shingle (one per 5-gram, so this is the hot
+/// path): FNV-1a over the code points, then a SplitMix64 finaliser so the
+/// bits are well mixed for the multiply-shift permutations.
 fn hash_chars(chars: &[char]) -> u64 {
-    let mut h = blake3::Hasher::new();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
     for c in chars {
-        h.update(&(*c as u32).to_le_bytes());
+        h = (h ^ *c as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 fn similarity(a: &[u32], b: &[u32]) -> f64 {

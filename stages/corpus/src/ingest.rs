@@ -147,7 +147,8 @@ impl StageKind for Ingest {
         "ingest"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: near-duplicate shingles hashed with FNV-1a + SplitMix64 instead of blake3.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "pretraining text (text, JSONL, CSV, Parquet; .gz/.zst) → clean corpus Parquet + stats.json"
