@@ -36,7 +36,7 @@ fn peak_rss_mb() -> f64 {
 
 /// Paragraphs of the 15 sample languages, numbered so none is a duplicate.
 fn generate(path: &Path, megabytes: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/samples/text");
+    let root = babelflow_stage::testing::package_dir().join("data/samples/text");
     let paragraphs: Vec<String> = LANGS
         .iter()
         .flat_map(|l| {
@@ -182,7 +182,7 @@ print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {
     // A LLaMA-style tokenizer trained on the samples, for the tokenize comparison.
     let tok_dir = dir.path().join("tok");
     std::fs::create_dir_all(&tok_dir).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/samples/text");
+    let root = babelflow_stage::testing::package_dir().join("data/samples/text");
     let sample_corpus = dir.path().join("samples");
     std::fs::create_dir_all(&sample_corpus).unwrap();
     let files: Vec<PathBuf> = LANGS.iter().map(|l| root.join(format!("{l}.txt"))).collect();

@@ -15,11 +15,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 fn cached_plan(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("commands-13.yaml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pipelines/examples/commands-13.yaml"
-    ))
-    .unwrap();
+    let text =
+        std::fs::read_to_string(babelflow_stage::testing::package_dir().join("pipelines/examples/commands-13.yaml"))
+            .unwrap();
     std::fs::write(&recipe, text).unwrap();
     let registry = Registry::builtin();
     let pipeline = Pipeline::load(&recipe, &[], &registry).unwrap();

@@ -160,6 +160,5 @@ pub fn plan(
         count(Action::Cached),
         count(Action::Skip)
     );
-    let _ = EXIT_ERROR;
     Ok(ExitCode::SUCCESS)
 }

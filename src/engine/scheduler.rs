@@ -52,9 +52,8 @@ pub fn run(
     on_done: &mut OnDone,
 ) -> Vec<Outcome> {
     let n = graph.instances.len();
-    let by_name: BTreeMap<&str, usize> = planned.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
     // planned[] is in graph.instances order.
-    debug_assert!(by_name.len() == n);
+    debug_assert_eq!(planned.len(), n);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     for (i, p) in planned.iter().enumerate() {
         match p.action {

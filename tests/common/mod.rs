@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub struct Project {
@@ -99,8 +99,10 @@ pub fn ran(stdout: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout being tested, read at run time (see
+/// `babelflow_stage::testing::package_dir` for why not `env!`).
+pub fn repo_root() -> std::path::PathBuf {
+    babelflow_stage::testing::package_dir()
 }
 
 pub const LANGS13: [&str; 13] = [

@@ -89,3 +89,13 @@ pub fn inputs(pairs: &[(&str, &[&Path])]) -> Inputs {
         })
         .collect()
 }
+
+/// The package folder of the test or benchmark being run. Read at run time
+/// (cargo sets `CARGO_MANIFEST_DIR` for `cargo test`/`bench`), not compile
+/// time: a test binary built in another checkout that shares the target
+/// folder must still find this checkout's files.
+pub fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ".".into())
+}

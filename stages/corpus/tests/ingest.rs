@@ -153,8 +153,8 @@ fn cleaning_normalises_filters_and_dedups() {
 #[test]
 fn language_id_drops_a_planted_foreign_paragraph() {
     let dir = tempfile::tempdir().unwrap();
-    let hindi =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/samples/text/hi.txt")).unwrap();
+    let hindi = std::fs::read_to_string(babelflow_stage::testing::package_dir().join("../../data/samples/text/hi.txt"))
+        .unwrap();
     let planted = "The committee will publish its annual report on the state of the harbour next Tuesday morning.";
     let f = write(dir.path(), "hi.txt", format!("{hindi}\n\n{planted}\n").as_bytes());
     let (docs, stats, _) = run(json!({"lang": "hi", "langid": true}), &[&f]).unwrap();

@@ -18,7 +18,7 @@ fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
 }
 
 fn samples(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    babelflow_stage::testing::package_dir()
         .join("../../data/samples")
         .join(rel)
 }

@@ -1,7 +1,7 @@
 //! The LLaMA model against an independent reference, HF round trips, and
 //! generation with and without the KV cache.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use babelflow_model::generate::{generate, Sampling};
 use babelflow_model::hf::{self, DiskDtype};
@@ -9,7 +9,9 @@ use babelflow_model::{Llama, LlamaConfig, Rope};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    babelflow_stage::testing::package_dir()
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn logits(model: &Llama, config: &LlamaConfig, ids: &[i64], device: &Device) -> Vec<f32> {

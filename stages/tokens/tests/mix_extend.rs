@@ -26,7 +26,7 @@ fn out(dir: &Path, name: &str) -> PathBuf {
 
 fn corpus(dir: &Path, lang: &str) -> PathBuf {
     let o = out(dir, &format!("corpus-{lang}"));
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../data/samples/text/{lang}.txt"));
+    let file = babelflow_stage::testing::package_dir().join(format!("../../data/samples/text/{lang}.txt"));
     run_kind(
         kind("ingest").as_ref(),
         json!({"lang": lang}),
@@ -160,7 +160,7 @@ fn extend_vocab_lowers_fertility_and_keeps_every_existing_id() {
             assert_eq!(merged.id_to_token(id).as_deref(), Some(token.as_str()));
         }
         let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../data/samples/text/{lang}.txt")),
+            babelflow_stage::testing::package_dir().join(format!("../../data/samples/text/{lang}.txt")),
         )
         .unwrap();
         let chars = text.chars().count() as f64;

@@ -22,7 +22,7 @@ fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
 }
 
 fn sample(lang: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../data/samples/text/{lang}.txt"))
+    babelflow_stage::testing::package_dir().join(format!("../../data/samples/text/{lang}.txt"))
 }
 
 /// Ingests one language's sample; returns the corpus Parquet path.

@@ -31,7 +31,7 @@ fn run(dir: &Path, name: &str, k: &str, params: Value, ins: &[(&str, &[&Path])])
 
 /// Tokens for training (en + sw, minus held-out paragraphs) and the held-out English.
 fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/samples/text");
+    let samples = babelflow_stage::testing::package_dir().join("../../data/samples/text");
     let (en, sw) = (samples.join("en.txt"), samples.join("sw.txt"));
     let corpus = run(dir, "corpus", "ingest", json!({"lang": "en"}), &[("files", &[&en])]).unwrap();
     let corpus_sw = run(dir, "corpus_sw", "ingest", json!({"lang": "sw"}), &[("files", &[&sw])]).unwrap();
