@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{repo_root, Project};
+use common::{artifact_dir, repo_root, Project};
 
 const RECIPE: &str = r#"name: interop
 stages:
@@ -62,16 +62,7 @@ fn polars_reads_every_parquet_artifact_with_the_documented_schema() {
     p.write("r.yaml", &RECIPE.replace("SAMPLES", samples.to_str().unwrap()));
     p.ok(&["run", "r.yaml"]);
     let plan = p.plan("r.yaml", &[]);
-    let dir = |name: &str| {
-        let inst = plan["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap();
-        p.path(".babelflow/artifacts")
-            .join(inst["fingerprint"].as_str().unwrap())
-    };
+    let dir = |name: &str| artifact_dir(&p, &plan, name);
     let s = "String";
     let u = "UInt64";
     let want = serde_json::json!({

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ran, repo_root, Project};
+use common::{artifact_dir, ran, repo_root, Project};
 
 #[test]
 fn init_import_and_resize_models_in_a_recipe() {
@@ -45,16 +45,7 @@ stages:
     let out = p.ok(&["run", "r.yaml"]);
     assert_eq!(ran(&out).len(), 7, "{out}");
     let plan = p.plan("r.yaml", &[]);
-    let dir = |name: &str| {
-        let inst = plan["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap();
-        p.path(".babelflow/artifacts")
-            .join(inst["fingerprint"].as_str().unwrap())
-    };
+    let dir = |name: &str| artifact_dir(&p, &plan, name);
     let read = |path: std::path::PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };

@@ -61,6 +61,18 @@ impl Project {
     }
 }
 
+/// The artifact folder of an instance, by its fingerprint in a `plan --json`.
+pub fn artifact_dir(p: &Project, plan: &serde_json::Value, name: &str) -> PathBuf {
+    let inst = plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in plan"));
+    p.path(".babelflow/artifacts")
+        .join(inst["fingerprint"].as_str().unwrap())
+}
+
 /// Names of the instances a `plan --json` says will run.
 pub fn to_run(plan: &serde_json::Value) -> Vec<String> {
     plan["instances"]

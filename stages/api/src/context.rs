@@ -122,6 +122,13 @@ impl<'a> StageContext<'a> {
         self.out_dir.join(name)
     }
 
+    /// Writes `value` as pretty JSON to the declared output `name`.
+    pub fn write_json(&self, name: &str, value: &impl serde::Serialize) -> Result<(), StageError> {
+        let path = self.output(name);
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StageError::failed(format!("{name}: {e}")))?;
+        std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))
+    }
+
     /// Resolves a path from a parameter against the recipe's folder.
     pub fn resolve(&self, path: &str) -> PathBuf {
         let p = Path::new(path);

@@ -220,12 +220,7 @@ impl StageKind for IngestChoice {
             *per_subject.entry(s.clone()).or_default().entry(sp.clone()).or_default() += 1;
         }
         let stats = json!({"questions": n, "lang": lang, "subjects": per_subject});
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         ctx.note("questions", n);
         Ok(())
     }

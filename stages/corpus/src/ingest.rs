@@ -330,9 +330,7 @@ impl StageKind for Ingest {
         }
         let rows = writer.finish()?;
         ctx.progress(files.len() as u64, Some(files.len() as u64), "done");
-        let stats_path = ctx.output("stats.json");
-        let json = serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?;
-        std::fs::write(&stats_path, json).map_err(|e| StageError::io(&stats_path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         ctx.note("documents", rows);
         ctx.note("chars", stats.chars_out);
         ctx.log(&format!(

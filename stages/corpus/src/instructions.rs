@@ -211,12 +211,7 @@ impl StageKind for IngestInstructions {
         }
         writer.finish()?;
         let stats = json!({"files": files.len(), "records": kept, "skipped": skipped, "languages": per_lang});
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         ctx.note("records", kept);
         Ok(())
     }

@@ -144,12 +144,7 @@ impl StageKind for Split {
                 .map_err(|e| StageError::failed(format!("closing a split: {e}")))?;
         }
         let stats = json!({"salt": salt, "train": counts[0], "validation": counts[1], "test": counts[2]});
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         Ok(())
     }
 }

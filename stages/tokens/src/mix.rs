@@ -302,12 +302,7 @@ impl StageKind for Mix {
             "seed": p.i64("seed")?,
             "languages": report,
         });
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         for (lang, m) in &report {
             if m.epochs > 1.0 {
                 ctx.log(&format!(

@@ -166,12 +166,7 @@ impl StageKind for Tokenize {
             "eos": eos,
             "languages": languages,
         });
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         ctx.note("tokens", header.n_tokens);
         ctx.log(&format!("{docs} documents → {} tokens", header.n_tokens));
         Ok(())

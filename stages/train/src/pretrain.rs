@@ -287,12 +287,7 @@ impl StageKind for Pretrain {
             "validation_loss_start": initial.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
             "validation_loss_end": final_val.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         });
-        let path = ctx.output("stats.json");
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?,
-        )
-        .map_err(|e| StageError::io(&path, e))?;
+        ctx.write_json("stats.json", &stats)?;
         ctx.note("backend", backend);
         ctx.note("final_loss", last_loss);
         Ok(())
