@@ -26,18 +26,28 @@ pub fn graph(registry: &Registry, args: &RecipeArgs, format: GraphFormat) -> any
     Ok(ExitCode::SUCCESS)
 }
 
+/// The recipe, its store and its plan with nothing forced; errors printed.
+fn load_and_plan(
+    registry: &Registry,
+    args: &RecipeArgs,
+) -> Result<
+    (
+        babelflow::engine::Pipeline,
+        Store,
+        Vec<babelflow::engine::PlannedInstance>,
+    ),
+    ExitCode,
+> {
+    let pipeline = load(registry, args)?;
+    let store = Store::open(&pipeline.default_store(args.store.as_deref())).map_err(|e| report_error(e.into()))?;
+    let planned = pipeline.plan(&store, &Selection::default()).map_err(report_error)?;
+    Ok((pipeline, store, planned))
+}
+
 pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let pipeline = match load(registry, args) {
-        Ok(p) => p,
+    let (pipeline, store, planned) = match load_and_plan(registry, args) {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
-    };
-    let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
-        Ok(s) => s,
-        Err(e) => return Ok(report_error(e.into())),
-    };
-    let planned = match pipeline.plan(&store, &Selection::default()) {
-        Ok(p) => p,
-        Err(e) => return Ok(report_error(e)),
     };
     let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
     let mut rows = Vec::new();
@@ -78,17 +88,9 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
 }
 
 pub fn report(registry: &Registry, args: &RecipeArgs, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let pipeline = match load(registry, args) {
-        Ok(p) => p,
+    let (_, store, planned) = match load_and_plan(registry, args) {
+        Ok(loaded) => loaded,
         Err(code) => return Ok(code),
-    };
-    let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
-        Ok(s) => s,
-        Err(e) => return Ok(report_error(e.into())),
-    };
-    let planned = match pipeline.plan(&store, &Selection::default()) {
-        Ok(p) => p,
-        Err(e) => return Ok(report_error(e)),
     };
     let reports: Vec<_> = planned.iter().filter(|p| p.kind == "report").collect();
     if reports.is_empty() {
