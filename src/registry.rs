@@ -26,6 +26,9 @@ impl Registry {
         for kind in babelflow_train::kinds() {
             registry.add(kind);
         }
+        for kind in babelflow_evaluate::kinds() {
+            registry.add(kind);
+        }
         for kind in babelflow_report::kinds() {
             registry.add(kind);
         }

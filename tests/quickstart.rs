@@ -13,7 +13,7 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
     let store = p.path("store");
     let store = store.to_str().unwrap();
     let first = p.ok(&["run", recipe, "--store", store]);
-    assert_eq!(ran(&first).len(), 17, "{first}");
+    assert_eq!(ran(&first).len(), 28, "{first}");
     let second = p.ok(&["run", recipe, "--store", store]);
     assert!(ran(&second).is_empty(), "{second}");
 
@@ -76,6 +76,27 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
                 assert!(md.contains(&row), "missing {row} in\n{md}");
             }
         }
+        if let Some(model) = name.strip_prefix("perplexity@") {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            for lang in ["en", "sw", "hi"] {
+                let v = &stats["per_lang"][lang];
+                let row = format!(
+                    "| {name} | {model} | {lang} | {:.2} | {:.3} |",
+                    v["token_perplexity"].as_f64().unwrap(),
+                    v["bits_per_char"].as_f64().unwrap()
+                );
+                assert!(md.contains(&row), "missing {row} in\n{md}");
+            }
+        }
+        if name == "sft" {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            assert_eq!(
+                stats["examples_per_lang"],
+                serde_json::json!({"en": 4, "sw": 4, "hi": 4})
+            );
+        }
         if let Some(lang) = name.strip_prefix("corpus@") {
             let stats: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
@@ -108,5 +129,5 @@ fn plan_accepts_every_shipped_recipe() {
             }
         }
     }
-    assert!(checked >= 2, "found {checked} recipes");
+    assert!(checked >= 3, "found {checked} recipes");
 }

@@ -110,7 +110,7 @@ fn build(
             }
         }
 
-        let ctx = StageContext::new(
+        let mut ctx = StageContext::new(
             &inst.name,
             &inst.params,
             &inputs,
@@ -126,6 +126,7 @@ fn build(
             progress,
             Some(log),
         );
+        ctx.shared_cache = Some(store.cache_dir(inst.kind.name()));
         let ran =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.kind.run(&ctx))).unwrap_or_else(|panic| {
                 let message = panic

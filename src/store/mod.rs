@@ -7,6 +7,7 @@
 //! logs/<recipe>/<instance>.log   the latest attempt's log
 //! recipes/<recipe>.lock.yaml what each instance last ran with (like dvc.lock)
 //! index/files.json           (path, size, mtime) → content hash
+//! cache/<kind>/              results a kind reuses by content across runs (judge replies)
 //! lock                       held by the run that writes the store
 //! ```
 //!
@@ -58,7 +59,7 @@ impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let root = &std::path::absolute(root).map_err(io_err(root))?;
-        for sub in ["artifacts", "tmp", "resume", "logs", "recipes", "index"] {
+        for sub in ["artifacts", "tmp", "resume", "logs", "recipes", "index", "cache"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -151,6 +152,12 @@ impl Store {
         }
         fs::rename(temp, &target).map_err(io_err(&target))?;
         Ok(target)
+    }
+
+    /// Kept across runs and instances: what a kind may reuse by content
+    /// (judge replies), one folder per kind.
+    pub fn cache_dir(&self, kind: &str) -> PathBuf {
+        self.root.join("cache").join(kind)
     }
 
     pub fn resume_dir(&self, fingerprint: &str) -> PathBuf {

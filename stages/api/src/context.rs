@@ -75,6 +75,9 @@ pub struct StageContext<'a> {
     pub out_dir: &'a Path,
     /// Survives a killed run (until the instance succeeds): checkpoints live here.
     pub resume_dir: &'a Path,
+    /// A folder this kind keeps across runs and instances for results it can
+    /// reuse by content (judge replies); `None` outside a store.
+    pub shared_cache: Option<PathBuf>,
     /// The folder relative paths in parameters are resolved against (the recipe's).
     pub base_dir: &'a Path,
     /// CPU threads this instance may use.
@@ -107,6 +110,7 @@ impl<'a> StageContext<'a> {
             inputs,
             out_dir,
             resume_dir,
+            shared_cache: None,
             base_dir,
             threads,
             device,

@@ -6,12 +6,6 @@ use serde_json::Value;
 
 use crate::{CancelFlag, DeviceRequest, Inputs, ParamSpec, Params, ProgressSink, StageContext, StageError, StageKind};
 
-struct NoProgress;
-
-impl ProgressSink for NoProgress {
-    fn update(&self, _done: u64, _total: Option<u64>, _message: &str) {}
-}
-
 /// Checks `params` (a JSON object) against the kind's specs and fills
 /// defaults, as the engine does for a recipe's `with:`.
 pub fn params_for(specs: &[ParamSpec], params: Value) -> Result<Params, String> {
@@ -49,12 +43,45 @@ pub fn params_for(specs: &[ParamSpec], params: Value) -> Result<Params, String> 
     Ok(Params::new(map))
 }
 
-/// Runs `kind` with `params` and `inputs`, writing outputs into `out_dir`.
+/// Cancels the run once the stage reports `stop_at` units of progress, as
+/// Ctrl-C (or a kill) would in the middle of a long stage.
+struct StopAt {
+    stop_at: u64,
+    cancel: CancelFlag,
+}
+
+impl ProgressSink for StopAt {
+    fn update(&self, done: u64, _total: Option<u64>, _message: &str) {
+        if done >= self.stop_at {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// Runs `kind` with `params` and `inputs`, writing outputs into `out_dir`
+/// (its checkpoints into `out_dir/.resume`).
 pub fn run_kind(kind: &dyn StageKind, params: Value, inputs: &Inputs, out_dir: &Path) -> Result<(), StageError> {
+    run_kind_interrupted(kind, params, inputs, out_dir, u64::MAX)
+}
+
+/// Like `run_kind`, but cancelled once the stage reports `stop_at` units of
+/// progress (steps, for training); `.resume` is kept for the next run.
+pub fn run_kind_interrupted(
+    kind: &dyn StageKind,
+    params: Value,
+    inputs: &Inputs,
+    out_dir: &Path,
+    stop_at: u64,
+) -> Result<(), StageError> {
     let params = params_for(kind.params(), params).map_err(StageError::failed)?;
+    let cancel = CancelFlag::new();
+    let sink = StopAt {
+        stop_at,
+        cancel: cancel.clone(),
+    };
     let resume = out_dir.join(".resume");
     std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
-    let ctx = StageContext::new(
+    let mut ctx = StageContext::new(
         "test",
         &params,
         inputs,
@@ -63,10 +90,11 @@ pub fn run_kind(kind: &dyn StageKind, params: Value, inputs: &Inputs, out_dir: &
         out_dir,
         2,
         DeviceRequest::default(),
-        CancelFlag::new(),
-        &NoProgress,
+        cancel.clone(),
+        &sink,
         None,
     );
+    ctx.shared_cache = Some(out_dir.join(".cache"));
     kind.run(&ctx)
 }
 

@@ -10,12 +10,13 @@ pub mod langid;
 mod read;
 mod split;
 pub mod table;
+pub mod template;
 
 use std::sync::Arc;
 
 use babelflow_stage::StageKind;
 
-pub use table::{read_corpus, Document, StringTableWriter};
+pub use table::{read_corpus, read_instructions, Document, Instruction, StringTableWriter};
 
 /// The stage kinds this crate provides.
 pub fn kinds() -> Vec<Arc<dyn StageKind>> {

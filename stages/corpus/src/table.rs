@@ -139,3 +139,60 @@ pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), Sta
     }
     Ok(())
 }
+
+/// One row of an `ingest-instructions` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instruction {
+    pub id: String,
+    pub lang: String,
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+}
+
+/// Every row of an `ingest-instructions` table (instruction sets are small).
+pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>, StageError> {
+    let bad = |m: String| StageError::input(path, None, m);
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(format!("Parquet read error: {e}")))?;
+        let col = |name: &str| -> Result<&StringArray, StageError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no text column `{name}` (is this an ingest-instructions table?)"
+                    ))
+                })
+        };
+        let cols = [
+            col("id")?,
+            col("lang")?,
+            col("instruction")?,
+            col("input")?,
+            col("output")?,
+        ];
+        let value = |c: usize, r: usize| {
+            if cols[c].is_null(r) {
+                String::new()
+            } else {
+                cols[c].value(r).to_string()
+            }
+        };
+        for r in 0..batch.num_rows() {
+            rows.push(Instruction {
+                id: value(0, r),
+                lang: value(1, r),
+                instruction: value(2, r),
+                input: value(3, r),
+                output: value(4, r),
+            });
+        }
+    }
+    Ok(rows)
+}

@@ -13,7 +13,9 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option
     match weights {
         None => picked.mean().neg(),
         Some(w) => {
-            let total = w.clone().sum();
+            // A row set with no counted position (a packed window of
+            // prompts only) contributes zero loss rather than 0/0.
+            let total = w.clone().sum().clamp_min(1.0);
             (picked * w).sum().neg() / total
         }
     }

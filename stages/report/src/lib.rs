@@ -2,6 +2,7 @@
 //! from the artifacts bound to it. A table whose artifacts are absent says
 //! so; nothing is filled in.
 
+mod evaluation;
 mod table;
 
 use std::path::Path;
@@ -37,7 +38,13 @@ const INPUTS: &[InputSpec] = &[
         name: "training",
         required: false,
         many: true,
-        doc: "stats.json of `pretrain` instances",
+        doc: "stats.json of `pretrain` and `sft` instances",
+    },
+    InputSpec {
+        name: "evaluation",
+        required: false,
+        many: true,
+        doc: "stats.json of `perplexity`, `exam`, `respond` and `judge` instances",
     },
 ];
 
@@ -227,7 +234,7 @@ impl StageKind for Report {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
@@ -247,15 +254,13 @@ impl StageKind for Report {
         let corpus = ctx.input("corpus");
         let tokens = ctx.input("tokens");
         let training = ctx.input("training");
-        let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).chain(training).collect();
+        let evaluation = ctx.input("evaluation");
+        let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).chain(training).chain(evaluation).collect();
         all.sort_by_key(|i| i.instance.clone());
         all.dedup_by_key(|i| i.instance.clone());
-        let tables = [
-            data_table(corpus)?,
-            fertility_table(tokens)?,
-            training_table(training)?,
-            provenance_table(&all),
-        ];
+        let mut tables = vec![data_table(corpus)?, fertility_table(tokens)?, training_table(training)?];
+        tables.extend(evaluation::tables(evaluation)?);
+        tables.push(provenance_table(&all));
 
         let mut md = format!("# {title}\n\n");
         let mut html = format!(

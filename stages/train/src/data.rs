@@ -4,6 +4,8 @@
 //! visited in a seeded random order, epoch after epoch.
 
 use babelflow_stage::StageError;
+
+use crate::trainer::{Batch, Examples};
 use babelflow_tokens::artifact::{read_index, TokenFile};
 use std::path::Path;
 
@@ -53,10 +55,40 @@ impl Windows {
         self.tokens.header.vocab_size
     }
 
+    /// Windows `indices` as one batch: inputs are each window's first
+    /// `seq_len` ids, targets the same shifted by one.
+    pub fn batch(&self, indices: &[usize]) -> Batch {
+        let t = self.seq_len;
+        let mut inputs = Vec::with_capacity(indices.len() * t);
+        let mut targets = Vec::with_capacity(indices.len() * t);
+        for &i in indices {
+            let w = self.window(i);
+            inputs.extend(w[..t].iter().map(|&id| id as i64));
+            targets.extend(w[1..].iter().map(|&id| id as i64));
+        }
+        Batch {
+            inputs,
+            targets,
+            weights: None,
+            rows: indices.len(),
+            cols: t,
+            tokens: indices.len() * t,
+        }
+    }
+
     /// Window `i`: `seq_len + 1` ids.
     pub fn window(&self, i: usize) -> Vec<u32> {
         let start = i * self.seq_len;
         self.tokens.slice(start, start + self.seq_len + 1)
+    }
+}
+
+impl Examples for Windows {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn batch(&self, indices: &[usize]) -> Batch {
+        Windows::batch(self, indices)
     }
 }
 

@@ -1,10 +1,16 @@
-//! Training stage kinds. `pretrain` is here; `sft`, LoRA and resumable
-//! checkpoints are still to come (issue #7).
+//! Training stage kinds: `pretrain` (packed token windows) and `sft`
+//! (instruction templates, response-only loss). Both run `trainer`'s loop
+//! with `trainable`'s choice of weights and `checkpoint`'s resumable state.
 
+mod checkpoint;
 mod data;
 pub mod metrics;
+mod output;
 mod pretrain;
 pub mod schedule;
+pub mod sft;
+pub mod trainable;
+pub mod trainer;
 
 use std::sync::Arc;
 
@@ -12,5 +18,5 @@ use babelflow_stage::StageKind;
 
 /// The stage kinds this crate provides.
 pub fn kinds() -> Vec<Arc<dyn StageKind>> {
-    vec![Arc::new(pretrain::Pretrain)]
+    vec![Arc::new(pretrain::Pretrain), Arc::new(sft::Sft)]
 }

@@ -1,9 +1,10 @@
 //! Training metrics as long-format Parquet rows: `step, tokens, metric,
 //! lang, value` (`loss`, `lr`, `tokens_per_s` with an empty lang;
-//! `val_loss`, `val_ppl` per validation language). The report reads them.
+//! `val_loss`, `val_ppl` per validation language; `grad_norm` when
+//! clipping is on). The report reads them.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
@@ -21,38 +22,27 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-pub struct MetricsWriter {
-    path: PathBuf,
-    writer: ArrowWriter<File>,
-    rows: Vec<(u64, u64, String, String, f64)>,
+/// One metric value: `(step, tokens seen, metric, lang, value)`.
+pub type Row = (u64, u64, String, String, f64);
+
+/// Metrics of one training run, kept in memory (a few rows per step) so a
+/// checkpoint can carry them, and written as Parquet when the run ends.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub rows: Vec<Row>,
 }
 
-impl MetricsWriter {
-    pub fn create(path: &Path) -> Result<Self, StageError> {
-        let file = File::create(path).map_err(|e| StageError::io(path, e))?;
-        let writer = ArrowWriter::try_new(file, schema(), None)
-            .map_err(|e| StageError::failed(format!("writing {}: {e}", path.display())))?;
-        Ok(MetricsWriter {
-            path: path.to_path_buf(),
-            writer,
-            rows: Vec::new(),
-        })
-    }
-
-    pub fn push(&mut self, step: u64, tokens: u64, metric: &str, lang: &str, value: f64) -> Result<(), StageError> {
+impl Metrics {
+    pub fn push(&mut self, step: u64, tokens: u64, metric: &str, lang: &str, value: f64) {
         self.rows
             .push((step, tokens, metric.to_string(), lang.to_string(), value));
-        if self.rows.len() >= 8192 {
-            self.flush()?;
-        }
-        Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StageError> {
-        if self.rows.is_empty() {
-            return Ok(());
-        }
-        let rows = std::mem::take(&mut self.rows);
+    pub fn write(&self, path: &Path) -> Result<(), StageError> {
+        let fail = |e: &dyn std::fmt::Display| StageError::failed(format!("writing {}: {e}", path.display()));
+        let file = File::create(path).map_err(|e| StageError::io(path, e))?;
+        let mut writer = ArrowWriter::try_new(file, schema(), None).map_err(|e| fail(&e))?;
+        let rows = &self.rows;
         let batch = RecordBatch::try_new(
             schema(),
             vec![
@@ -63,18 +53,8 @@ impl MetricsWriter {
                 Arc::new(Float64Array::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
             ],
         )
-        .map_err(|e| StageError::failed(format!("building metrics: {e}")))?;
-        self.writer
-            .write(&batch)
-            .map_err(|e| StageError::failed(format!("writing {}: {e}", self.path.display())))
-    }
-
-    pub fn finish(mut self) -> Result<(), StageError> {
-        self.flush()?;
-        let path = self.path.clone();
-        self.writer
-            .close()
-            .map(|_| ())
-            .map_err(|e| StageError::failed(format!("writing {}: {e}", path.display())))
+        .map_err(|e| fail(&e))?;
+        writer.write(&batch).map_err(|e| fail(&e))?;
+        writer.close().map(|_| ()).map_err(|e| fail(&e))
     }
 }

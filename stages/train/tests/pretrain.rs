@@ -175,3 +175,133 @@ fn a_diverging_run_stops_naming_the_step() {
     .unwrap_err();
     assert!(err.contains("the loss became") && err.contains("at step"), "{err}");
 }
+
+/// Every tensor of an HF model folder, by HF name.
+fn weights(model_dir: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let device = babelflow_model::burn::tensor::Device::flex();
+    let (_, model) = babelflow_model::hf::load(model_dir, &device).unwrap();
+    babelflow_model::hf::named_tensors(&model)
+}
+
+/// (step, metric, value) of every training-loss and validation row.
+fn loss_rows(metrics: &Path) -> Vec<(u64, String, f64)> {
+    let file = std::fs::File::open(metrics).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (step, metric, value) = (col("step"), col("metric"), col("value"));
+        let step = step.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
+        let metric = metric.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        let value = value.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+        for r in 0..batch.num_rows() {
+            if ["loss", "val_loss", "grad_norm"].contains(&metric.value(r)) {
+                rows.push((step.value(r), metric.value(r).to_string(), value.value(r)));
+            }
+        }
+    }
+    rows
+}
+
+fn tiny_model(dir: &Path, tok: &Path) -> PathBuf {
+    run(
+        dir,
+        "init",
+        "init-model",
+        json!({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}),
+        &[("tokenizer", &[tok])],
+    )
+    .unwrap()
+    .join("model")
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_from_its_checkpoint_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val, tok) = data(dir.path());
+    let model = tiny_model(dir.path(), &tok);
+    let params = json!({"steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2,
+                        "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4});
+    let ins = inputs(&[("model", &[&model]), ("tokens", &[&train]), ("validation", &[&val])]);
+    let whole = out(dir.path(), "whole");
+    run_kind(kind("pretrain").as_ref(), params.clone(), &ins, &whole).unwrap();
+
+    let resumed = out(dir.path(), "resumed");
+    let err =
+        babelflow_stage::testing::run_kind_interrupted(kind("pretrain").as_ref(), params.clone(), &ins, &resumed, 6)
+            .unwrap_err();
+    assert!(matches!(err, babelflow_stage::StageError::Cancelled), "{err}");
+    assert!(
+        !resumed.join("stats.json").exists(),
+        "an interrupted run leaves no result"
+    );
+    assert!(resumed.join(".resume/checkpoint/position.json").is_file());
+
+    run_kind(kind("pretrain").as_ref(), params, &ins, &resumed).unwrap();
+    let stats: Value = serde_json::from_slice(&std::fs::read(resumed.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(
+        stats["resumed_from_step"], 4,
+        "it started from the step-4 checkpoint, not from 0"
+    );
+    let (a, b) = (
+        loss_rows(&whole.join("metrics.parquet")),
+        loss_rows(&resumed.join("metrics.parquet")),
+    );
+    assert_eq!(a.iter().filter(|r| r.1 == "loss").count(), 12);
+    assert_eq!(a, b, "the resumed loss curve equals the uninterrupted one, bit for bit");
+    assert_eq!(weights(&whole.join("model")), weights(&resumed.join("model")));
+}
+
+#[test]
+fn embeddings_mode_leaves_every_transformer_weight_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _, tok) = data(dir.path());
+    let model = tiny_model(dir.path(), &tok);
+    let trained = run(
+        dir.path(),
+        "emb",
+        "pretrain",
+        json!({"steps": 5, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 1, "trainable": "embeddings"}),
+        &[("model", &[&model]), ("tokens", &[&train])],
+    )
+    .unwrap();
+    let (before, after) = (weights(&model), weights(&trained.join("model")));
+    for (name, tensor) in &before {
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            assert_ne!(&after[name], tensor, "{name} trains");
+        } else {
+            assert_eq!(&after[name], tensor, "{name} must not move");
+        }
+    }
+}
+
+#[test]
+fn lora_trains_adapters_only_and_exports_merged_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _, tok) = data(dir.path());
+    let model = tiny_model(dir.path(), &tok);
+    let trained = run(
+        dir.path(),
+        "lora",
+        "pretrain",
+        json!({"steps": 5, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 1,
+               "trainable": "lora", "lora_rank": 4, "lora_targets": ["q_proj", "v_proj"]}),
+        &[("model", &[&model]), ("tokens", &[&train])],
+    )
+    .unwrap();
+    let (before, after) = (weights(&model), weights(&trained.join("model")));
+    for (name, tensor) in &before {
+        if name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight") {
+            assert_ne!(&after[name], tensor, "{name}: the merged adapter changes it");
+        } else {
+            assert_eq!(&after[name], tensor, "{name} must not move");
+        }
+    }
+    let stats: Value = serde_json::from_slice(&std::fs::read(trained.join("stats.json")).unwrap()).unwrap();
+    // 2 layers × rank 4 × (q: 32 in + 32 out, v: 32 in + 16 out with 2 of 4 heads for keys/values)
+    assert_eq!(stats["trainable_parameters"], 2 * 4 * (64 + 48));
+}

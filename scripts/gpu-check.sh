@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU and Python (torch,
+# transformers) but no Rust toolchain. Build here first:
+#
+#   cargo build --release --features vulkan --bin babelflow --bench model
+#   scripts/pack-gpu-binaries.sh            # strips and gzips into .device/
+#
+# then run this from the repository root there. It prints (and copies to
+# $OUT): the GPU, the model benchmark on Vulkan for the ~100M config, the
+# gpu-smoke recipe (pretraining on the GPU), and transformers' check of the
+# GPU-trained and the CPU-trained (quickstart) models.
+set -u
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+for b in babelflow model-bench; do gunzip -c ".device/$b.gz" >"/tmp/$b" && chmod +x "/tmp/$b"; done
+export PATH=/tmp:$PATH PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+ldconfig -p | grep -c libvulkan | sed 's/^/libvulkan entries: /'
+
+echo "== model benchmark, 100m config, vulkan"
+BENCH_DEVICE=vulkan BENCH_CONFIG=100m BENCH_PEAK_GFLOPS=67000 timeout 300 model-bench 2>&1 | tee "$OUT/bench-100m-vulkan.txt"
+
+echo "== gpu-smoke recipe (pretrain d512 L8 on vulkan)"
+timeout 150 babelflow run pipelines/examples/gpu-smoke.yaml 2>&1 | tail -25 | tee "$OUT/gpu-smoke.txt"
+python3 scripts/check_hf_transformers.py pipelines/examples/.babelflow gpu-smoke 2>&1 | tail -8 | tee "$OUT/hf-gpu-smoke.txt"
+
+echo "== quickstart on CPU, then transformers on its models"
+timeout 120 babelflow run pipelines/quickstart.yaml 2>&1 | tail -3
+for inst in pretrain sft; do
+  python3 scripts/check_hf_transformers.py pipelines/.babelflow quickstart --instance $inst 2>&1 | tail -6 | tee "$OUT/hf-quickstart-$inst.txt"
+done
+cp pipelines/examples/.babelflow/recipes/gpu-smoke.lock.yaml "$OUT/" 2>/dev/null
+for s in pipelines/examples/.babelflow/artifacts/*/stats.json; do grep -q tokens_per_s "$s" && cp "$s" "$OUT/gpu-smoke-pretrain-stats.json"; done
+true

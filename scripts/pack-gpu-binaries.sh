@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Strips and gzips the release binaries for scripts/gpu-check.sh into .device/
+# (ignored by git; carried to the GPU machine).
+set -euo pipefail
+target=${CARGO_TARGET_DIR:-target}/release
+mkdir -p .device
+bench=$(ls -t "$target"/deps/model-* | grep -v '\.d$' | head -1)
+for pair in "babelflow:$target/babelflow" "model-bench:$bench"; do
+  name=${pair%%:*} path=${pair#*:}
+  strip -o "/tmp/$name.stripped" "$path"
+  gzip -9 -c "/tmp/$name.stripped" >".device/$name.gz"
+  ls -la ".device/$name.gz"
+done

@@ -1,0 +1,81 @@
+//! What every evaluation kind starts from: the model on its device, its
+//! tokenizer, and the name results are filed under.
+
+use std::path::PathBuf;
+
+use babelflow_model::{device, hf, Llama, LlamaConfig, Rope};
+use babelflow_stage::{InputSpec, StageContext, StageError};
+use babelflow_tokens::hf::LoadedTokenizer;
+use burn::tensor::Device;
+
+pub const MODEL_INPUT: InputSpec = InputSpec {
+    name: "model",
+    required: true,
+    many: false,
+    doc: "an HF model folder (with its tokenizer.json, unless `tokenizer` is bound)",
+};
+
+pub const TOKENIZER_INPUT: InputSpec = InputSpec {
+    name: "tokenizer",
+    required: false,
+    many: false,
+    doc: "the tokenizer.json, when the model folder has none",
+};
+
+pub struct Loaded {
+    pub config: LlamaConfig,
+    pub model: Llama,
+    pub tokenizer: LoadedTokenizer,
+    pub device: Device,
+    pub backend: String,
+    /// The producing instance (`sft@sw`), or the folder's path.
+    pub name: String,
+}
+
+impl Loaded {
+    pub fn from_context(ctx: &StageContext) -> Result<Self, StageError> {
+        let item = ctx.single_input("model")?;
+        let dir: PathBuf = item.path.clone();
+        let tok_path = match ctx.input("tokenizer") {
+            [one] => one.path.clone(),
+            _ => dir.join("tokenizer.json"),
+        };
+        if !tok_path.is_file() {
+            return Err(StageError::failed(format!(
+                "{} has no tokenizer.json: bind one under `needs: {{ tokenizer: ... }}`",
+                dir.display()
+            )));
+        }
+        let tokenizer = LoadedTokenizer::load(&tok_path)?;
+        let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
+        let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
+        let (config, model) = hf::load(&dir, &device).map_err(fail)?;
+        if tokenizer.vocab_size as usize > config.vocab_size {
+            return Err(StageError::failed(format!(
+                "the tokenizer has {} ids but the model only {} embeddings",
+                tokenizer.vocab_size, config.vocab_size
+            )));
+        }
+        Ok(Loaded {
+            config,
+            model,
+            tokenizer,
+            device,
+            backend,
+            name: item.instance.clone().unwrap_or_else(|| dir.display().to_string()),
+        })
+    }
+
+    pub fn rope(&self, positions: usize) -> Result<Rope, StageError> {
+        Rope::new(&self.config, positions, &self.device).map_err(StageError::failed)
+    }
+
+    /// Ids of `text` without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, StageError> {
+        self.tokenizer
+            .tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| StageError::failed(format!("tokenizing: {e}")))
+    }
+}

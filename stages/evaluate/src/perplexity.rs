@@ -1,0 +1,193 @@
+//! The `perplexity` kind: how well a model predicts held-out text, per
+//! language. Token-level perplexity is what the study reports, but it
+//! depends on the tokenizer (an extended vocabulary makes every text fewer,
+//! harder tokens), so bits per character and per byte — the same total
+//! log-likelihood spread over the text itself — are reported beside it and
+//! are the figures to compare across tokenizers.
+//!
+//! Each document is `BOS text`, cut into windows of `max_len` predictions
+//! that share one boundary token; every text token is predicted once.
+
+use std::collections::BTreeMap;
+use std::f64::consts::LN_2;
+
+use babelflow_corpus::read_corpus;
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+
+use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
+use crate::metrics::EvalMetrics;
+use crate::scoring::next_token_logprobs;
+
+pub struct Perplexity;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::with_default(
+        "max_len",
+        ParamType::Int,
+        "512",
+        "context window (predictions per chunk)",
+    ),
+    ParamSpec::with_default("batch_size", ParamType::Int, "8", "chunks per forward pass"),
+    ParamSpec::with_default(
+        "max_docs",
+        ParamType::Int,
+        "0",
+        "documents per language to score (0: all)",
+    ),
+];
+
+const INPUTS: &[InputSpec] = &[
+    MODEL_INPUT,
+    InputSpec {
+        name: "text",
+        required: true,
+        many: true,
+        doc: "held-out text tables (corpus.parquet, or a split's validation.parquet)",
+    },
+    TOKENIZER_INPUT,
+];
+
+/// Totals of one language.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Totals {
+    pub nll: f64,
+    pub tokens: u64,
+    pub chars: u64,
+    pub bytes: u64,
+    pub docs: u64,
+}
+
+impl Totals {
+    pub fn perplexity(&self) -> f64 {
+        (self.nll / self.tokens.max(1) as f64).exp()
+    }
+    pub fn bits_per_char(&self) -> f64 {
+        self.nll / LN_2 / self.chars.max(1) as f64
+    }
+    pub fn bits_per_byte(&self) -> f64 {
+        self.nll / LN_2 / self.bytes.max(1) as f64
+    }
+}
+
+/// The chunks of `BOS ids`: windows of `max_len + 1` ids overlapping by one,
+/// so each id after BOS is a prediction target exactly once.
+pub fn chunks(bos: u32, ids: &[u32], max_len: usize) -> Vec<Vec<u32>> {
+    let mut seq = Vec::with_capacity(ids.len() + 1);
+    seq.push(bos);
+    seq.extend_from_slice(ids);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start + 1 < seq.len() {
+        let end = (start + max_len + 1).min(seq.len());
+        out.push(seq[start..end].to_vec());
+        start = end - 1;
+    }
+    out
+}
+
+impl StageKind for Perplexity {
+    fn name(&self) -> &'static str {
+        "perplexity"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "perplexity, bits per character and per byte of held-out text, per language"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec!["metrics.parquet".into(), "stats.json".into()]
+    }
+    fn check(&self, params: &Params) -> Vec<(String, String)> {
+        ["max_len", "batch_size"]
+            .iter()
+            .filter(|n| params.i64(n).is_ok_and(|v| v <= 0))
+            .map(|n| (n.to_string(), "must be positive".to_string()))
+            .collect()
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let p = ctx.params;
+        let (max_len, batch, max_docs) = (p.usize("max_len")?, p.usize("batch_size")?, p.usize("max_docs")?);
+        let m = Loaded::from_context(ctx)?;
+        let bos = m.tokenizer.bos_id(None)?;
+        let rope = m.rope(max_len + 1)?;
+
+        // (lang, chunk) pairs, and the text totals per language.
+        let mut totals = BTreeMap::<String, Totals>::new();
+        let mut pending: Vec<(String, Vec<u32>)> = Vec::new();
+        for item in ctx.input("text") {
+            read_corpus(&item.path, &mut |doc| {
+                let t = totals.entry(doc.lang.clone()).or_default();
+                if max_docs > 0 && t.docs as usize >= max_docs {
+                    return Ok(());
+                }
+                let ids = m.encode(&doc.text)?;
+                t.docs += 1;
+                t.tokens += ids.len() as u64;
+                t.chars += doc.text.chars().count() as u64;
+                t.bytes += doc.text.len() as u64;
+                pending.extend(chunks(bos, &ids, max_len).into_iter().map(|c| (doc.lang.clone(), c)));
+                Ok(())
+            })?;
+        }
+        let total_chunks = pending.len() as u64;
+        for (done, group) in pending.chunks(batch).enumerate() {
+            ctx.check_cancelled()?;
+            let seqs: Vec<&[u32]> = group.iter().map(|(_, c)| c.as_slice()).collect();
+            let logps = next_token_logprobs(&m.model, &rope, &seqs, &m.device);
+            for ((lang, _), lp) in group.iter().zip(logps) {
+                let t = totals.get_mut(lang).expect("counted above");
+                t.nll -= lp.iter().map(|&x| x as f64).sum::<f64>();
+            }
+            ctx.progress((done * batch + group.len()) as u64, Some(total_chunks), "chunks");
+        }
+
+        let mut metrics = EvalMetrics::default();
+        let mut stats = serde_json::Map::new();
+        for (lang, t) in &totals {
+            metrics.push(lang, "perplexity", "token_perplexity", t.perplexity(), t.docs);
+            metrics.push(lang, "perplexity", "bits_per_char", t.bits_per_char(), t.docs);
+            metrics.push(lang, "perplexity", "bits_per_byte", t.bits_per_byte(), t.docs);
+            metrics.push(lang, "perplexity", "tokens", t.tokens as f64, t.docs);
+            stats.insert(
+                lang.clone(),
+                serde_json::json!({
+                    "token_perplexity": t.perplexity(),
+                    "bits_per_char": t.bits_per_char(),
+                    "bits_per_byte": t.bits_per_byte(),
+                    "tokens": t.tokens, "chars": t.chars, "bytes": t.bytes, "docs": t.docs,
+                    "tokens_per_char": t.tokens as f64 / t.chars.max(1) as f64,
+                }),
+            );
+        }
+        metrics.write(&ctx.output("metrics.parquet"), &m.name, ctx.instance)?;
+        ctx.write_json(
+            "stats.json",
+            &serde_json::json!({ "model": m.name, "backend": m.backend, "max_len": max_len, "per_lang": stats }),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_predict_every_token_once() {
+        let ids: Vec<u32> = (10..20).collect();
+        let c = chunks(1, &ids, 4);
+        let predicted: usize = c.iter().map(|w| w.len() - 1).sum();
+        assert_eq!(predicted, ids.len());
+        assert_eq!(c[0], vec![1, 10, 11, 12, 13]);
+        assert_eq!(c[1][0], 13, "the boundary token is context for the next chunk");
+        assert!(chunks(1, &[], 4).is_empty());
+    }
+}

@@ -1,0 +1,225 @@
+//! The `respond` kind: the model answers an instruction set (LLM-Eval
+//! style: instruction + reference answer), and each answer is scored
+//! without a judge — chrF against the reference, labelled as the
+//! reference-based stand-in it is — and checked for code-switching. The
+//! generations Parquet is what a `judge` stage reads.
+
+use std::collections::BTreeMap;
+
+use babelflow_corpus::template::Template;
+use babelflow_corpus::{read_instructions, StringTableWriter};
+use babelflow_model::generate::{generate, Sampling};
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+
+use crate::chrf::Stats;
+use crate::codeswitch::Detector;
+use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
+use crate::metrics::EvalMetrics;
+
+pub struct Respond;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::with_default(
+        "template",
+        ParamType::Str,
+        r#""bactrian""#,
+        "alpaca, bactrian, belle, or a template string (as the model was tuned with)",
+    ),
+    ParamSpec::with_default("max_new_tokens", ParamType::Int, "128", "tokens per answer at most"),
+    ParamSpec::with_default("temperature", ParamType::Float, "0.0", "0: greedy"),
+    ParamSpec::with_default("top_k", ParamType::Int, "0", "sample from the k likeliest (0: off)"),
+    ParamSpec::with_default("top_p", ParamType::Float, "1.0", "nucleus sampling mass (1: off)"),
+    ParamSpec::with_default("repetition_penalty", ParamType::Float, "1.0", "> 1 discourages repeats"),
+    ParamSpec::with_default("seed", ParamType::Int, "0", "sampling seed"),
+    ParamSpec::with_default(
+        "max_examples",
+        ParamType::Int,
+        "0",
+        "instructions per language (0: all)",
+    ),
+    ParamSpec::with_default(
+        "source_lang",
+        ParamType::Str,
+        r#""en""#,
+        "the language the base model knows best (code-switching into it is flagged)",
+    ),
+];
+
+const INPUTS: &[InputSpec] = &[
+    MODEL_INPUT,
+    InputSpec {
+        name: "instructions",
+        required: true,
+        many: true,
+        doc: "instructions.parquet tables with reference answers (ingest-instructions)",
+    },
+    TOKENIZER_INPUT,
+];
+
+pub const GENERATION_COLUMNS: [&str; 9] = [
+    "id",
+    "lang",
+    "instruction",
+    "input",
+    "prompt",
+    "response",
+    "reference",
+    "chrf",
+    "code_switched",
+];
+
+impl StageKind for Respond {
+    fn name(&self) -> &'static str {
+        "respond"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "generate answers to instructions; chrF against references and code-switching rates"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec![
+            "generations.parquet".into(),
+            "metrics.parquet".into(),
+            "stats.json".into(),
+        ]
+    }
+    fn check(&self, params: &Params) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Ok(t) = params.str("template") {
+            if let Err(e) = Template::parse(t) {
+                problems.push(("template".into(), e.to_string()));
+            }
+        }
+        if params.i64("max_new_tokens").is_ok_and(|v| v <= 0) {
+            problems.push(("max_new_tokens".into(), "must be positive".into()));
+        }
+        problems
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let p = ctx.params;
+        let template = Template::parse(p.str("template")?).map_err(|e| StageError::failed(e.to_string()))?;
+        let max_examples = p.usize("max_examples")?;
+        let source = p.str("source_lang")?;
+        let m = Loaded::from_context(ctx)?;
+        let (bos, eos) = (m.tokenizer.bos_id(None)?, m.tokenizer.eos_id(None)?);
+        let sampling = Sampling {
+            temperature: p.f64("temperature")?,
+            top_k: p.usize("top_k").ok().filter(|&k| k > 0),
+            top_p: p.f64("top_p").ok().filter(|&x| x < 1.0),
+            repetition_penalty: p.f64("repetition_penalty")?,
+            max_new_tokens: p.usize("max_new_tokens")?,
+            stop_tokens: vec![eos],
+            seed: p.i64("seed")? as u64,
+        };
+
+        let mut rows = Vec::new();
+        let mut per_lang_count = BTreeMap::<String, usize>::new();
+        for item in ctx.input("instructions") {
+            for row in read_instructions(&item.path)? {
+                let n = per_lang_count.entry(row.lang.clone()).or_default();
+                if max_examples == 0 || *n < max_examples {
+                    *n += 1;
+                    rows.push(row);
+                }
+            }
+        }
+        let detector = Detector::default();
+        let mut generations = StringTableWriter::create(&ctx.output("generations.parquet"), &GENERATION_COLUMNS)?;
+        #[derive(Default)]
+        struct Lang {
+            chrf: Stats,
+            n: u64,
+            switched: u64,
+            letters: u64,
+            off_letters: u64,
+            tokens: u64,
+        }
+        let mut langs = BTreeMap::<String, Lang>::new();
+        let total = rows.len() as u64;
+        for (done, row) in rows.iter().enumerate() {
+            ctx.check_cancelled()?;
+            let prompt = template.prompt(&row.instruction, &row.input);
+            let mut ids = vec![bos];
+            ids.extend(m.encode(&prompt)?);
+            let positions =
+                (ids.len() + sampling.max_new_tokens).min(m.config.max_position_embeddings.max(ids.len() + 1));
+            let rope = m.rope(positions)?;
+            let mut s = sampling.clone();
+            s.max_new_tokens = s.max_new_tokens.min(positions - ids.len());
+            let new = generate(&m.model, &rope, &ids, &s, true, &m.device);
+            let body: Vec<u32> = new.into_iter().filter(|&t| t != eos).collect();
+            let response = m
+                .tokenizer
+                .tokenizer
+                .decode(&body, true)
+                .map_err(|e| StageError::failed(format!("decoding: {e}")))?;
+            let response = response.trim().to_string();
+            let stats = Stats::of(&response, &row.output);
+            let verdict = detector.judge(&response, &row.lang, source);
+            let l = langs.entry(row.lang.clone()).or_default();
+            l.chrf.add(&stats);
+            l.n += 1;
+            l.switched += verdict.mixed() as u64;
+            l.letters += verdict.letters as u64;
+            l.off_letters += verdict.off_target_letters as u64;
+            l.tokens += body.len() as u64;
+            generations.push(&[
+                &row.id,
+                &row.lang,
+                &row.instruction,
+                &row.input,
+                &prompt,
+                &response,
+                &row.output,
+                &format!("{:.4}", stats.score()),
+                if verdict.mixed() { "true" } else { "false" },
+            ])?;
+            ctx.progress(done as u64 + 1, Some(total), "responses");
+        }
+        generations.finish()?;
+
+        let mut metrics = EvalMetrics::default();
+        let mut stats = serde_json::Map::new();
+        for (lang, l) in &langs {
+            let chrf = l.chrf.score();
+            let switch_rate = l.switched as f64 / l.n.max(1) as f64;
+            let off_share = l.off_letters as f64 / l.letters.max(1) as f64;
+            metrics.push(lang, "respond", "chrf_reference_based", chrf, l.n);
+            metrics.push(lang, "respond", "code_switch_rate", switch_rate, l.n);
+            metrics.push(lang, "respond", "off_target_char_share", off_share, l.n);
+            metrics.push(
+                lang,
+                "respond",
+                "mean_response_tokens",
+                l.tokens as f64 / l.n.max(1) as f64,
+                l.n,
+            );
+            stats.insert(
+                lang.clone(),
+                serde_json::json!({
+                    "responses": l.n, "chrf_reference_based": chrf, "code_switch_rate": switch_rate,
+                    "off_target_char_share": off_share,
+                }),
+            );
+        }
+        metrics.write(&ctx.output("metrics.parquet"), &m.name, ctx.instance)?;
+        ctx.write_json(
+            "stats.json",
+            &serde_json::json!({
+                "model": m.name, "backend": m.backend, "template": p.str("template")?,
+                "scores": "reference-based (chrF); bind a `judge` stage for LLM-Eval scores",
+                "per_lang": stats,
+            }),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Perplexity and bits per character equal a direct computation from the
+//! model's logits.
+
+mod common;
+
+use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
+use babelflow_tokens::hf::LoadedTokenizer;
+use common::*;
+use serde_json::json;
+
+/// Σ −log p(next) over `BOS text`, from raw logits, in f64.
+fn hand_nll(model: &babelflow_model::Llama, config: &babelflow_model::LlamaConfig, ids: &[u32]) -> f64 {
+    let device = Device::flex();
+    let rope = babelflow_model::Rope::new(config, ids.len(), &device).unwrap();
+    let x = Tensor::<2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
+        &device,
+    );
+    let logits: Vec<f32> = model
+        .forward(x, &rope, None)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    let v = config.vocab_size;
+    (0..ids.len() - 1)
+        .map(|j| {
+            let row = &logits[j * v..(j + 1) * v];
+            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+            let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            log_z - row[ids[j + 1] as usize] as f64
+        })
+        .sum()
+}
+
+#[test]
+fn perplexity_and_bits_per_char_match_a_hand_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, tables) = tiny_model(dir.path());
+    let out = run(
+        dir.path(),
+        "ppl",
+        "perplexity",
+        json!({"max_len": 1024}),
+        &[("model", &[&model_dir]), ("text", &[&tables[0], &tables[1]])],
+    );
+    let s = stats(&out);
+
+    let device = Device::flex();
+    let (config, model) = babelflow_model::hf::load(&model_dir, &device).unwrap();
+    let tok = LoadedTokenizer::load(&model_dir.join("tokenizer.json")).unwrap();
+    for (lang, table) in ["en", "sw"].iter().zip(&tables) {
+        let (mut nll, mut tokens, mut chars) = (0.0, 0usize, 0usize);
+        babelflow_corpus::read_corpus(table, &mut |doc| {
+            let mut ids = vec![1u32];
+            ids.extend(tok.tokenizer.encode(doc.text.as_str(), false).unwrap().get_ids());
+            nll += hand_nll(&model, &config, &ids);
+            tokens += ids.len() - 1;
+            chars += doc.text.chars().count();
+            Ok(())
+        })
+        .unwrap();
+        let ours = &s["per_lang"][lang];
+        let ppl = (nll / tokens as f64).exp();
+        let bpc = nll / std::f64::consts::LN_2 / chars as f64;
+        assert_eq!(ours["tokens"], tokens);
+        assert_eq!(ours["chars"], chars);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+        assert!(
+            close(ours["token_perplexity"].as_f64().unwrap(), ppl),
+            "{lang}: {ours} vs ppl {ppl}"
+        );
+        assert!(
+            close(ours["bits_per_char"].as_f64().unwrap(), bpc),
+            "{lang}: {ours} vs bpc {bpc}"
+        );
+        // An untrained model is close to uniform over the vocabulary.
+        assert!((ppl.ln() - (config.vocab_size as f64).ln()).abs() < 0.5, "{ppl}");
+    }
+
+    // Short windows predict the same tokens with less context.
+    let short = run(
+        dir.path(),
+        "ppl16",
+        "perplexity",
+        json!({"max_len": 16, "batch_size": 3}),
+        &[("model", &[&model_dir]), ("text", &[&tables[0]])],
+    );
+    assert_eq!(stats(&short)["per_lang"]["en"]["tokens"], s["per_lang"]["en"]["tokens"]);
+}

@@ -1,0 +1,73 @@
+//! What every training kind leaves in the store: the trained model as an HF
+//! folder (LoRA merged), metrics.parquet, and stats.json with the numbers the
+//! report shows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use babelflow_model::{hf, LlamaConfig};
+use babelflow_stage::{StageContext, StageError};
+use burn::module::Module;
+
+use crate::trainable::Trainable;
+use crate::trainer::Outcome;
+
+pub fn write(
+    ctx: &StageContext,
+    config: &LlamaConfig,
+    model_dir: &Path,
+    trainable: &Trainable,
+    outcome: &Outcome,
+    backend: &str,
+    extra: serde_json::Value,
+) -> Result<(), StageError> {
+    outcome.metrics.write(&ctx.output("metrics.parquet"))?;
+    let out = ctx.output("model");
+    let exported = trainable.export(&outcome.model);
+    hf::save(&out, config, &exported, hf::DiskDtype::F32).map_err(|e| StageError::failed(e.to_string()))?;
+    let tok = model_dir.join("tokenizer.json");
+    if tok.is_file() {
+        std::fs::copy(&tok, out.join("tokenizer.json")).map_err(|e| StageError::io(&tok, e))?;
+    }
+    let trainable_params: usize = trainable_count(&outcome.model);
+    let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
+    let mut stats = serde_json::json!({
+        "steps": ctx.params.usize("steps")?,
+        "tokens": outcome.tokens,
+        "final_loss": outcome.last_loss,
+        "tokens_per_s": outcome.tokens as f64 / outcome.seconds.max(1e-9),
+        "seconds": outcome.seconds,
+        "backend": backend,
+        "trainable": ctx.params.str("trainable")?,
+        "trainable_parameters": trainable_params,
+        "parameters": outcome.model.num_params(),
+        "resumed_from_step": outcome.resumed_from,
+        "validation_loss_start": as_map(&outcome.initial_validation),
+        "validation_loss_end": as_map(&outcome.final_validation),
+    });
+    if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
+        stats.extend(extra);
+    }
+    ctx.write_json("stats.json", &stats)?;
+    ctx.note("backend", backend);
+    ctx.note("final_loss", outcome.last_loss);
+    if let Some(step) = outcome.resumed_from {
+        ctx.note("resumed_from_step", step);
+    }
+    Ok(())
+}
+
+/// Parameters that receive gradients (adapters count, frozen bases do not).
+fn trainable_count(model: &babelflow_model::Llama) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    c.0
+}

@@ -1,0 +1,319 @@
+//! The `sft` kind: instruction tuning on `ingest-instructions` tables. Each
+//! example is `BOS prompt response EOS` with the prompt from a named
+//! template; the loss counts only the response (and its EOS). Examples are
+//! padded per batch, or packed back to back into `max_len` windows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use babelflow_corpus::read_instructions;
+use babelflow_corpus::template::Template;
+use babelflow_model::{device, hf, Rope};
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+use babelflow_tokens::hf::LoadedTokenizer;
+
+use crate::data::Windows;
+use crate::trainable::{self, Trainable};
+use crate::trainer::{self, Batch, Examples, Settings};
+
+pub struct Sft;
+
+static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
+    let mut v = vec![
+        ParamSpec::with_default(
+            "template",
+            ParamType::Str,
+            r#""bactrian""#,
+            "alpaca, bactrian, belle, or a template string with {instruction} and {input}",
+        ),
+        ParamSpec::with_default(
+            "max_len",
+            ParamType::Int,
+            "256",
+            "tokens per example (longer ones are cut; validation windows use it too)",
+        ),
+        ParamSpec::with_default(
+            "packing",
+            ParamType::Bool,
+            "false",
+            "pack examples back to back into max_len windows instead of padding",
+        ),
+    ];
+    v.extend_from_slice(trainer::PARAMS);
+    v.extend_from_slice(trainable::PARAMS);
+    v
+});
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "model",
+        required: true,
+        many: false,
+        doc: "an HF model folder (with its tokenizer.json, unless `tokenizer` is bound)",
+    },
+    InputSpec {
+        name: "instructions",
+        required: true,
+        many: true,
+        doc: "instructions.parquet tables from ingest-instructions",
+    },
+    InputSpec {
+        name: "tokenizer",
+        required: false,
+        many: false,
+        doc: "the tokenizer.json, when the model folder has none",
+    },
+    InputSpec {
+        name: "validation",
+        required: false,
+        many: true,
+        doc: "held-out token artifacts, one per language, for perplexity during training",
+    },
+];
+
+/// One tokenized example: ids, and per target position (predicting
+/// `ids[j + 1]`) whether it counts in the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+/// `BOS prompt response EOS`, cut to `max_len + 1` ids; `None` when the cut
+/// leaves no response token to learn from.
+pub fn encode(
+    tok: &LoadedTokenizer,
+    prompt: &str,
+    response: &str,
+    bos: u32,
+    eos: u32,
+    max_len: usize,
+) -> Result<Option<Example>, String> {
+    let ids_of = |text: &str| {
+        tok.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    };
+    // The whole text is encoded at once (as the model will see it); the
+    // prompt alone only says where the response starts.
+    let prompt_len = 1 + ids_of(prompt)?.len();
+    let mut ids = vec![bos];
+    ids.extend(ids_of(&format!("{prompt}{response}"))?);
+    ids.push(eos);
+    ids.truncate(max_len + 1);
+    let weights: Vec<f32> = (1..ids.len())
+        .map(|j| if j >= prompt_len { 1.0 } else { 0.0 })
+        .collect();
+    Ok(weights.contains(&1.0).then_some(Example { ids, weights }))
+}
+
+/// Examples batched by padding (or already packed to one length).
+pub struct InstructionSet {
+    pub examples: Vec<Example>,
+    pad: u32,
+}
+
+impl InstructionSet {
+    /// One row per example, padded with `pad` (never a loss position).
+    pub fn padded(examples: Vec<Example>, pad: u32) -> Self {
+        InstructionSet { examples, pad }
+    }
+
+    /// Packs the examples into windows of `max_len + 1` ids; a window's
+    /// loss positions are those of the examples' responses in it.
+    pub fn packed(examples: Vec<Example>, max_len: usize, pad: u32) -> Self {
+        let mut ids = Vec::new();
+        let mut weights = Vec::new();
+        for e in examples {
+            // The first id of each example is predicted from the previous
+            // example's end: it is a BOS, never a loss position.
+            if !ids.is_empty() {
+                weights.push(0.0);
+            }
+            ids.extend(e.ids);
+            weights.extend(e.weights);
+        }
+        let windows = ids.len().saturating_sub(1) / max_len;
+        let examples = (0..windows)
+            .map(|w| Example {
+                ids: ids[w * max_len..w * max_len + max_len + 1].to_vec(),
+                weights: weights[w * max_len..w * max_len + max_len].to_vec(),
+            })
+            .collect();
+        InstructionSet { examples, pad }
+    }
+}
+
+impl Examples for InstructionSet {
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    fn batch(&self, indices: &[usize]) -> Batch {
+        let cols = indices
+            .iter()
+            .map(|&i| self.examples[i].ids.len() - 1)
+            .max()
+            .unwrap_or(1);
+        let mut b = Batch {
+            inputs: Vec::with_capacity(indices.len() * cols),
+            targets: Vec::with_capacity(indices.len() * cols),
+            weights: Some(Vec::with_capacity(indices.len() * cols)),
+            rows: indices.len(),
+            cols,
+            tokens: 0,
+        };
+        let weights = b.weights.as_mut().expect("set above");
+        for &i in indices {
+            let e = &self.examples[i];
+            let n = e.ids.len() - 1;
+            b.tokens += n;
+            b.inputs.extend(e.ids[..n].iter().map(|&id| id as i64));
+            b.targets.extend(e.ids[1..].iter().map(|&id| id as i64));
+            weights.extend_from_slice(&e.weights);
+            for _ in n..cols {
+                b.inputs.push(self.pad as i64);
+                b.targets.push(self.pad as i64);
+                weights.push(0.0);
+            }
+        }
+        b
+    }
+}
+
+fn bin_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("tokens.bin")
+    } else {
+        path.with_file_name("tokens.bin")
+    }
+}
+
+impl StageKind for Sft {
+    fn name(&self) -> &'static str {
+        "sft"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn summary(&self) -> &'static str {
+        "instruction-tune a LLaMA (alpaca/bactrian/belle templates, loss on responses only)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        &PARAMS
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<String> {
+        vec!["model".into(), "metrics.parquet".into(), "stats.json".into()]
+    }
+    fn check(&self, params: &Params) -> Vec<(String, String)> {
+        let mut problems = trainer::check(params);
+        problems.extend(trainable::check(params));
+        if let Ok(t) = params.str("template") {
+            if let Err(e) = Template::parse(t) {
+                problems.push(("template".into(), e.to_string()));
+            }
+        }
+        if params.i64("max_len").is_ok_and(|v| v < 2) {
+            problems.push(("max_len".into(), "must be at least 2".into()));
+        }
+        problems
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let p = ctx.params;
+        let max_len = p.usize("max_len")?;
+        let template = Template::parse(p.str("template")?).map_err(|e| StageError::failed(e.to_string()))?;
+        let settings = Settings::from_params(p)?;
+        let trainable = Trainable::from_params(p)?;
+        let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
+        let model_dir = ctx.single_input("model")?.path.clone();
+        let tok_path = match ctx.input("tokenizer") {
+            [one] => one.path.clone(),
+            _ => model_dir.join("tokenizer.json"),
+        };
+        if !tok_path.is_file() {
+            return Err(StageError::failed(format!(
+                "{} has no tokenizer.json: bind one under `needs: {{ tokenizer: ... }}`",
+                model_dir.display()
+            )));
+        }
+        let tok = LoadedTokenizer::load(&tok_path)?;
+        let (bos, eos) = (tok.bos_id(None)?, tok.eos_id(None)?);
+
+        let mut examples = Vec::new();
+        let mut per_lang = BTreeMap::<String, usize>::new();
+        let mut dropped = 0usize;
+        for item in ctx.input("instructions") {
+            for row in read_instructions(&item.path)? {
+                let prompt = template.prompt(&row.instruction, &row.input);
+                match encode(&tok, &prompt, &row.output, bos, eos, max_len)
+                    .map_err(|e| StageError::input(&item.path, None, format!("tokenizing: {e}")))?
+                {
+                    Some(e) => {
+                        examples.push(e);
+                        *per_lang.entry(row.lang).or_default() += 1;
+                    }
+                    None => dropped += 1,
+                }
+            }
+        }
+        if examples.is_empty() {
+            return Err(StageError::failed(format!(
+                "no example has a response within max_len {max_len} ({dropped} dropped)"
+            )));
+        }
+        let count = examples.len();
+        let set = if p.bool("packing")? {
+            InstructionSet::packed(examples, max_len, eos)
+        } else {
+            InstructionSet::padded(examples, eos)
+        };
+        if set.examples.is_empty() {
+            return Err(StageError::failed(format!(
+                "the {count} examples hold fewer than max_len {max_len} + 1 tokens to pack"
+            )));
+        }
+        ctx.log(&format!(
+            "{count} examples ({dropped} dropped: prompt longer than max_len), {} training rows",
+            set.examples.len()
+        ));
+
+        let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
+        let ad = device.clone().autodiff();
+        let (config, model) = hf::load(&model_dir, &ad).map_err(fail)?;
+        if tok.vocab_size as usize > config.vocab_size {
+            return Err(StageError::failed(format!(
+                "the tokenizer has {} ids but the model {} embeddings (extend the model with resize-vocab)",
+                tok.vocab_size, config.vocab_size
+            )));
+        }
+        let validation: Vec<Windows> = ctx
+            .input("validation")
+            .iter()
+            .map(|item| Windows::open(&bin_of(&item.path), max_len))
+            .collect::<Result<_, _>>()?;
+        let rope = Rope::new(&config, max_len, &ad).map_err(StageError::failed)?;
+        let rope_eval = Rope::new(&config, max_len, &device).map_err(StageError::failed)?;
+        let model = trainable.prepare(model)?;
+        let outcome = trainer::train(ctx, &settings, model, &rope, &set, &validation, &rope_eval, &device)?;
+        ctx.note("examples", count);
+        let extra = serde_json::json!({
+            "template": p.str("template")?,
+            "examples": count,
+            "examples_dropped": dropped,
+            "examples_per_lang": per_lang,
+            "training_rows": set.examples.len(),
+        });
+        crate::output::write(ctx, &config, &model_dir, &trainable, &outcome, &backend, extra)?;
+        if !tok_path.starts_with(&model_dir) {
+            let to = ctx.output("model").join("tokenizer.json");
+            std::fs::copy(&tok_path, &to).map_err(|e| StageError::io(&tok_path, e))?;
+        }
+        Ok(())
+    }
+}

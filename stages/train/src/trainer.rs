@@ -1,0 +1,323 @@
+//! The training loop both `pretrain` and `sft` run: seeded example order,
+//! micro-batches with gradient accumulation, AdamW with warmup + decay and
+//! norm clipping, per-language validation every N steps, checkpoints every
+//! N steps that a restarted run resumes from, a divergence guard, and
+//! per-step metrics.
+
+use std::time::Instant;
+
+use babelflow_model::loss::cross_entropy;
+use babelflow_model::{Llama, Rope};
+use babelflow_stage::{ParamSpec, ParamType, Params, StageContext, StageError};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::checkpoint::{Checkpoints, Position};
+use crate::data::{Order, Windows};
+use crate::metrics::Metrics;
+use crate::schedule::{Decay, Schedule};
+
+/// Optimizer, schedule, validation and checkpoint parameters, shared by the
+/// training kinds.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required("steps", ParamType::Int, "optimizer steps"),
+    ParamSpec::with_default("batch_size", ParamType::Int, "8", "sequences per micro-batch"),
+    ParamSpec::with_default("grad_accum", ParamType::Int, "1", "micro-batches per optimizer step"),
+    ParamSpec::with_default("lr", ParamType::Float, "3e-4", "peak learning rate"),
+    ParamSpec::with_default("min_lr", ParamType::Float, "3e-5", "learning rate at the last step"),
+    ParamSpec::with_default("warmup_steps", ParamType::Int, "10", "linear warmup steps"),
+    ParamSpec::with_default(
+        "schedule",
+        ParamType::Choice(&["cosine", "linear", "constant"]),
+        r#""cosine""#,
+        "decay after warmup",
+    ),
+    ParamSpec::with_default("weight_decay", ParamType::Float, "0.01", "AdamW weight decay"),
+    ParamSpec::with_default("beta1", ParamType::Float, "0.9", "AdamW β1"),
+    ParamSpec::with_default("beta2", ParamType::Float, "0.95", "AdamW β2"),
+    ParamSpec::with_default("eps", ParamType::Float, "1e-8", "AdamW ε"),
+    ParamSpec::with_default(
+        "grad_clip",
+        ParamType::Float,
+        "1.0",
+        "clip the gradient norm to this (0: off)",
+    ),
+    ParamSpec::with_default("seed", ParamType::Int, "0", "seed of the data order"),
+    ParamSpec::with_default(
+        "eval_every",
+        ParamType::Int,
+        "50",
+        "validate every this many steps (and at start and end)",
+    ),
+    ParamSpec::with_default("eval_batches", ParamType::Int, "4", "batches per validation set"),
+    ParamSpec::with_default(
+        "checkpoint_every",
+        ParamType::Int,
+        "100",
+        "save a resumable checkpoint every this many steps (0: never)",
+    ),
+];
+
+/// Problems with the shared parameters, for the recipe's `check`.
+pub fn check(params: &Params) -> Vec<(String, String)> {
+    let positive = ["steps", "batch_size", "grad_accum", "eval_every", "eval_batches"];
+    positive
+        .iter()
+        .filter(|name| params.i64(name).is_ok_and(|v| v <= 0))
+        .map(|name| (name.to_string(), "must be positive".to_string()))
+        .collect()
+}
+
+/// One micro-batch: `rows × cols` inputs and targets, and the loss weights
+/// (1 for positions that count) when not every position does.
+pub struct Batch {
+    pub inputs: Vec<i64>,
+    pub targets: Vec<i64>,
+    pub weights: Option<Vec<f32>>,
+    pub rows: usize,
+    pub cols: usize,
+    /// Tokens this batch trains on (for tokens seen and tokens/s).
+    pub tokens: usize,
+}
+
+/// What a training kind trains on: a fixed set of examples, batched.
+pub trait Examples {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn batch(&self, indices: &[usize]) -> Batch;
+}
+
+pub struct Settings {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub schedule: Schedule,
+    pub clip: f64,
+    pub seed: u64,
+    pub eval_every: usize,
+    pub eval_batches: usize,
+    pub checkpoint_every: usize,
+    optimizer: AdamWConfig,
+}
+
+impl Settings {
+    pub fn from_params(p: &Params) -> Result<Self, StageError> {
+        let steps = p.usize("steps")?;
+        let clip = p.f64("grad_clip")?;
+        Ok(Settings {
+            steps,
+            batch_size: p.usize("batch_size")?,
+            grad_accum: p.usize("grad_accum")?,
+            schedule: Schedule {
+                lr: p.f64("lr")?,
+                min_lr: p.f64("min_lr")?,
+                warmup_steps: p.usize("warmup_steps")?,
+                total_steps: steps,
+                decay: match p.str("schedule")? {
+                    "linear" => Decay::Linear,
+                    "constant" => Decay::Constant,
+                    _ => Decay::Cosine,
+                },
+            },
+            clip,
+            seed: p.i64("seed")? as u64,
+            eval_every: p.usize("eval_every")?,
+            eval_batches: p.usize("eval_batches")?,
+            checkpoint_every: p.usize("checkpoint_every")?,
+            optimizer: AdamWConfig::new()
+                .with_beta_1(p.f64("beta1")? as f32)
+                .with_beta_2(p.f64("beta2")? as f32)
+                .with_epsilon(p.f64("eps")? as f32)
+                .with_weight_decay(p.f64("weight_decay")? as f32)
+                .with_grad_clipping(
+                    (clip > 0.0).then_some(burn::grad_clipping::GradientClippingConfig::Norm(clip as f32)),
+                ),
+        })
+    }
+}
+
+/// What a finished run hands back to its kind.
+pub struct Outcome {
+    pub model: Llama,
+    pub metrics: Metrics,
+    pub initial_validation: Vec<(String, f64)>,
+    pub final_validation: Vec<(String, f64)>,
+    pub last_loss: f64,
+    pub tokens: u64,
+    pub seconds: f64,
+    /// The step a checkpoint let this run start from.
+    pub resumed_from: Option<usize>,
+}
+
+pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Option<Tensor<2>>) {
+    let shape = [batch.rows, batch.cols];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        batch
+            .weights
+            .as_ref()
+            .map(|w| Tensor::from_data(TensorData::new(w.clone(), shape), device)),
+    )
+}
+
+/// Mean loss over the first `batches` batches of a validation stream.
+fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: usize, device: &Device) -> f64 {
+    let n = set.len().min(batch * batches).max(1);
+    let mut total = 0.0;
+    let mut count = 0.0;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(batch) {
+        let b = set.batch(chunk);
+        let (x, y, _) = tensors(&b, device);
+        let loss: f32 = cross_entropy(model.forward(x, rope, None), y, None).into_scalar();
+        total += loss as f64 * chunk.len() as f64;
+        count += chunk.len() as f64;
+    }
+    total / count
+}
+
+/// The global L2 norm of the gradients (before clipping), read back once.
+fn grad_norm(model: &Llama, grads: &GradientsParams) -> f64 {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = SumSquares { grads, sum: None };
+    model.visit(&mut v);
+    v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+}
+
+/// Trains `model` (already prepared by `Trainable`, on the autodiff device)
+/// on `examples`, resuming from the instance's checkpoint when there is one.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    ctx: &StageContext,
+    settings: &Settings,
+    mut model: Llama,
+    rope: &Rope,
+    examples: &dyn Examples,
+    validation: &[Windows],
+    rope_eval: &Rope,
+    device: &Device,
+) -> Result<Outcome, StageError> {
+    let ad = device.clone().autodiff();
+    let s = settings;
+    let mut optim: ModuleOptimizer = s.optimizer.init();
+    let checkpoints = Checkpoints::new(ctx.resume_dir);
+    let mut metrics = Metrics::default();
+    let evaluate = |model: &Llama, step: usize, tokens: u64, metrics: &mut Metrics| -> Vec<(String, f64)> {
+        let plain = model.valid();
+        let mut out = Vec::new();
+        for set in validation {
+            let loss = validate(&plain, rope_eval, set, s.batch_size, s.eval_batches, device);
+            metrics.push(step as u64, tokens, "val_loss", &set.lang, loss);
+            metrics.push(step as u64, tokens, "val_ppl", &set.lang, loss.exp());
+            out.push((set.lang.clone(), loss));
+        }
+        out
+    };
+
+    let mut pos = Position {
+        step: 0,
+        cursor: 0,
+        last_loss: f64::NAN,
+        seconds: 0.0,
+        initial_validation: Vec::new(),
+        metrics: Vec::new(),
+    };
+    let mut resumed_from = None;
+    match checkpoints.load(model.clone(), optim.clone())? {
+        Some((m, o, p)) => {
+            ctx.log(&format!("resuming from the checkpoint at step {}", p.step));
+            (model, optim, pos) = (m, o, p);
+            metrics.rows = std::mem::take(&mut pos.metrics);
+            resumed_from = Some(pos.step);
+        }
+        None => pos.initial_validation = evaluate(&model, 0, 0, &mut metrics),
+    }
+
+    let mut order = Order::new(examples.len(), s.seed);
+    let mut tokens_seen: u64 = metrics.rows.iter().map(|r| r.1).max().unwrap_or(0);
+    let (earlier_seconds, started) = (pos.seconds, Instant::now());
+    while pos.step < s.steps {
+        ctx.check_cancelled()?;
+        let step = pos.step;
+        let lr = s.schedule.at(step);
+        let t0 = Instant::now();
+        let mut acc = GradientsAccumulator::<Llama>::new();
+        let mut step_loss = 0.0;
+        let mut step_tokens = 0;
+        for _ in 0..s.grad_accum {
+            let indices: Vec<usize> = (0..s.batch_size).map(|k| order.at(pos.cursor + k)).collect();
+            pos.cursor += s.batch_size;
+            let batch = examples.batch(&indices);
+            step_tokens += batch.tokens;
+            let (x, y, w) = tensors(&batch, &ad);
+            let loss = cross_entropy(model.forward(x, rope, None), y, w) / s.grad_accum as f64;
+            let value: f32 = loss.clone().into_scalar();
+            if !value.is_finite() {
+                let kept = match checkpoints.saved_step() {
+                    Some(at) => format!("the checkpoint of step {at} is kept"),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                return Err(StageError::failed(format!(
+                    "the loss became {value} at step {} (lower the learning rate or check the data); {kept}",
+                    step + 1
+                )));
+            }
+            step_loss += value as f64;
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let grads = acc.grads();
+        let norm = grad_norm(&model, &grads);
+        model = optim.step(lr, model, grads);
+        pos.step += 1;
+        pos.last_loss = step_loss;
+        tokens_seen += step_tokens as u64;
+        let tps = step_tokens as f64 / t0.elapsed().as_secs_f64();
+        let (st, seen) = (pos.step as u64, tokens_seen);
+        metrics.push(st, seen, "loss", "", step_loss);
+        metrics.push(st, seen, "lr", "", lr);
+        metrics.push(st, seen, "grad_norm", "", norm);
+        metrics.push(st, seen, "tokens_per_s", "", tps);
+        ctx.progress(
+            st,
+            Some(s.steps as u64),
+            &format!("loss {step_loss:.3}, {tps:.0} tokens/s"),
+        );
+        if pos.step.is_multiple_of(s.eval_every) && pos.step != s.steps {
+            evaluate(&model, pos.step, seen, &mut metrics);
+        }
+        if s.checkpoint_every > 0 && pos.step.is_multiple_of(s.checkpoint_every) && pos.step != s.steps {
+            pos.seconds = earlier_seconds + started.elapsed().as_secs_f64();
+            pos.metrics = metrics.rows.clone();
+            checkpoints.save(&model, &optim, &pos)?;
+            pos.metrics.clear();
+        }
+    }
+    let final_validation = evaluate(&model, s.steps, tokens_seen, &mut metrics);
+    Ok(Outcome {
+        model,
+        metrics,
+        initial_validation: pos.initial_validation,
+        final_validation,
+        last_loss: pos.last_loss,
+        tokens: tokens_seen,
+        seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+        resumed_from,
+    })
+}
