@@ -1,5 +1,6 @@
 //! Throughput of the LLaMA: forward, forward+backward, a whole AdamW training
-//! step, and KV-cached generation, on any backend this build has.
+//! step, and KV-cached generation (one prompt, and eight of different
+//! lengths batched), on any backend this build has.
 //!
 //!   cargo bench --bench model                                  # d256 L4, CPU
 //!   BENCH_CONFIG=small cargo bench --bench model               # d64 L2, quick
@@ -18,7 +19,7 @@ use std::time::Instant;
 use babelflow_model::burn::module::Module;
 use babelflow_model::burn::optim::{AdamWConfig, GradientsParams};
 use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
-use babelflow_model::generate::{generate, Sampling};
+use babelflow_model::generate::{generate, generate_batch, Sampling};
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{device, Llama, LlamaConfig, Rope};
 
@@ -148,5 +149,13 @@ fn main() {
     bench.time("generate (cached)", new_tokens as f64, 2.0 * n, &mut || {
         let out = generate(&trained, &rope, &prompt, &sampling, true, &device);
         assert_eq!(out.len(), new_tokens);
+    });
+    // Eight prompts of different lengths at once (left-padded, masked).
+    let prompts: Vec<Vec<u32>> = (0..8)
+        .map(|i| (0..96 + 4 * i).map(|_| next(&mut state, vocab)).collect())
+        .collect();
+    bench.time("generate (batch 8)", (8 * new_tokens) as f64, 2.0 * n, &mut || {
+        let out = generate_batch(&trained, &rope, &prompts, &sampling, &device);
+        assert_eq!(out[7].len(), new_tokens);
     });
 }

@@ -1,5 +1,4 @@
-//! The README's run command, end to end on the shipped samples, and every
-//! shipped recipe passing validation.
+//! The README's run command, end to end on the shipped samples.
 
 mod common;
 
@@ -110,24 +109,4 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
             );
         }
     }
-}
-
-#[test]
-fn plan_accepts_every_shipped_recipe() {
-    let p = Project::new();
-    let mut checked = 0;
-    let mut stack = vec![repo_root().join("pipelines")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() && !path.ends_with(".babelflow") {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                let store = p.path("store");
-                p.ok(&["plan", path.to_str().unwrap(), "--store", store.to_str().unwrap()]);
-                checked += 1;
-            }
-        }
-    }
-    assert!(checked >= 3, "found {checked} recipes");
 }

@@ -276,6 +276,7 @@ impl StageKind for Exam {
         }
 
         let rope = m.rope(max_len)?;
+        let started = std::time::Instant::now();
         let mut letter_pred = vec![None; items.len()];
         let mut likelihood_pred = vec![None; items.len()];
         if by_letters {
@@ -321,6 +322,7 @@ impl StageKind for Exam {
             }
         }
 
+        let seconds = started.elapsed().as_secs_f64();
         // Accuracy per (lang, subject) and per lang.
         #[derive(Default, Clone, Copy)]
         struct Tally {
@@ -392,6 +394,7 @@ impl StageKind for Exam {
             &serde_json::json!({
                 "model": m.name, "backend": m.backend, "shots": shots, "split": split,
                 "scored": items.len(), "skipped_unanswered": unanswered, "skipped_too_long": too_long,
+                "seconds": seconds, "questions_per_s": items.len() as f64 / seconds.max(1e-9),
                 "results": stats,
             }),
         )?;

@@ -138,6 +138,7 @@ impl StageKind for Perplexity {
             })?;
         }
         let total_chunks = pending.len() as u64;
+        let started = std::time::Instant::now();
         for (done, group) in pending.chunks(batch).enumerate() {
             ctx.check_cancelled()?;
             let seqs: Vec<&[u32]> = group.iter().map(|(_, c)| c.as_slice()).collect();
@@ -149,6 +150,8 @@ impl StageKind for Perplexity {
             ctx.progress((done * batch + group.len()) as u64, Some(total_chunks), "chunks");
         }
 
+        let seconds = started.elapsed().as_secs_f64();
+        let scored: u64 = totals.values().map(|t| t.tokens).sum();
         let mut metrics = EvalMetrics::default();
         let mut stats = serde_json::Map::new();
         for (lang, t) in &totals {
@@ -170,7 +173,10 @@ impl StageKind for Perplexity {
         metrics.write(&ctx.output("metrics.parquet"), &m.name, ctx.instance)?;
         ctx.write_json(
             "stats.json",
-            &serde_json::json!({ "model": m.name, "backend": m.backend, "max_len": max_len, "per_lang": stats }),
+            &serde_json::json!({
+                "model": m.name, "backend": m.backend, "max_len": max_len, "per_lang": stats,
+                "seconds": seconds, "tokens_per_s": scored as f64 / seconds.max(1e-9),
+            }),
         )?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use babelflow_corpus::template::Template;
 use babelflow_corpus::{read_instructions, StringTableWriter};
-use babelflow_model::generate::{generate, Sampling};
+use babelflow_model::generate::{generate_batch, Sampling};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
 use crate::chrf::Stats;
@@ -30,7 +30,13 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::with_default("top_k", ParamType::Int, "0", "sample from the k likeliest (0: off)"),
     ParamSpec::with_default("top_p", ParamType::Float, "1.0", "nucleus sampling mass (1: off)"),
     ParamSpec::with_default("repetition_penalty", ParamType::Float, "1.0", "> 1 discourages repeats"),
-    ParamSpec::with_default("seed", ParamType::Int, "0", "sampling seed"),
+    ParamSpec::with_default(
+        "seed",
+        ParamType::Int,
+        "0",
+        "sampling seed (prompt i of a batch uses seed + i)",
+    ),
+    ParamSpec::with_default("batch_size", ParamType::Int, "8", "prompts generated together"),
     ParamSpec::with_default(
         "max_examples",
         ParamType::Int,
@@ -145,45 +151,55 @@ impl StageKind for Respond {
         }
         let mut langs = BTreeMap::<String, Lang>::new();
         let total = rows.len() as u64;
-        for (done, row) in rows.iter().enumerate() {
+        let batch = p.usize("batch_size")?.max(1);
+        let mut done = 0u64;
+        for chunk in rows.chunks(batch) {
             ctx.check_cancelled()?;
-            let prompt = template.prompt(&row.instruction, &row.input);
-            let mut ids = vec![bos];
-            ids.extend(m.encode(&prompt)?);
-            let positions =
-                (ids.len() + sampling.max_new_tokens).min(m.config.max_position_embeddings.max(ids.len() + 1));
-            let rope = m.rope(positions)?;
+            let prompts: Vec<String> = chunk
+                .iter()
+                .map(|r| template.prompt(&r.instruction, &r.input))
+                .collect();
+            let ids: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|text| Ok(std::iter::once(bos).chain(m.encode(text)?).collect()))
+                .collect::<Result<_, StageError>>()?;
+            let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
+            let room = m.config.max_position_embeddings.saturating_sub(longest).max(1);
             let mut s = sampling.clone();
-            s.max_new_tokens = s.max_new_tokens.min(positions - ids.len());
-            let new = generate(&m.model, &rope, &ids, &s, true, &m.device);
-            let body: Vec<u32> = new.into_iter().filter(|&t| t != eos).collect();
-            let response = m
-                .tokenizer
-                .tokenizer
-                .decode(&body, true)
-                .map_err(|e| StageError::failed(format!("decoding: {e}")))?;
-            let response = response.trim().to_string();
-            let stats = Stats::of(&response, &row.output);
-            let verdict = detector.judge(&response, &row.lang, source);
-            let l = langs.entry(row.lang.clone()).or_default();
-            l.chrf.add(&stats);
-            l.n += 1;
-            l.switched += verdict.mixed() as u64;
-            l.letters += verdict.letters as u64;
-            l.off_letters += verdict.off_target_letters as u64;
-            l.tokens += body.len() as u64;
-            generations.push(&[
-                &row.id,
-                &row.lang,
-                &row.instruction,
-                &row.input,
-                &prompt,
-                &response,
-                &row.output,
-                &format!("{:.4}", stats.score()),
-                if verdict.mixed() { "true" } else { "false" },
-            ])?;
-            ctx.progress(done as u64 + 1, Some(total), "responses");
+            s.max_new_tokens = s.max_new_tokens.min(room);
+            let rope = m.rope(longest + s.max_new_tokens)?;
+            let outputs = generate_batch(&m.model, &rope, &ids, &s, &m.device);
+            for ((row, prompt), new) in chunk.iter().zip(&prompts).zip(outputs) {
+                let body: Vec<u32> = new.into_iter().filter(|&t| t != eos).collect();
+                let response = m
+                    .tokenizer
+                    .tokenizer
+                    .decode(&body, true)
+                    .map_err(|e| StageError::failed(format!("decoding: {e}")))?;
+                let response = response.trim().to_string();
+                let stats = Stats::of(&response, &row.output);
+                let verdict = detector.judge(&response, &row.lang, source);
+                let l = langs.entry(row.lang.clone()).or_default();
+                l.chrf.add(&stats);
+                l.n += 1;
+                l.switched += verdict.mixed() as u64;
+                l.letters += verdict.letters as u64;
+                l.off_letters += verdict.off_target_letters as u64;
+                l.tokens += body.len() as u64;
+                generations.push(&[
+                    &row.id,
+                    &row.lang,
+                    &row.instruction,
+                    &row.input,
+                    prompt,
+                    &response,
+                    &row.output,
+                    &format!("{:.4}", stats.score()),
+                    if verdict.mixed() { "true" } else { "false" },
+                ])?;
+                done += 1;
+            }
+            ctx.progress(done, Some(total), "responses");
         }
         generations.finish()?;
 

@@ -54,9 +54,9 @@ fn answers_are_generated_and_scored_per_language() {
             .join("instructions.parquet")
         })
         .collect();
-    let params = json!({"max_new_tokens": 12, "max_examples": 3});
+    let params = json!({"max_new_tokens": 12, "max_examples": 3, "batch_size": 4});
     let ins: &[(&str, &[&std::path::Path])] = &[("model", &[&model_dir]), ("instructions", &[&tables[0], &tables[1]])];
-    let out = run(dir.path(), "respond", "respond", params.clone(), ins);
+    let out = run(dir.path(), "respond", "respond", params, ins);
     let rows = table(
         &out.join("generations.parquet"),
         &["lang", "prompt", "response", "reference", "chrf", "code_switched"],
@@ -80,8 +80,14 @@ fn answers_are_generated_and_scored_per_language() {
         assert!((ours["chrf_reference_based"].as_f64().unwrap() - corpus.score()).abs() < 1e-9);
         assert_eq!(ours["code_switch_rate"].as_f64().unwrap(), switched as f64 / 3.0);
     }
-    // Greedy decoding is deterministic: a second run answers identically.
-    let again = run(dir.path(), "respond2", "respond", params, ins);
+    // Greedy decoding is deterministic, and batching does not change it.
+    let again = run(
+        dir.path(),
+        "respond2",
+        "respond",
+        json!({"max_new_tokens": 12, "max_examples": 3, "batch_size": 1}),
+        ins,
+    );
     assert_eq!(
         table(&again.join("generations.parquet"), &["response"]),
         table(&out.join("generations.parquet"), &["response"])

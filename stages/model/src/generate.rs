@@ -1,7 +1,7 @@
 //! Text generation: greedy or sampled (temperature, top-k, top-p),
 //! repetition penalty, stop tokens, a seed; with or without the KV cache.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::llama::{KvCache, Llama, Rope};
 
@@ -156,6 +156,74 @@ pub fn generate(
         if s.stop_tokens.contains(&next) {
             break;
         }
+    }
+    out
+}
+
+/// Generates continuations of several prompts of different lengths at once,
+/// each as `generate` would alone: prompts are left-padded and the padding
+/// is hidden from attention. Row `i` samples with seed `s.seed + i`; each row
+/// stops at its own stop token.
+pub fn generate_batch(
+    model: &Llama,
+    rope: &Rope,
+    prompts: &[Vec<u32>],
+    s: &Sampling,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    let b = prompts.len();
+    if b == 0 {
+        return Vec::new();
+    }
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * width);
+    let mut pad = Vec::with_capacity(b * width);
+    for p in prompts {
+        ids.extend(std::iter::repeat_n(0i64, width - p.len()).chain(p.iter().map(|&i| i as i64)));
+        pad.extend((0..width).map(|j| j < width - p.len()));
+    }
+    let mut padding = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, width]), device);
+    let mut feed = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), device);
+    let mut cache = KvCache::new(model.layers.len());
+    let mut histories: Vec<Vec<u32>> = prompts.to_vec();
+    let mut rngs: Vec<u64> = (0..b as u64).map(|i| (s.seed + i) ^ 0x2545_f491_4f6c_dd1d).collect();
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for _ in 0..s.max_new_tokens {
+        let logits = model.forward_padded(feed, rope, Some(&mut cache), Some(&padding));
+        let [_, t, v] = logits.dims();
+        let last: Vec<f32> = logits
+            .narrow(1, t - 1, 1)
+            .reshape([b * v])
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        let mut next = Vec::with_capacity(b);
+        for (i, row) in last.chunks(v).enumerate() {
+            let token = if done[i] {
+                0
+            } else {
+                let mut row = row.to_vec();
+                let t = pick(&mut row, &histories[i], s, &mut rngs[i]);
+                histories[i].push(t);
+                out[i].push(t);
+                done[i] = s.stop_tokens.contains(&t);
+                t
+            };
+            next.push(token as i64);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        feed = Tensor::from_data(TensorData::new(next, [b, 1]), device);
+        padding = Tensor::cat(
+            vec![
+                padding,
+                Tensor::<2, Bool>::from_data(TensorData::new(vec![false; b], [b, 1]), device),
+            ],
+            1,
+        );
     }
     out
 }

@@ -133,7 +133,15 @@ impl Rope {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
+    /// `padding` (`[batch, past + t]`, true at padding keys) hides the left
+    /// padding of batched prompts of different lengths.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        padding: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
@@ -170,7 +178,17 @@ impl Attention {
             .reshape([b, h, total, hd]);
         let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
         let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        let scores = match padding {
+            None => scores.mask_fill(mask, f32::NEG_INFINITY),
+            // Finite, so a padding query that may see only padding keys gets
+            // a harmless uniform row instead of NaN (exp still gives 0 for
+            // the real rows' hidden keys).
+            Some(pad) => {
+                let pad = pad.clone().reshape([b, 1, 1, total]).expand([b, h, t, total]);
+                let mask = mask.expand([b, h, t, total]).bool_or(pad);
+                scores.mask_fill(mask, -1.0e9)
+            }
+        };
         let out = softmax(scores, 3).matmul(v);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
@@ -255,7 +273,20 @@ impl Llama {
 
     /// Logits `[batch, t, vocab]` for token ids `[batch, t]`; with a cache,
     /// `ids` are the new positions after the cached ones.
-    pub fn forward(&self, ids: Tensor<2, Int>, rope: &Rope, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn forward(&self, ids: Tensor<2, Int>, rope: &Rope, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.forward_padded(ids, rope, cache, None)
+    }
+
+    /// `forward` for left-padded batches: `padding` is `[batch, past + t]`,
+    /// true at padding positions. Rotary attention depends only on relative
+    /// positions, so a row shifted right by its padding scores as it would alone.
+    pub fn forward_padded(
+        &self,
+        ids: Tensor<2, Int>,
+        rope: &Rope,
+        mut cache: Option<&mut KvCache>,
+        padding: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         let [b, t] = ids.dims();
         let [_, d] = self.embed_tokens.val().dims();
         let mut x = self
@@ -265,7 +296,10 @@ impl Llama {
             .reshape([b, t, d]);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = x.clone() + layer.self_attn.forward(layer.input_layernorm.forward(x), rope, slot);
+            let h = x.clone()
+                + layer
+                    .self_attn
+                    .forward(layer.input_layernorm.forward(x), rope, slot, padding);
             x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
         }
         let x = self.norm.forward(x);

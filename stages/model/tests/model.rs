@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use babelflow_model::generate::{generate, Sampling};
+use babelflow_model::generate::{generate, generate_batch, Sampling};
 use babelflow_model::hf::{self, DiskDtype};
 use babelflow_model::{Llama, LlamaConfig, Rope};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -203,6 +203,34 @@ fn generation_with_the_kv_cache_equals_generation_without() {
         generate(&model, &rope, &prompt, &stop, true, &device),
         cached[..3].to_vec()
     );
+}
+
+#[test]
+fn batched_prompts_of_different_lengths_generate_what_each_would_alone() {
+    let device = Device::flex();
+    let (config, model) = hf::load(&fixture("tiny-gqa"), &device).unwrap();
+    let rope = Rope::new(&config, 64, &device).unwrap();
+    let prompts = vec![vec![1, 5, 9, 2, 7, 3], vec![1, 4], vec![1, 8, 8, 6]];
+    let s = Sampling {
+        max_new_tokens: 8,
+        ..Sampling::default()
+    };
+    let batched = generate_batch(&model, &rope, &prompts, &s, &device);
+    for (prompt, got) in prompts.iter().zip(&batched) {
+        assert_eq!(
+            got,
+            &generate(&model, &rope, prompt, &s, true, &device),
+            "prompt {prompt:?}"
+        );
+    }
+    // Each row stops at its own stop token.
+    let stop = Sampling {
+        stop_tokens: vec![batched[1][2]],
+        ..s
+    };
+    let stopped = generate_batch(&model, &rope, &prompts, &stop, &device);
+    let first = batched[1].iter().position(|&t| t == batched[1][2]).unwrap();
+    assert_eq!(stopped[1], batched[1][..=first].to_vec());
 }
 
 #[test]

@@ -34,6 +34,12 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "tokens per example (longer ones are cut; validation windows use it too)",
         ),
         ParamSpec::with_default(
+            "max_examples",
+            ParamType::Int,
+            "0",
+            "use the first this many instructions (0: all) — the study's 1K / 5K / 950K",
+        ),
+        ParamSpec::with_default(
             "packing",
             ParamType::Bool,
             "false",
@@ -248,8 +254,17 @@ impl StageKind for Sft {
         let mut examples = Vec::new();
         let mut per_lang = BTreeMap::<String, usize>::new();
         let mut dropped = 0usize;
+        let limit = match p.usize("max_examples")? {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut taken = 0usize;
         for item in ctx.input("instructions") {
             for row in read_instructions(&item.path)? {
+                if taken == limit {
+                    break;
+                }
+                taken += 1;
                 let prompt = template.prompt(&row.instruction, &row.input);
                 match encode(&tok, &prompt, &row.output, bos, eos, max_len)
                     .map_err(|e| StageError::input(&item.path, None, format!("tokenizing: {e}")))?
