@@ -32,6 +32,20 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
         "the report is self-contained"
     );
 
+    // Training curves are drawn from metrics.parquet: the pretrain loss line
+    // has one point per step.
+    let figure = html
+        .split("<figure>")
+        .find(|f| f.contains("<figcaption>pretrain: training loss</figcaption>"))
+        .expect("a loss figure for pretrain");
+    let line = figure
+        .split("<polyline")
+        .find(|p| p.contains("stroke-width=\"2\""))
+        .expect("a drawn series");
+    let points = line.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert_eq!(points.split_whitespace().count(), 60, "one point per pretraining step");
+    assert!(html.contains("<figcaption>Code-switching: share of responses that mix languages</figcaption>"));
+
     // Every number in the fertility table is the one in the tokenize artifact.
     let plan = p.plan(recipe, &["--store", store]);
     for inst in plan["instances"].as_array().unwrap() {

@@ -3,6 +3,7 @@
 //! so; nothing is filled in.
 
 mod evaluation;
+pub mod figures;
 mod table;
 
 use std::path::Path;
@@ -227,14 +228,15 @@ pub fn provenance_table(items: &[&InputItem]) -> Table {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;color:#222}\
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ccc;padding:.25rem .6rem}\
 th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}\
-td.missing,p.missing{color:#999}p.note{color:#555;font-size:.9rem}@media print{body{margin:0}}";
+td.missing,p.missing{color:#999}p.note{color:#555;font-size:.9rem}figure{margin:1rem 0}\
+figure svg{max-width:100%;height:auto}figcaption{color:#555;font-size:.9rem}@media print{body{margin:0}}";
 
 impl StageKind for Report {
     fn name(&self) -> &'static str {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "2"
+        "3"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
@@ -261,6 +263,8 @@ impl StageKind for Report {
         let mut tables = vec![data_table(corpus)?, fertility_table(tokens)?, training_table(training)?];
         tables.extend(evaluation::tables(evaluation)?);
         tables.push(provenance_table(&all));
+        let mut figures = figures::training(training)?;
+        figures.extend(figures::code_switching(evaluation)?);
 
         let mut md = format!("# {title}\n\n");
         let mut html = format!(
@@ -272,6 +276,21 @@ impl StageKind for Report {
             md.push_str(&t.markdown());
             html.push_str(&t.html());
         }
+        if !figures.is_empty() {
+            md.push_str("## Figures\n\nIn report.html:\n\n");
+            html.push_str("<h2>Figures</h2>\n");
+            for f in &figures {
+                md.push_str(&format!("- {}\n", f.caption));
+                html.push_str(&format!(
+                    "<figure>{}<figcaption>{}</figcaption></figure>\n",
+                    // Inline SVG in HTML needs no namespace declaration; without
+                    // it the page holds no URL at all.
+                    f.svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1),
+                    table::escape(&f.caption)
+                ));
+            }
+            md.push('\n');
+        }
         html.push_str("</body>\n</html>\n");
         let write = |name: &str, text: &str| {
             let path = ctx.output(name);
@@ -279,7 +298,11 @@ impl StageKind for Report {
         };
         write("report.md", &md)?;
         write("report.html", &html)?;
-        ctx.log(&format!("report with {} tables", tables.len()));
+        ctx.log(&format!(
+            "report with {} tables and {} figures",
+            tables.len(),
+            figures.len()
+        ));
         Ok(())
     }
 }
