@@ -3,8 +3,9 @@
 //! `cpu` is burn's pure-Rust `flex` backend (in every build). `wgpu` and
 //! `vulkan` need the `vulkan` cargo feature, `cuda` the `cuda` feature (which
 //! downloads an LLVM bundle at build time, so it cannot build offline).
-//! `auto` takes the best one compiled in: CUDA, then Vulkan/WGPU, then CPU;
-//! `BURN_DEVICE=cpu|wgpu|vulkan|cuda` overrides what `auto` picks.
+//! `auto` takes the best one compiled in and present: CUDA, then Vulkan/WGPU
+//! (when a Vulkan driver other than Mesa's software lavapipe is installed),
+//! then CPU; `BURN_DEVICE=cpu|wgpu|vulkan|cuda` overrides what `auto` picks.
 
 use burn::tensor::Device;
 
@@ -24,13 +25,72 @@ pub fn compiled() -> Vec<&'static str> {
     v
 }
 
+/// Whether a GPU with a Vulkan driver looks present: a driver manifest named
+/// by the loader's variables, or a GPU device node plus a manifest in the
+/// standard folders that is not lavapipe (a CPU emulation slower than burn's
+/// own CPU backend). Mesa installs manifests for hardware it may not find,
+/// hence the device node.
+fn vulkan_driver_present() -> bool {
+    if ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    {
+        return true;
+    }
+    let gpu_node = std::path::Path::new("/dev/nvidia0").exists()
+        || std::fs::read_dir("/dev/dri").is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+        });
+    gpu_node
+        && [
+            "/usr/share/vulkan/icd.d",
+            "/etc/vulkan/icd.d",
+            "/usr/local/share/vulkan/icd.d",
+        ]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|e| {
+            let name = e.file_name().to_string_lossy().to_lowercase();
+            name.ends_with(".json") && !name.contains("lvp") && !name.contains("lavapipe")
+        })
+}
+
+/// What `auto` means in this build on this machine.
+fn auto_choice() -> String {
+    if let Some(forced) = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty()) {
+        return forced;
+    }
+    if cfg!(feature = "cuda") {
+        return "cuda".into();
+    }
+    if cfg!(feature = "vulkan") && vulkan_driver_present() {
+        return "vulkan".into();
+    }
+    "cpu".into()
+}
+
+/// Runs one tiny operation on `device`: burn opens GPU adapters lazily and
+/// panics in a worker when none fits, so a missing adapter is found here,
+/// as an error, rather than in the middle of a stage.
+#[cfg(feature = "vulkan")]
+fn probe(device: &Device) -> Result<(), String> {
+    let device = device.clone();
+    std::panic::catch_unwind(move || {
+        let t = burn::tensor::Tensor::<1>::ones([1], &device);
+        t.into_data().convert::<f32>().try_to_vec::<f32>().map(|v| v.len())
+    })
+    .map_err(|_| "no adapter could be opened".to_string())
+    .and_then(|r| r.map(|_| ()).map_err(|e| format!("{e:?}")))
+}
+
 /// The device for a request, and the name of the backend chosen.
 pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelError> {
     let wanted = match backend {
-        "auto" => std::env::var("BURN_DEVICE")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| compiled()[0].to_string()),
+        "auto" => auto_choice(),
         other => other.to_string(),
     };
     let unavailable = |why: &str| ModelError::Backend {
@@ -50,13 +110,22 @@ pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelErro
         "wgpu" | "vulkan" => {
             #[cfg(feature = "vulkan")]
             {
-                let kind = burn::tensor::DeviceKind::DiscreteGpu(index);
+                // Device 0 is the best adapter the API offers (a discrete
+                // GPU first); others are discrete GPUs by index.
+                let kind = match index {
+                    0 => burn::tensor::DeviceKind::DefaultDevice,
+                    n => burn::tensor::DeviceKind::DiscreteGpu(n),
+                };
                 let device = if wanted == "vulkan" {
                     Device::vulkan(kind)
                 } else {
                     Device::wgpu(kind)
                 };
-                return Ok((device, format!("{wanted}:{index}")));
+                return match probe(&device) {
+                    Ok(()) => Ok((device, format!("{wanted}:{index}"))),
+                    Err(_) if backend == "auto" => Ok((Device::flex(), "cpu (flex; no usable Vulkan adapter)".into())),
+                    Err(why) => Err(unavailable(&format!("Vulkan device {index}: {why}"))),
+                };
             }
             #[allow(unreachable_code)]
             {

@@ -125,8 +125,11 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<S
     Ok(svg)
 }
 
-/// (step, tokens, metric, lang, value) rows of a training metrics.parquet.
-pub fn read_metrics(path: &Path) -> Result<Vec<(u64, u64, String, String, f64)>, StageError> {
+/// One row of a training metrics.parquet: (step, tokens, metric, lang, value).
+pub type MetricRow = (u64, u64, String, String, f64);
+
+/// The rows of a training metrics.parquet.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, StageError> {
     let bad = |m: String| StageError::input(path, None, m);
     let file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -163,7 +166,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<(u64, u64, String, String, f64)>,
 /// Training curves, one figure per (training stage, quantity); the
 /// instances of a stage (its variants) are overlaid.
 pub fn training(items: &[InputItem]) -> Result<Vec<Figure>, StageError> {
-    let mut by_stage: BTreeMap<String, Vec<(String, Vec<(u64, u64, String, String, f64)>)>> = BTreeMap::new();
+    let mut by_stage: BTreeMap<String, Vec<(String, Vec<MetricRow>)>> = BTreeMap::new();
     for item in items {
         let metrics = item.path.with_file_name("metrics.parquet");
         if !metrics.is_file() {
@@ -178,13 +181,12 @@ pub fn training(items: &[InputItem]) -> Result<Vec<Figure>, StageError> {
         let curve = |metric: &str, per_lang: bool| -> Vec<Series> {
             let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
             for (name, rows) in variants {
-                for (_, tokens, m, lang, value) in rows.iter().filter(|r| r.2 == metric) {
+                for (_, tokens, _, lang, value) in rows.iter().filter(|r| r.2 == metric) {
                     let key = match (per_lang, variants.len() > 1) {
                         (true, true) => format!("{name} {lang}"),
                         (true, false) => lang.clone(),
                         (false, _) => name.clone(),
                     };
-                    let _ = m;
                     out.entry(key).or_default().push((*tokens as f64, *value));
                 }
             }
