@@ -12,7 +12,9 @@
 //! with untied embeddings). FLOPs per token: 2N forward, 6N forward+backward,
 //! plus attention (QKᵀ and AV, 2·layers·seq·d forward), N = non-embedding +
 //! head parameters. With BENCH_PEAK_GFLOPS set, the model FLOPs utilisation
-//! (MFU) against that peak is printed too.
+//! (MFU) against that peak is printed too. BENCH_MEMORY_STEPS=N also trains
+//! N more steps and prints the resident-set size before and after (flat
+//! means nothing accumulates across steps).
 
 use std::time::Instant;
 
@@ -137,6 +139,45 @@ fn main() {
         let _: f32 = model.norm.weight.val().sum().into_scalar();
         model_ad = Some(model);
     });
+
+    // Memory over a long run: resident-set size after warm-up and after many
+    // more steps (BENCH_MEMORY_STEPS, default 0 = skip). Flat means no leak.
+    let memory_steps: usize = std::env::var("BENCH_MEMORY_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if memory_steps > 0 {
+        let rss_mb = || -> f64 {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                })
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        let mut step = |model_ad: &mut Option<Llama>| {
+            let model = model_ad.take().expect("model");
+            let loss = loss_of(&model, &mut state);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let model = optim.step(3e-4, model, grads);
+            let _: f32 = model.norm.weight.val().sum().into_scalar();
+            *model_ad = Some(model);
+        };
+        for _ in 0..10 {
+            step(&mut model_ad);
+        }
+        let after_warmup = rss_mb();
+        for _ in 0..memory_steps {
+            step(&mut model_ad);
+        }
+        println!(
+            "memory             RSS {after_warmup:.0} MB after 10 steps, {:.0} MB after {} more",
+            rss_mb(),
+            memory_steps
+        );
+    }
 
     // Generation: one 128-token prompt, 32 new tokens, greedy, KV cache.
     let new_tokens = 32;
