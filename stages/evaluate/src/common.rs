@@ -36,26 +36,14 @@ impl Loaded {
     pub fn from_context(ctx: &StageContext) -> Result<Self, StageError> {
         let item = ctx.single_input("model")?;
         let dir: PathBuf = item.path.clone();
-        let tok_path = match ctx.input("tokenizer") {
-            [one] => one.path.clone(),
-            _ => dir.join("tokenizer.json"),
-        };
-        if !tok_path.is_file() {
-            return Err(StageError::failed(format!(
-                "{} has no tokenizer.json: bind one under `needs: {{ tokenizer: ... }}`",
-                dir.display()
-            )));
-        }
-        let tokenizer = LoadedTokenizer::load(&tok_path)?;
+        let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
+        let (_, tokenizer) = LoadedTokenizer::for_model(&dir, bound)?;
         let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
         let (config, model) = hf::load(&dir, &device).map_err(fail)?;
-        if tokenizer.vocab_size as usize > config.vocab_size {
-            return Err(StageError::failed(format!(
-                "the tokenizer has {} ids but the model only {} embeddings",
-                tokenizer.vocab_size, config.vocab_size
-            )));
-        }
+        config
+            .check_vocab(tokenizer.vocab_size as usize, "the tokenizer", &dir)
+            .map_err(fail)?;
         Ok(Loaded {
             config,
             model,

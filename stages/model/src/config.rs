@@ -103,6 +103,21 @@ impl LlamaConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
+    /// Refuses ids the embeddings cannot look up: `what` (a tokenizer, a
+    /// token artifact) has `ids` ids; the model at `source` has `vocab_size`.
+    pub fn check_vocab(&self, ids: usize, what: &str, source: &Path) -> Result<(), ModelError> {
+        if ids <= self.vocab_size {
+            return Ok(());
+        }
+        Err(ModelError::Config {
+            path: source.to_path_buf(),
+            message: format!(
+                "{what} has {ids} ids but the model has {} embeddings (extend the model with resize-vocab)",
+                self.vocab_size
+            ),
+        })
+    }
+
     /// Everything babelflow's LLaMA cannot compute exactly, as one error.
     pub fn validate(&self, source: &Path) -> Result<(), ModelError> {
         let bad = |m: String| ModelError::Config {
@@ -232,4 +247,25 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Result<Vec<f64>, String> {
                 .collect()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_beyond_the_embeddings_are_refused_naming_the_model_folder() {
+        let config = LlamaConfig::tiny(100, 16, 1, 2, 2);
+        let folder = Path::new("/models/tiny");
+        assert!(config.check_vocab(100, "the tokenizer", folder).is_ok());
+        let err = config
+            .check_vocab(120, "the tokenizer", folder)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/models/tiny: the tokenizer has 120 ids but the model has 100 embeddings"),
+            "{err}"
+        );
+        assert!(err.contains("resize-vocab"), "{err}");
+    }
 }

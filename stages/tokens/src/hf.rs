@@ -31,6 +31,21 @@ impl LoadedTokenizer {
         Ok(Self::from_tokenizer(tokenizer, *blake3::hash(&bytes).as_bytes()))
     }
 
+    /// The tokenizer a model is read with: the one bound by the recipe, else
+    /// the `tokenizer.json` in the model folder. Returns its path too.
+    pub fn for_model(model_dir: &Path, bound: Option<&Path>) -> Result<(std::path::PathBuf, Self), StageError> {
+        let path = bound.map_or_else(|| model_dir.join("tokenizer.json"), Path::to_path_buf);
+        if !path.is_file() {
+            return Err(StageError::input(
+                model_dir,
+                None,
+                "the model folder has no tokenizer.json: bind one under `needs: { tokenizer: ... }`",
+            ));
+        }
+        let tokenizer = Self::load(&path)?;
+        Ok((path, tokenizer))
+    }
+
     pub fn from_tokenizer(tokenizer: Tokenizer, hash: [u8; 32]) -> Self {
         let vocab_size = tokenizer.get_vocab_size(true) as u32;
         let mut is_byte_fallback = vec![false; vocab_size as usize];
@@ -81,4 +96,20 @@ pub fn is_byte_piece(token: &str) -> bool {
 
 pub fn hex(hash: &[u8; 32]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_folder_without_a_tokenizer_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LoadedTokenizer::for_model(dir.path(), None).err().unwrap().to_string();
+        assert!(err.starts_with(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.contains("no tokenizer.json") && err.contains("needs: { tokenizer"),
+            "{err}"
+        );
+    }
 }

@@ -22,11 +22,26 @@ pub struct Position {
     pub step: usize,
     /// Training examples (windows) consumed, the data order's cursor.
     pub cursor: usize,
+    /// Tokens trained on so far.
+    pub tokens: u64,
     pub last_loss: f64,
     /// Seconds spent training before this checkpoint (for tokens/s).
     pub seconds: f64,
     pub initial_validation: Vec<(String, f64)>,
-    pub metrics: Vec<Row>,
+}
+
+/// position.json: where the loop was, and every metric row logged so far
+/// (so the finished run's metrics.parquet covers the steps before the kill).
+#[derive(Serialize)]
+struct Saved<'a> {
+    position: &'a Position,
+    metrics: &'a [Row],
+}
+
+#[derive(Deserialize)]
+struct Restored {
+    position: Position,
+    metrics: Vec<Row>,
 }
 
 pub struct Checkpoints {
@@ -59,10 +74,16 @@ impl Checkpoints {
     /// The step of the latest checkpoint, if one was written.
     pub fn saved_step(&self) -> Option<usize> {
         let bytes = std::fs::read(self.latest()?.join("position.json")).ok()?;
-        serde_json::from_slice::<Position>(&bytes).ok().map(|p| p.step)
+        serde_json::from_slice::<Restored>(&bytes).ok().map(|r| r.position.step)
     }
 
-    pub fn save(&self, model: &Llama, optim: &ModuleOptimizer, position: &Position) -> Result<(), StageError> {
+    pub fn save(
+        &self,
+        model: &Llama,
+        optim: &ModuleOptimizer,
+        position: &Position,
+        metrics: &[Row],
+    ) -> Result<(), StageError> {
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
@@ -76,7 +97,7 @@ impl Checkpoints {
         optim
             .save(&optim_path)
             .map_err(|e| record_error(&optim_path, format!("{e:?}")))?;
-        let json = serde_json::to_vec(position).map_err(|e| record_error(&tmp, e))?;
+        let json = serde_json::to_vec(&Saved { position, metrics }).map_err(|e| record_error(&tmp, e))?;
         let pos_path = tmp.join("position.json");
         std::fs::write(&pos_path, json).map_err(|e| StageError::io(&pos_path, e))?;
 
@@ -96,13 +117,13 @@ impl Checkpoints {
         &self,
         model: Llama,
         optim: ModuleOptimizer,
-    ) -> Result<Option<(Llama, ModuleOptimizer, Position)>, StageError> {
+    ) -> Result<Option<(Llama, ModuleOptimizer, Position, Vec<Row>)>, StageError> {
         let Some(dir) = self.latest() else {
             return Ok(None);
         };
         let pos_path = dir.join("position.json");
         let bytes = std::fs::read(&pos_path).map_err(|e| StageError::io(&pos_path, e))?;
-        let position: Position = serde_json::from_slice(&bytes).map_err(|e| record_error(&pos_path, e))?;
+        let restored: Restored = serde_json::from_slice(&bytes).map_err(|e| record_error(&pos_path, e))?;
         let model_path = dir.join("model.bpk");
         let record = ModuleRecord::load(&model_path).map_err(|e| record_error(&model_path, format!("{e:?}")))?;
         let model = model
@@ -112,6 +133,6 @@ impl Checkpoints {
         let optim = optim
             .load(&optim_path)
             .map_err(|e| record_error(&optim_path, format!("{e:?}")))?;
-        Ok(Some((model, optim, position)))
+        Ok(Some((model, optim, restored.position, restored.metrics)))
     }
 }

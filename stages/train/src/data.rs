@@ -19,6 +19,17 @@ pub struct Windows {
 
 #[allow(clippy::len_without_is_empty)] // a Windows is never empty: `open` refuses that
 impl Windows {
+    /// Opens a token artifact bound as an input: its folder, or any file in
+    /// it (`tokens@sw`, `tokens@sw:tokens.bin`, `tokens@sw:stats.json`).
+    pub fn open_artifact(path: &Path, seq_len: usize) -> Result<Self, StageError> {
+        let bin = if path.is_dir() {
+            path.join("tokens.bin")
+        } else {
+            path.with_file_name("tokens.bin")
+        };
+        Self::open(&bin, seq_len)
+    }
+
     pub fn open(bin: &Path, seq_len: usize) -> Result<Self, StageError> {
         let tokens = TokenFile::open(bin)?;
         let count = tokens.len().saturating_sub(1) / seq_len;

@@ -9,6 +9,7 @@ mod output;
 mod pretrain;
 pub mod schedule;
 pub mod sft;
+mod start;
 pub mod trainable;
 pub mod trainer;
 

@@ -5,30 +5,34 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use babelflow_model::{hf, LlamaConfig};
+use babelflow_model::hf;
 use babelflow_stage::{StageContext, StageError};
 use burn::module::Module;
 
+use crate::start::Start;
 use crate::trainable::Trainable;
 use crate::trainer::Outcome;
 
+/// Writes the outputs; `tokenizer` is the file shipped with the model
+/// (default: the input model folder's, when it has one); `extra` is merged
+/// into stats.json.
 pub fn write(
     ctx: &StageContext,
-    config: &LlamaConfig,
-    model_dir: &Path,
+    start: &Start,
     trainable: &Trainable,
     outcome: &Outcome,
-    backend: &str,
+    tokenizer: Option<&Path>,
     extra: serde_json::Value,
 ) -> Result<(), StageError> {
     outcome.metrics.write(&ctx.output("metrics.parquet"))?;
     let out = ctx.output("model");
     let exported = trainable.export(&outcome.model);
-    hf::save(&out, config, &exported, hf::DiskDtype::F32).map_err(|e| StageError::failed(e.to_string()))?;
-    let tok = model_dir.join("tokenizer.json");
+    hf::save(&out, &start.config, &exported, hf::DiskDtype::F32).map_err(|e| StageError::failed(e.to_string()))?;
+    let tok = tokenizer.map_or_else(|| start.model_dir.join("tokenizer.json"), Path::to_path_buf);
     if tok.is_file() {
         std::fs::copy(&tok, out.join("tokenizer.json")).map_err(|e| StageError::io(&tok, e))?;
     }
+    let backend = start.backend.as_str();
     let trainable_params: usize = trainable_count(&outcome.model);
     let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
     let mut stats = serde_json::json!({

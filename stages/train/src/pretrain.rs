@@ -4,13 +4,12 @@
 //! checkpoints) is `trainer`; which weights move is `trainable`. The result
 //! is an HF model folder.
 
-use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use babelflow_model::{device, hf, Rope};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
 use crate::data::Windows;
+use crate::start::{self, Start, MODEL_INPUT, VALIDATION_INPUT};
 use crate::trainable::{self, Trainable};
 use crate::trainer::{self, Settings};
 
@@ -29,33 +28,15 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
 });
 
 const INPUTS: &[InputSpec] = &[
-    InputSpec {
-        name: "model",
-        required: true,
-        many: false,
-        doc: "an HF model folder (init-model, import-model, resize-vocab, or an earlier training)",
-    },
+    MODEL_INPUT,
     InputSpec {
         name: "tokens",
         required: true,
         many: false,
         doc: "the training token artifact (usually `mix`)",
     },
-    InputSpec {
-        name: "validation",
-        required: false,
-        many: true,
-        doc: "held-out token artifacts, one per language, for perplexity during training",
-    },
+    VALIDATION_INPUT,
 ];
-
-fn bin_of(path: &std::path::Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("tokens.bin")
-    } else {
-        path.with_file_name("tokens.bin")
-    }
-}
 
 impl StageKind for Pretrain {
     fn name(&self) -> &'static str {
@@ -74,7 +55,7 @@ impl StageKind for Pretrain {
         INPUTS
     }
     fn outputs(&self, _params: &Params) -> Vec<String> {
-        vec!["model".into(), "metrics.parquet".into(), "stats.json".into()]
+        start::outputs()
     }
     fn check(&self, params: &Params) -> Vec<(String, String)> {
         let mut problems = trainer::check(params);
@@ -90,36 +71,10 @@ impl StageKind for Pretrain {
         let seq_len = p.usize("seq_len")?;
         let settings = Settings::from_params(p)?;
         let trainable = Trainable::from_params(p)?;
-        let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
-        let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
-        let ad = device.clone().autodiff();
-        let model_dir = ctx.single_input("model")?.path.clone();
-        let (config, model) = hf::load(&model_dir, &ad).map_err(fail)?;
-        let train = Windows::open(&bin_of(&ctx.single_input("tokens")?.path), seq_len)?;
-        if train.vocab_size() as usize > config.vocab_size {
-            return Err(StageError::failed(format!(
-                "the tokens come from a tokenizer of {} ids but the model has {} embeddings (extend the model with resize-vocab)",
-                train.vocab_size(),
-                config.vocab_size
-            )));
-        }
-        let validation: Vec<Windows> = ctx
-            .input("validation")
-            .iter()
-            .map(|item| Windows::open(&bin_of(&item.path), seq_len))
-            .collect::<Result<_, _>>()?;
-        let rope = Rope::new(&config, seq_len, &ad).map_err(StageError::failed)?;
-        let rope_eval = Rope::new(&config, seq_len, &device).map_err(StageError::failed)?;
-        let model = trainable.prepare(model)?;
-        let outcome = trainer::train(ctx, &settings, model, &rope, &train, &validation, &rope_eval, &device)?;
-        crate::output::write(
-            ctx,
-            &config,
-            &model_dir,
-            &trainable,
-            &outcome,
-            &backend,
-            serde_json::json!({}),
-        )
+        let train = Windows::open_artifact(&ctx.single_input("tokens")?.path, seq_len)?;
+        let (start, model) = Start::load(ctx, &trainable, seq_len)?;
+        start.check_vocab(train.vocab_size() as usize, "the tokenizer of the training tokens")?;
+        let outcome = trainer::train(ctx, &settings, &start, model, &train)?;
+        crate::output::write(ctx, &start, &trainable, &outcome, None, serde_json::json!({}))
     }
 }

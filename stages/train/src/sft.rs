@@ -4,16 +4,14 @@
 //! padded per batch, or packed back to back into `max_len` windows.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use babelflow_corpus::read_instructions;
 use babelflow_corpus::template::Template;
-use babelflow_model::{device, hf, Rope};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 use babelflow_tokens::hf::LoadedTokenizer;
 
-use crate::data::Windows;
+use crate::start::{self, Start, MODEL_INPUT, VALIDATION_INPUT};
 use crate::trainable::{self, Trainable};
 use crate::trainer::{self, Batch, Examples, Settings};
 
@@ -52,12 +50,7 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
 });
 
 const INPUTS: &[InputSpec] = &[
-    InputSpec {
-        name: "model",
-        required: true,
-        many: false,
-        doc: "an HF model folder (with its tokenizer.json, unless `tokenizer` is bound)",
-    },
+    MODEL_INPUT,
     InputSpec {
         name: "instructions",
         required: true,
@@ -70,12 +63,7 @@ const INPUTS: &[InputSpec] = &[
         many: false,
         doc: "the tokenizer.json, when the model folder has none",
     },
-    InputSpec {
-        name: "validation",
-        required: false,
-        many: true,
-        doc: "held-out token artifacts, one per language, for perplexity during training",
-    },
+    VALIDATION_INPUT,
 ];
 
 /// One tokenized example: ids, and per target position (predicting
@@ -189,14 +177,6 @@ impl Examples for InstructionSet {
     }
 }
 
-fn bin_of(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("tokens.bin")
-    } else {
-        path.with_file_name("tokens.bin")
-    }
-}
-
 impl StageKind for Sft {
     fn name(&self) -> &'static str {
         "sft"
@@ -214,7 +194,7 @@ impl StageKind for Sft {
         INPUTS
     }
     fn outputs(&self, _params: &Params) -> Vec<String> {
-        vec!["model".into(), "metrics.parquet".into(), "stats.json".into()]
+        start::outputs()
     }
     fn check(&self, params: &Params) -> Vec<(String, String)> {
         let mut problems = trainer::check(params);
@@ -236,19 +216,9 @@ impl StageKind for Sft {
         let template = Template::parse(p.str("template")?).map_err(|e| StageError::failed(e.to_string()))?;
         let settings = Settings::from_params(p)?;
         let trainable = Trainable::from_params(p)?;
-        let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
-        let model_dir = ctx.single_input("model")?.path.clone();
-        let tok_path = match ctx.input("tokenizer") {
-            [one] => one.path.clone(),
-            _ => model_dir.join("tokenizer.json"),
-        };
-        if !tok_path.is_file() {
-            return Err(StageError::failed(format!(
-                "{} has no tokenizer.json: bind one under `needs: {{ tokenizer: ... }}`",
-                model_dir.display()
-            )));
-        }
-        let tok = LoadedTokenizer::load(&tok_path)?;
+        let model_dir = &ctx.single_input("model")?.path;
+        let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
+        let (tok_path, tok) = LoadedTokenizer::for_model(model_dir, bound)?;
         let (bos, eos) = (tok.bos_id(None)?, tok.eos_id(None)?);
 
         let mut examples = Vec::new();
@@ -267,7 +237,7 @@ impl StageKind for Sft {
                 taken += 1;
                 let prompt = template.prompt(&row.instruction, &row.input);
                 match encode(&tok, &prompt, &row.output, bos, eos, max_len)
-                    .map_err(|e| StageError::input(&item.path, None, format!("tokenizing: {e}")))?
+                    .map_err(|e| StageError::input(&item.path, None, format!("tokenizing example `{}`: {e}", row.id)))?
                 {
                     Some(e) => {
                         examples.push(e);
@@ -298,24 +268,9 @@ impl StageKind for Sft {
             set.examples.len()
         ));
 
-        let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
-        let ad = device.clone().autodiff();
-        let (config, model) = hf::load(&model_dir, &ad).map_err(fail)?;
-        if tok.vocab_size as usize > config.vocab_size {
-            return Err(StageError::failed(format!(
-                "the tokenizer has {} ids but the model {} embeddings (extend the model with resize-vocab)",
-                tok.vocab_size, config.vocab_size
-            )));
-        }
-        let validation: Vec<Windows> = ctx
-            .input("validation")
-            .iter()
-            .map(|item| Windows::open(&bin_of(&item.path), max_len))
-            .collect::<Result<_, _>>()?;
-        let rope = Rope::new(&config, max_len, &ad).map_err(StageError::failed)?;
-        let rope_eval = Rope::new(&config, max_len, &device).map_err(StageError::failed)?;
-        let model = trainable.prepare(model)?;
-        let outcome = trainer::train(ctx, &settings, model, &rope, &set, &validation, &rope_eval, &device)?;
+        let (start, model) = Start::load(ctx, &trainable, max_len)?;
+        start.check_vocab(tok.vocab_size as usize, "the tokenizer")?;
+        let outcome = trainer::train(ctx, &settings, &start, model, &set)?;
         ctx.note("examples", count);
         let extra = serde_json::json!({
             "template": p.str("template")?,
@@ -324,11 +279,7 @@ impl StageKind for Sft {
             "examples_per_lang": per_lang,
             "training_rows": set.examples.len(),
         });
-        crate::output::write(ctx, &config, &model_dir, &trainable, &outcome, &backend, extra)?;
-        if !tok_path.starts_with(&model_dir) {
-            let to = ctx.output("model").join("tokenizer.json");
-            std::fs::copy(&tok_path, &to).map_err(|e| StageError::io(&tok_path, e))?;
-        }
+        crate::output::write(ctx, &start, &trainable, &outcome, Some(&tok_path), extra)?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ use crate::checkpoint::{Checkpoints, Position};
 use crate::data::{Order, Windows};
 use crate::metrics::Metrics;
 use crate::schedule::{Decay, Schedule};
+use crate::start::Start;
 
 /// Optimizer, schedule, validation and checkpoint parameters, shared by the
 /// training kinds.
@@ -152,15 +153,15 @@ pub struct Outcome {
     pub resumed_from: Option<usize>,
 }
 
-pub fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Option<Tensor<2>>) {
+/// A batch's inputs, targets and loss weights as tensors on `device`.
+pub fn tensors(batch: Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Option<Tensor<2>>) {
     let shape = [batch.rows, batch.cols];
     (
-        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
-        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.inputs, shape), device),
+        Tensor::from_data(TensorData::new(batch.targets, shape), device),
         batch
             .weights
-            .as_ref()
-            .map(|w| Tensor::from_data(TensorData::new(w.clone(), shape), device)),
+            .map(|w| Tensor::from_data(TensorData::new(w, shape), device)),
     )
 }
 
@@ -170,8 +171,7 @@ fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: us
     let mut total = 0.0;
     let mut count = 0.0;
     for chunk in (0..n).collect::<Vec<_>>().chunks(batch) {
-        let b = set.batch(chunk);
-        let (x, y, _) = tensors(&b, device);
+        let (x, y, _) = tensors(set.batch(chunk), device);
         let loss: f32 = cross_entropy(model.forward(x, rope, None), y, None).into_scalar();
         total += loss as f64 * chunk.len() as f64;
         count += chunk.len() as f64;
@@ -201,19 +201,16 @@ fn grad_norm(model: &Llama, grads: &GradientsParams) -> f64 {
     v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
 }
 
-/// Trains `model` (already prepared by `Trainable`, on the autodiff device)
+/// Trains `model` (prepared by `Trainable`, on `start`'s autodiff device)
 /// on `examples`, resuming from the instance's checkpoint when there is one.
-#[allow(clippy::too_many_arguments)]
 pub fn train(
     ctx: &StageContext,
     settings: &Settings,
+    start: &Start,
     mut model: Llama,
-    rope: &Rope,
     examples: &dyn Examples,
-    validation: &[Windows],
-    rope_eval: &Rope,
-    device: &Device,
 ) -> Result<Outcome, StageError> {
+    let (device, rope, rope_eval, validation) = (&start.device, &start.rope, &start.rope_eval, &start.validation);
     let ad = device.clone().autodiff();
     let s = settings;
     let mut optim: ModuleOptimizer = s.optimizer.init();
@@ -236,22 +233,20 @@ pub fn train(
         cursor: 0,
         last_loss: f64::NAN,
         seconds: 0.0,
+        tokens: 0,
         initial_validation: Vec::new(),
-        metrics: Vec::new(),
     };
     let mut resumed_from = None;
     match checkpoints.load(model.clone(), optim.clone())? {
-        Some((m, o, p)) => {
+        Some((m, o, p, rows)) => {
             ctx.log(&format!("resuming from the checkpoint at step {}", p.step));
-            (model, optim, pos) = (m, o, p);
-            metrics.rows = std::mem::take(&mut pos.metrics);
+            (model, optim, pos, metrics.rows) = (m, o, p, rows);
             resumed_from = Some(pos.step);
         }
         None => pos.initial_validation = evaluate(&model, 0, 0, &mut metrics),
     }
 
     let mut order = Order::new(examples.len(), s.seed);
-    let mut tokens_seen: u64 = metrics.rows.iter().map(|r| r.1).max().unwrap_or(0);
     let (earlier_seconds, started) = (pos.seconds, Instant::now());
     while pos.step < s.steps {
         ctx.check_cancelled()?;
@@ -266,7 +261,7 @@ pub fn train(
             pos.cursor += s.batch_size;
             let batch = examples.batch(&indices);
             step_tokens += batch.tokens;
-            let (x, y, w) = tensors(&batch, &ad);
+            let (x, y, w) = tensors(batch, &ad);
             let loss = cross_entropy(model.forward(x, rope, None), y, w) / s.grad_accum as f64;
             let value: f32 = loss.clone().into_scalar();
             if !value.is_finite() {
@@ -287,9 +282,9 @@ pub fn train(
         model = optim.step(lr, model, grads);
         pos.step += 1;
         pos.last_loss = step_loss;
-        tokens_seen += step_tokens as u64;
+        pos.tokens += step_tokens as u64;
         let tps = step_tokens as f64 / t0.elapsed().as_secs_f64();
-        let (st, seen) = (pos.step as u64, tokens_seen);
+        let (st, seen) = (pos.step as u64, pos.tokens);
         metrics.push(st, seen, "loss", "", step_loss);
         metrics.push(st, seen, "lr", "", lr);
         metrics.push(st, seen, "grad_norm", "", norm);
@@ -304,19 +299,17 @@ pub fn train(
         }
         if s.checkpoint_every > 0 && pos.step.is_multiple_of(s.checkpoint_every) && pos.step != s.steps {
             pos.seconds = earlier_seconds + started.elapsed().as_secs_f64();
-            pos.metrics = metrics.rows.clone();
-            checkpoints.save(&model, &optim, &pos)?;
-            pos.metrics.clear();
+            checkpoints.save(&model, &optim, &pos, &metrics.rows)?;
         }
     }
-    let final_validation = evaluate(&model, s.steps, tokens_seen, &mut metrics);
+    let final_validation = evaluate(&model, s.steps, pos.tokens, &mut metrics);
     Ok(Outcome {
         model,
         metrics,
         initial_validation: pos.initial_validation,
         final_validation,
         last_loss: pos.last_loss,
-        tokens: tokens_seen,
+        tokens: pos.tokens,
         seconds: earlier_seconds + started.elapsed().as_secs_f64(),
         resumed_from,
     })

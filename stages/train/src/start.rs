@@ -1,0 +1,81 @@
+//! What both training kinds set up before the loop: the model from the
+//! `model` input on the recipe's device (autodiff for training, plain for
+//! validation), prepared by `Trainable`; the held-out token artifacts bound
+//! to `validation`; and the rotary tables for the context length.
+
+use std::path::PathBuf;
+
+use babelflow_model::{device, hf, Llama, LlamaConfig, ModelError, Rope};
+use babelflow_stage::{InputSpec, StageContext, StageError};
+use burn::tensor::Device;
+
+use crate::data::Windows;
+use crate::trainable::Trainable;
+
+pub const MODEL_INPUT: InputSpec = InputSpec {
+    name: "model",
+    required: true,
+    many: false,
+    doc: "an HF model folder (init-model, import-model, resize-vocab, or an earlier training)",
+};
+
+pub const VALIDATION_INPUT: InputSpec = InputSpec {
+    name: "validation",
+    required: false,
+    many: true,
+    doc: "held-out token artifacts, one per language, for perplexity during training",
+};
+
+/// The outputs of every training kind.
+pub fn outputs() -> Vec<String> {
+    vec!["model".into(), "metrics.parquet".into(), "stats.json".into()]
+}
+
+pub struct Start {
+    pub config: LlamaConfig,
+    pub model_dir: PathBuf,
+    /// The plain device; training runs on its autodiff twin.
+    pub device: Device,
+    pub backend: String,
+    pub validation: Vec<Windows>,
+    /// Rotary tables on the autodiff device (training) and the plain one (validation).
+    pub rope: Rope,
+    pub rope_eval: Rope,
+}
+
+fn failed(e: ModelError) -> StageError {
+    StageError::failed(e.to_string())
+}
+
+impl Start {
+    /// The setting, and the model ready to train.
+    pub fn load(ctx: &StageContext, trainable: &Trainable, seq_len: usize) -> Result<(Self, Llama), StageError> {
+        let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(failed)?;
+        let ad = device.clone().autodiff();
+        let model_dir = ctx.single_input("model")?.path.clone();
+        let (config, model) = hf::load(&model_dir, &ad).map_err(failed)?;
+        let validation = ctx
+            .input("validation")
+            .iter()
+            .map(|item| Windows::open_artifact(&item.path, seq_len))
+            .collect::<Result<_, _>>()?;
+        let rope = Rope::new(&config, seq_len, &ad).map_err(StageError::failed)?;
+        let rope_eval = Rope::new(&config, seq_len, &device).map_err(StageError::failed)?;
+        let model = trainable.prepare(model)?;
+        let start = Start {
+            config,
+            model_dir,
+            device,
+            backend,
+            validation,
+            rope,
+            rope_eval,
+        };
+        Ok((start, model))
+    }
+
+    /// Refuses training data whose ids the model has no embeddings for.
+    pub fn check_vocab(&self, ids: usize, what: &str) -> Result<(), StageError> {
+        self.config.check_vocab(ids, what, &self.model_dir).map_err(failed)
+    }
+}
