@@ -44,6 +44,14 @@ struct Restored {
     metrics: Vec<Row>,
 }
 
+/// What a checkpoint gives back.
+pub struct Resumed {
+    pub model: Llama,
+    pub optim: ModuleOptimizer,
+    pub position: Position,
+    pub metrics: Vec<Row>,
+}
+
 pub struct Checkpoints {
     dir: PathBuf,
 }
@@ -113,11 +121,7 @@ impl Checkpoints {
 
     /// Restores the latest checkpoint into a model prepared exactly as the
     /// run that wrote it prepared its own, and into a fresh optimizer.
-    pub fn load(
-        &self,
-        model: Llama,
-        optim: ModuleOptimizer,
-    ) -> Result<Option<(Llama, ModuleOptimizer, Position, Vec<Row>)>, StageError> {
+    pub fn load(&self, model: Llama, optim: ModuleOptimizer) -> Result<Option<Resumed>, StageError> {
         let Some(dir) = self.latest() else {
             return Ok(None);
         };
@@ -133,6 +137,11 @@ impl Checkpoints {
         let optim = optim
             .load(&optim_path)
             .map_err(|e| record_error(&optim_path, format!("{e:?}")))?;
-        Ok(Some((model, optim, restored.position, restored.metrics)))
+        Ok(Some(Resumed {
+            model,
+            optim,
+            position: restored.position,
+            metrics: restored.metrics,
+        }))
     }
 }

@@ -238,9 +238,9 @@ pub fn train(
     };
     let mut resumed_from = None;
     match checkpoints.load(model.clone(), optim.clone())? {
-        Some((m, o, p, rows)) => {
-            ctx.log(&format!("resuming from the checkpoint at step {}", p.step));
-            (model, optim, pos, metrics.rows) = (m, o, p, rows);
+        Some(r) => {
+            ctx.log(&format!("resuming from the checkpoint at step {}", r.position.step));
+            (model, optim, pos, metrics.rows) = (r.model, r.optim, r.position, r.metrics);
             resumed_from = Some(pos.step);
         }
         None => pos.initial_validation = evaluate(&model, 0, 0, &mut metrics),
