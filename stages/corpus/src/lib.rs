@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use babelflow_stage::StageKind;
 
-pub use table::{read_corpus, read_instructions, Document, Instruction, StringTableWriter};
+pub use table::{
+    cell, for_each_batch, read_corpus, read_instructions, Document, Instruction, StringTableWriter, TableBatch,
+};
 
 /// The stage kinds this crate provides.
 pub fn kinds() -> Vec<Arc<dyn StageKind>> {

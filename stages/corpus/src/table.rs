@@ -104,31 +104,67 @@ pub struct Document {
     pub source: String,
 }
 
-/// Streams the documents of a corpus Parquet file, batch by batch.
-pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), StageError>) -> Result<(), StageError> {
+/// One batch of a Parquet artifact, able to say which file and which
+/// artifact it expected when a column is missing.
+pub struct TableBatch<'a> {
+    pub batch: RecordBatch,
+    path: &'a Path,
+    expected: &'a str,
+}
+
+impl TableBatch<'_> {
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// A string column, or an error naming the file, the column and the
+    /// artifact it should have been.
+    pub fn text(&self, name: &str) -> Result<&StringArray, StageError> {
+        self.batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| self.error(format!("no text column `{name}`")))
+    }
+
+    /// An error about this file, saying what it was expected to be.
+    pub fn error(&self, message: impl std::fmt::Display) -> StageError {
+        StageError::input(self.path, None, format!("{message} (expected {})", self.expected))
+    }
+}
+
+/// A string cell; null reads as empty.
+pub fn cell(column: &StringArray, row: usize) -> String {
+    if column.is_null(row) {
+        String::new()
+    } else {
+        column.value(row).to_string()
+    }
+}
+
+/// Reads a Parquet artifact batch by batch; `expected` names what it should
+/// be ("a corpus artifact (id, lang, text, source)") for error messages.
+pub fn for_each_batch(
+    path: &Path,
+    expected: &str,
+    each: &mut dyn FnMut(&TableBatch) -> Result<(), StageError>,
+) -> Result<(), StageError> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.with_batch_size(1024).build())
-        .map_err(|e| StageError::input(path, None, format!("not a corpus Parquet file: {e}")))?;
+        .map_err(|e| StageError::input(path, None, format!("not a Parquet file: {e} (expected {expected})")))?;
     for batch in reader {
         let batch = batch.map_err(|e| StageError::input(path, None, format!("Parquet read error: {e}")))?;
-        let col = |name: &str| -> Result<&StringArray, StageError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| {
-                    StageError::input(
-                        path,
-                        None,
-                        format!(
-                            "not a corpus artifact: no string column `{name}` (expected {})",
-                            CORPUS_COLUMNS.join(", ")
-                        ),
-                    )
-                })
-        };
-        let (id, lang, text, source) = (col("id")?, col("lang")?, col("text")?, col("source")?);
-        for r in 0..batch.num_rows() {
+        each(&TableBatch { batch, path, expected })?;
+    }
+    Ok(())
+}
+
+/// Streams the documents of a corpus Parquet file, batch by batch.
+pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), StageError>) -> Result<(), StageError> {
+    let expected = format!("a corpus artifact: {}", CORPUS_COLUMNS.join(", "));
+    for_each_batch(path, &expected, &mut |b| {
+        let (id, lang, text, source) = (b.text("id")?, b.text("lang")?, b.text("text")?, b.text("source")?);
+        for r in 0..b.num_rows() {
             each(Document {
                 id: id.value(r).to_string(),
                 lang: lang.value(r).to_string(),
@@ -136,8 +172,8 @@ pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), Sta
                 source: source.value(r).to_string(),
             })?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// One row of an `ingest-instructions` table.
@@ -152,47 +188,20 @@ pub struct Instruction {
 
 /// Every row of an `ingest-instructions` table (instruction sets are small).
 pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>, StageError> {
-    let bad = |m: String| StageError::input(path, None, m);
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(format!("Parquet read error: {e}")))?;
-        let col = |name: &str| -> Result<&StringArray, StageError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "no text column `{name}` (is this an ingest-instructions table?)"
-                    ))
-                })
-        };
-        let cols = [
-            col("id")?,
-            col("lang")?,
-            col("instruction")?,
-            col("input")?,
-            col("output")?,
-        ];
-        let value = |c: usize, r: usize| {
-            if cols[c].is_null(r) {
-                String::new()
-            } else {
-                cols[c].value(r).to_string()
-            }
-        };
-        for r in 0..batch.num_rows() {
+    for_each_batch(path, "an ingest-instructions table", &mut |b| {
+        let (id, lang) = (b.text("id")?, b.text("lang")?);
+        let (instruction, input, output) = (b.text("instruction")?, b.text("input")?, b.text("output")?);
+        for r in 0..b.num_rows() {
             rows.push(Instruction {
-                id: value(0, r),
-                lang: value(1, r),
-                instruction: value(2, r),
-                input: value(3, r),
-                output: value(4, r),
+                id: cell(id, r),
+                lang: cell(lang, r),
+                instruction: cell(instruction, r),
+                input: cell(input, r),
+                output: cell(output, r),
             });
         }
-    }
+        Ok(())
+    })?;
     Ok(rows)
 }

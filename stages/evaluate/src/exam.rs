@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::Array;
-use babelflow_corpus::StringTableWriter;
+use babelflow_corpus::{cell, for_each_batch, StringTableWriter};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
@@ -92,45 +91,51 @@ pub fn prompt(q: &Question, shots: &[&Question]) -> String {
     s
 }
 
+/// The questions of an `ingest-choice` table. A question with fewer than 2
+/// or more than 8 choices, or an answer that is not one of its letters, is
+/// an error naming the file and the question.
 pub fn read_questions(path: &std::path::Path) -> Result<Vec<Question>, StageError> {
-    let bad = |m: String| StageError::input(path, None, m);
-    let file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>().cloned())
-                .ok_or_else(|| bad(format!("no text column `{name}` (is this an ingest-choice table?)")))
-        };
-        let (id, lang, subject) = (text("id")?, text("lang")?, text("subject")?);
-        let (split, question, answer) = (text("split")?, text("question")?, text("answer")?);
-        let choices = batch
+    for_each_batch(path, "an ingest-choice table", &mut |b| {
+        let (id, lang, subject) = (b.text("id")?, b.text("lang")?, b.text("subject")?);
+        let (split, question, answer) = (b.text("split")?, b.text("question")?, b.text("answer")?);
+        let choices = b
+            .batch
             .column_by_name("choices")
-            .and_then(|c| c.as_list_opt::<i32>().cloned())
-            .ok_or_else(|| bad("no list column `choices`".into()))?;
-        for r in 0..batch.num_rows() {
+            .and_then(|c| c.as_list_opt::<i32>())
+            .ok_or_else(|| b.error("no list column `choices`"))?;
+        for r in 0..b.num_rows() {
             let list = choices.value(r);
             let list = list.as_string::<i32>();
-            out.push(Question {
+            let q = Question {
                 id: id.value(r).into(),
                 lang: lang.value(r).into(),
                 subject: subject.value(r).into(),
                 split: split.value(r).into(),
                 question: question.value(r).into(),
                 choices: (0..list.len()).map(|i| list.value(i).to_string()).collect(),
-                answer: if answer.is_null(r) {
-                    String::new()
-                } else {
-                    answer.value(r).trim().to_string()
-                },
-            });
+                answer: cell(answer, r).trim().to_string(),
+            };
+            let n = q.choices.len();
+            if !(2..=LETTERS.len()).contains(&n) {
+                return Err(b.error(format!(
+                    "question `{}` has {n} choices; 2 to {} are supported",
+                    q.id,
+                    LETTERS.len()
+                )));
+            }
+            if !q.answer.is_empty() && !LETTERS[..n].contains(&q.answer.as_str()) {
+                return Err(b.error(format!(
+                    "question `{}` has answer `{}`, not one of {}",
+                    q.id,
+                    q.answer,
+                    LETTERS[..n].join(", ")
+                )));
+            }
+            out.push(q);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

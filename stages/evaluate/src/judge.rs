@@ -14,10 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arrow_array::cast::AsArray;
-use babelflow_corpus::StringTableWriter;
+use babelflow_corpus::{cell, for_each_batch, StringTableWriter};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{json, Value};
 
 use crate::metrics::EvalMetrics;
@@ -72,44 +70,22 @@ struct Answer {
 }
 
 fn read_generations(path: &Path) -> Result<Vec<Answer>, StageError> {
-    let bad = |m: String| StageError::input(path, None, m);
-    let file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>().cloned())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "no text column `{name}` (is this a respond stage's generations.parquet?)"
-                    ))
-                })
-        };
-        let cols = [
-            col("id")?,
-            col("lang")?,
-            col("instruction")?,
-            col("input")?,
-            col("response")?,
-            col("reference")?,
-        ];
-        for r in 0..batch.num_rows() {
-            let v = |c: usize| cols[c].value(r).to_string();
+    for_each_batch(path, "a respond stage's generations.parquet", &mut |b| {
+        let (id, lang, instruction) = (b.text("id")?, b.text("lang")?, b.text("instruction")?);
+        let (input, response, reference) = (b.text("input")?, b.text("response")?, b.text("reference")?);
+        for r in 0..b.num_rows() {
             out.push(Answer {
-                id: v(0),
-                lang: v(1),
-                instruction: v(2),
-                input: v(3),
-                response: v(4),
-                reference: v(5),
+                id: cell(id, r),
+                lang: cell(lang, r),
+                instruction: cell(instruction, r),
+                input: cell(input, r),
+                response: cell(response, r),
+                reference: cell(reference, r),
             });
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -182,15 +158,14 @@ impl Client {
         }
     }
 
-    fn request(&self) -> serde_json::Value {
-        json!({ "model": self.model, "temperature": 0 })
-    }
-
     /// The assistant message's text, after retries; `Err` says why the
     /// last attempt failed.
     pub fn complete(&self, prompt: &str, cancelled: &dyn Fn() -> bool) -> Result<String, String> {
-        let mut body = self.request();
-        body["messages"] = json!([{ "role": "user", "content": prompt }]);
+        let body = json!({
+            "model": self.model,
+            "temperature": 0,
+            "messages": [{ "role": "user", "content": prompt }],
+        });
         let mut delay = self.backoff;
         let mut last_error = String::new();
         for attempt in 0..=self.max_retries {
@@ -331,18 +306,11 @@ impl StageKind for Judge {
         let mut table = StringTableWriter::create(
             &ctx.output("judgments.parquet"),
             &[
-                "id",
-                "lang",
-                "response",
-                "accuracy",
-                "fluency",
-                "informativeness",
-                "logical_coherence",
-                "harmlessness",
-                "avg",
-                "verdict",
-                "judge_reply",
-            ],
+                &["id", "lang", "response"][..],
+                &CRITERIA,
+                &["avg", "verdict", "judge_reply"],
+            ]
+            .concat(),
         )?;
         #[derive(Default)]
         struct Tally {

@@ -187,3 +187,66 @@ fn shots_are_dropped_until_the_prompt_fits_and_ceval_val_is_scored() {
     let rows = predictions(&tight.join("predictions.parquet"));
     assert!(rows.iter().any(|r| r[4] == "0"), "{rows:?}");
 }
+
+/// (id, choices, answer) of a hand-made question.
+type Row<'a> = (&'a str, Vec<&'a str>, &'a str);
+
+/// A questions table written by another tool, with `choices` per row.
+fn questions_table(path: &std::path::Path, rows: &[Row]) {
+    use arrow_array::builder::{ListBuilder, StringBuilder};
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    let text = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
+        std::sync::Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let mut choices = ListBuilder::new(StringBuilder::new());
+    for (_, c, _) in rows {
+        for item in c {
+            choices.values().append_value(item);
+        }
+        choices.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([
+        ("id", text(&|r| r.0.to_string())),
+        ("lang", text(&|_| "en".into())),
+        ("subject", text(&|_| "things".into())),
+        ("split", text(&|_| "test".into())),
+        ("question", text(&|r| format!("Which is {}?", r.0))),
+        ("choices", std::sync::Arc::new(choices.finish()) as ArrayRef),
+        ("answer", text(&|r| r.2.to_string())),
+    ])
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn a_question_the_scorer_cannot_letter_is_an_error_naming_file_and_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, _) = tiny_model(dir.path());
+    let too_many = dir.path().join("nine.parquet");
+    let nine: Vec<&str> = vec!["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    questions_table(&too_many, &[("q1", vec!["x", "y"], "A"), ("q2", nine, "B")]);
+    let bad_answer = dir.path().join("answer.parquet");
+    questions_table(&bad_answer, &[("q3", vec!["x", "y", "z"], "D")]);
+    for (table, says) in [
+        (&too_many, "question `q2` has 9 choices; 2 to 8 are supported"),
+        (&bad_answer, "question `q3` has answer `D`, not one of A, B, C"),
+    ] {
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let err = babelflow_stage::testing::run_kind(
+            kind("exam").as_ref(),
+            json!({"shots": 0}),
+            &babelflow_stage::testing::inputs(&[("model", &[&model_dir]), ("questions", &[table])]),
+            &out,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&table.display().to_string()) && err.contains(says),
+            "{err}"
+        );
+    }
+}
