@@ -4,58 +4,13 @@
 mod common;
 
 use babelflow_evaluate::exam::{argmax, prompt, read_questions, Question, LETTERS};
-use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
+use babelflow_model::burn::tensor::Device;
 use babelflow_tokens::hf::LoadedTokenizer;
 use common::*;
 use serde_json::json;
 
 fn predictions(path: &std::path::Path) -> Vec<Vec<String>> {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        for r in 0..batch.num_rows() {
-            rows.push(
-                ["id", "answer", "by_letters", "by_likelihood", "shots"]
-                    .iter()
-                    .map(|c| {
-                        let col = batch.column_by_name(c).unwrap();
-                        let col = col.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
-                        col.value(r).to_string()
-                    })
-                    .collect(),
-            );
-        }
-    }
-    rows
-}
-
-/// Log-softmax of every position of one unbatched forward pass.
-fn logprobs(model: &babelflow_model::Llama, config: &babelflow_model::LlamaConfig, ids: &[u32]) -> Vec<Vec<f64>> {
-    let device = Device::flex();
-    let rope = babelflow_model::Rope::new(config, ids.len(), &device).unwrap();
-    let x = Tensor::<2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
-        &device,
-    );
-    let logits: Vec<f32> = model
-        .forward(x, &rope, None)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .unwrap();
-    logits
-        .chunks(config.vocab_size)
-        .map(|row| {
-            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
-            let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            row.iter().map(|&x| x as f64 - log_z).collect()
-        })
-        .collect()
+    table(path, &["id", "answer", "by_letters", "by_likelihood", "shots"])
 }
 
 #[test]

@@ -143,22 +143,9 @@ fn judge_scores_retries_caches_and_flags_unparseable_verdicts() {
     assert!(server.auth.lock().unwrap().iter().all(|a| a == "Bearer sk-test-secret"));
 
     // The malformed reply is kept, verbatim, and not scored.
-    let file = std::fs::File::open(out.join("judgments.parquet")).unwrap();
-    let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
-    let col = |n: &str| {
-        let c = batch.column_by_name(n).unwrap();
-        let c = c.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
-        (0..batch.num_rows())
-            .map(|i| c.value(i).to_string())
-            .collect::<Vec<_>>()
-    };
-    let (verdicts, replies, accuracy) = (col("verdict"), col("judge_reply"), col("accuracy"));
+    let rows = table(&out.join("judgments.parquet"), &["verdict", "judge_reply", "accuracy"]);
+    let col = |i: usize| rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>();
+    let (verdicts, replies, accuracy) = (col(0), col(1), col(2));
     assert_eq!(verdicts, ["ok", "ok", "unparseable", "ok"]);
     assert!(replies[2].contains("two out of three"));
     assert_eq!(accuracy[2], "");

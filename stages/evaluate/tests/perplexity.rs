@@ -3,34 +3,15 @@
 
 mod common;
 
-use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
+use babelflow_model::burn::tensor::Device;
 use babelflow_tokens::hf::LoadedTokenizer;
 use common::*;
 use serde_json::json;
 
-/// Σ −log p(next) over `BOS text`, from raw logits, in f64.
+/// Σ −log p(next) over `BOS text`, from the reference log-probabilities.
 fn hand_nll(model: &babelflow_model::Llama, config: &babelflow_model::LlamaConfig, ids: &[u32]) -> f64 {
-    let device = Device::flex();
-    let rope = babelflow_model::Rope::new(config, ids.len(), &device).unwrap();
-    let x = Tensor::<2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
-        &device,
-    );
-    let logits: Vec<f32> = model
-        .forward(x, &rope, None)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .unwrap();
-    let v = config.vocab_size;
-    (0..ids.len() - 1)
-        .map(|j| {
-            let row = &logits[j * v..(j + 1) * v];
-            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
-            let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            log_z - row[ids[j + 1] as usize] as f64
-        })
-        .sum()
+    let lp = logprobs(model, config, ids);
+    (0..ids.len() - 1).map(|j| -lp[j][ids[j + 1] as usize]).sum()
 }
 
 #[test]

@@ -8,34 +8,6 @@ use babelflow_evaluate::codeswitch::Detector;
 use common::*;
 use serde_json::json;
 
-fn table(path: &std::path::Path, columns: &[&str]) -> Vec<Vec<String>> {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        for r in 0..batch.num_rows() {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|c| {
-                        let col = batch.column_by_name(c).unwrap();
-                        col.as_any()
-                            .downcast_ref::<arrow_array::StringArray>()
-                            .unwrap()
-                            .value(r)
-                            .to_string()
-                    })
-                    .collect(),
-            );
-        }
-    }
-    rows
-}
-
 #[test]
 fn answers_are_generated_and_scored_per_language() {
     let dir = tempfile::tempdir().unwrap();

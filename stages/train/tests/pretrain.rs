@@ -1,42 +1,22 @@
 //! `pretrain` on the shipped samples: held-out loss falls, the result is an
 //! HF folder, metrics are complete, and a diverging run stops at its step.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use babelflow_stage::testing::{inputs, run_kind};
-use babelflow_stage::StageKind;
+use common::{kind, out, try_run};
 use serde_json::{json, Value};
-
-fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
-    babelflow_corpus::kinds()
-        .into_iter()
-        .chain(babelflow_tokens::kinds())
-        .chain(babelflow_model::kinds())
-        .chain(babelflow_train::kinds())
-        .find(|k| k.name() == name)
-        .unwrap()
-}
-
-fn out(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-fn run(dir: &Path, name: &str, k: &str, params: Value, ins: &[(&str, &[&Path])]) -> Result<PathBuf, String> {
-    let o = out(dir, name);
-    run_kind(kind(k).as_ref(), params, &inputs(ins), &o).map_err(|e| e.to_string())?;
-    Ok(o)
-}
 
 /// Tokens for training (en + sw, minus held-out paragraphs) and the held-out English.
 fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let samples = babelflow_stage::testing::package_dir().join("../../data/samples/text");
     let (en, sw) = (samples.join("en.txt"), samples.join("sw.txt"));
-    let corpus = run(dir, "corpus", "ingest", json!({"lang": "en"}), &[("files", &[&en])]).unwrap();
-    let corpus_sw = run(dir, "corpus_sw", "ingest", json!({"lang": "sw"}), &[("files", &[&sw])]).unwrap();
+    let corpus = try_run(dir, "corpus", "ingest", json!({"lang": "en"}), &[("files", &[&en])]).unwrap();
+    let corpus_sw = try_run(dir, "corpus_sw", "ingest", json!({"lang": "sw"}), &[("files", &[&sw])]).unwrap();
     let table = corpus.join("corpus.parquet");
-    let split = run(
+    let split = try_run(
         dir,
         "split",
         "split",
@@ -46,7 +26,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     .unwrap();
     let train_en = split.join("train.parquet");
     let sw_table = corpus_sw.join("corpus.parquet");
-    let tok = run(
+    let tok = try_run(
         dir,
         "tok",
         "train-tokenizer",
@@ -55,7 +35,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     let tok = tok.join("tokenizer.json");
-    let t_en = run(
+    let t_en = try_run(
         dir,
         "t_en",
         "tokenize",
@@ -63,7 +43,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         &[("corpus", &[&train_en]), ("tokenizer", &[&tok])],
     )
     .unwrap();
-    let t_sw = run(
+    let t_sw = try_run(
         dir,
         "t_sw",
         "tokenize",
@@ -72,7 +52,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     let held = split.join("validation.parquet");
-    let val = run(
+    let val = try_run(
         dir,
         "val",
         "tokenize",
@@ -81,7 +61,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     let (a, b) = (t_en.join("tokens.bin"), t_sw.join("tokens.bin"));
-    let mix = run(dir, "mix", "mix", json!({"temperature": 1.0}), &[("tokens", &[&a, &b])]).unwrap();
+    let mix = try_run(dir, "mix", "mix", json!({"temperature": 1.0}), &[("tokens", &[&a, &b])]).unwrap();
     (mix.join("tokens.bin"), val.join("tokens.bin"), tok)
 }
 
@@ -89,7 +69,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
     let dir = tempfile::tempdir().unwrap();
     let (train, val, tok) = data(dir.path());
-    let init = run(
+    let init = try_run(
         dir.path(),
         "init",
         "init-model",
@@ -98,7 +78,7 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
     )
     .unwrap();
     let model = init.join("model");
-    let trained = run(
+    let trained = try_run(
         dir.path(),
         "pretrain",
         "pretrain",
@@ -156,7 +136,7 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
 fn a_diverging_run_stops_naming_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _, tok) = data(dir.path());
-    let init = run(
+    let init = try_run(
         dir.path(),
         "init",
         "init-model",
@@ -165,7 +145,7 @@ fn a_diverging_run_stops_naming_the_step() {
     )
     .unwrap();
     let model = init.join("model");
-    let err = run(
+    let err = try_run(
         dir.path(),
         "pretrain",
         "pretrain",
@@ -208,7 +188,7 @@ fn loss_rows(metrics: &Path) -> Vec<(u64, String, f64)> {
 }
 
 fn tiny_model(dir: &Path, tok: &Path) -> PathBuf {
-    run(
+    try_run(
         dir,
         "init",
         "init-model",
@@ -281,7 +261,7 @@ fn embeddings_mode_leaves_every_transformer_weight_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _, tok) = data(dir.path());
     let model = tiny_model(dir.path(), &tok);
-    let trained = run(
+    let trained = try_run(
         dir.path(),
         "emb",
         "pretrain",
@@ -304,7 +284,7 @@ fn lora_trains_adapters_only_and_exports_merged_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _, tok) = data(dir.path());
     let model = tiny_model(dir.path(), &tok);
-    let trained = run(
+    let trained = try_run(
         dir.path(),
         "lora",
         "pretrain",

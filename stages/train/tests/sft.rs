@@ -1,34 +1,18 @@
 //! `sft` on the shipped Bactrian-X samples: the loss counts responses only,
 //! it falls, and the result is an HF model folder.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use babelflow_corpus::template::Template;
 use babelflow_model::burn::tensor::Device;
 use babelflow_model::loss::cross_entropy;
-use babelflow_stage::testing::{inputs, run_kind};
-use babelflow_stage::StageKind;
 use babelflow_tokens::hf::LoadedTokenizer;
 use babelflow_train::sft::{encode, InstructionSet};
 use babelflow_train::trainer::{tensors, Examples};
+use common::run;
 use serde_json::{json, Value};
-
-fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
-    babelflow_corpus::kinds()
-        .into_iter()
-        .chain(babelflow_tokens::kinds())
-        .chain(babelflow_model::kinds())
-        .chain(babelflow_train::kinds())
-        .find(|k| k.name() == name)
-        .unwrap()
-}
-
-fn run(dir: &Path, name: &str, k: &str, params: Value, ins: &[(&str, &[&Path])]) -> PathBuf {
-    let o = dir.join(name);
-    std::fs::create_dir_all(&o).unwrap();
-    run_kind(kind(k).as_ref(), params, &inputs(ins), &o).unwrap_or_else(|e| panic!("{k}: {e}"));
-    o
-}
 
 /// Instruction tables (en, sw), a tokenizer trained on sample text, and a tiny model.
 fn setup(dir: &Path) -> (Vec<PathBuf>, PathBuf, PathBuf) {

@@ -67,3 +67,43 @@ pub fn tiny_model(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
 pub fn stats(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap()
 }
+
+/// The given string columns of a Parquet file, row by row.
+pub fn table(path: &Path, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    babelflow_corpus::for_each_batch(path, "a test table", &mut |b| {
+        let cols: Vec<_> = columns.iter().map(|c| b.text(c)).collect::<Result<_, _>>()?;
+        for r in 0..b.num_rows() {
+            rows.push(cols.iter().map(|c| babelflow_corpus::cell(c, r)).collect());
+        }
+        Ok(())
+    })
+    .unwrap();
+    rows
+}
+
+/// log p(· | ids[..=j]) for every position j, from one unbatched forward
+/// pass, softmax taken in f64: the reference the stages are checked against.
+pub fn logprobs(model: &babelflow_model::Llama, config: &babelflow_model::LlamaConfig, ids: &[u32]) -> Vec<Vec<f64>> {
+    use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
+    let device = Device::flex();
+    let rope = babelflow_model::Rope::new(config, ids.len(), &device).unwrap();
+    let x = Tensor::<2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
+        &device,
+    );
+    let logits: Vec<f32> = model
+        .forward(x, &rope, None)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    logits
+        .chunks(config.vocab_size)
+        .map(|row| {
+            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+            let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            row.iter().map(|&x| x as f64 - log_z).collect()
+        })
+        .collect()
+}
