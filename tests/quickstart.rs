@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ran, repo_root, Project};
+use common::{ran, repo_root, stats_of, Project};
 
 #[test]
 fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
@@ -50,12 +50,8 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
     let plan = p.plan(recipe, &["--store", store]);
     for inst in plan["instances"].as_array().unwrap() {
         let name = inst["name"].as_str().unwrap();
-        let dir = std::path::Path::new(store)
-            .join("artifacts")
-            .join(inst["fingerprint"].as_str().unwrap());
         if let Some(lang) = name.strip_prefix("tokens@") {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let stats = stats_of(&p, &plan, name);
             let f = &stats["languages"][lang];
             let row = format!(
                 "<tr><td>{name}</td><td>{lang}</td><td class=\"num\">{}</td><td class=\"num\">{:.3}</td>",
@@ -70,8 +66,7 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
             )));
         }
         if name == "pretrain" {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let stats = stats_of(&p, &plan, name);
             for lang in ["en", "sw", "hi"] {
                 let (before, after) = (
                     stats["validation_loss_start"][lang].as_f64().unwrap(),
@@ -90,8 +85,7 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
             }
         }
         if let Some(model) = name.strip_prefix("perplexity@") {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let stats = stats_of(&p, &plan, name);
             for lang in ["en", "sw", "hi"] {
                 let v = &stats["per_lang"][lang];
                 let row = format!(
@@ -103,16 +97,14 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
             }
         }
         if name == "sft" {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let stats = stats_of(&p, &plan, name);
             assert_eq!(
                 stats["examples_per_lang"],
                 serde_json::json!({"en": 4, "sw": 4, "hi": 4})
             );
         }
         if let Some(lang) = name.strip_prefix("corpus@") {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
+            let stats = stats_of(&p, &plan, name);
             let kept = &stats["languages"][lang];
             assert!(
                 md.contains(&format!(

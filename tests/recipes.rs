@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ran, repo_root, to_run, Project};
+use common::{ran, repo_root, stats_of, to_run, Project};
 
 #[test]
 fn low_resource_13_runs_every_chain_and_one_languages_tuning_reruns_alone() {
@@ -58,18 +58,10 @@ fn forgetting_shows_english_kept_by_the_bilingual_mix() {
     let store = store.to_str().unwrap();
     p.ok(&["run", recipe, "--store", store]);
     let plan = p.plan(recipe, &["--store", store]);
-    let english_bits_per_char = |instance: &str| -> f64 {
-        let inst = plan["instances"]
-            .as_array()
+    let english_bits_per_char = |instance: &str| {
+        stats_of(&p, &plan, instance)["per_lang"]["en"]["bits_per_char"]
+            .as_f64()
             .unwrap()
-            .iter()
-            .find(|i| i["name"] == instance)
-            .unwrap();
-        let dir = std::path::Path::new(store)
-            .join("artifacts")
-            .join(inst["fingerprint"].as_str().unwrap());
-        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("stats.json")).unwrap()).unwrap();
-        stats["per_lang"]["en"]["bits_per_char"].as_f64().unwrap()
     };
     let (base, target_only, bilingual) = (
         english_bits_per_char("perplexity_base"),

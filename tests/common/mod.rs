@@ -61,7 +61,8 @@ impl Project {
     }
 }
 
-/// The artifact folder of an instance, by its fingerprint in a `plan --json`.
+/// The artifact folder of an instance: the plan's store (relative paths are
+/// the project's, where commands run) and the instance's fingerprint.
 pub fn artifact_dir(p: &Project, plan: &serde_json::Value, name: &str) -> PathBuf {
     let inst = plan["instances"]
         .as_array()
@@ -69,8 +70,19 @@ pub fn artifact_dir(p: &Project, plan: &serde_json::Value, name: &str) -> PathBu
         .iter()
         .find(|i| i["name"] == name)
         .unwrap_or_else(|| panic!("{name} not in plan"));
-    p.path(".babelflow/artifacts")
-        .join(inst["fingerprint"].as_str().unwrap())
+    let store = std::path::Path::new(plan["store"].as_str().expect("plan --json names its store"));
+    let store = if store.is_absolute() {
+        store.to_path_buf()
+    } else {
+        p.path(store.to_str().unwrap())
+    };
+    store.join("artifacts").join(inst["fingerprint"].as_str().unwrap())
+}
+
+/// The stats.json of an instance's artifact.
+pub fn stats_of(p: &Project, plan: &serde_json::Value, name: &str) -> serde_json::Value {
+    let path = artifact_dir(p, plan, name).join("stats.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 /// Names of the instances a `plan --json` says will run.
