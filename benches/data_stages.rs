@@ -34,6 +34,18 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // utime and stime are fields 14 and 15 of stat(5); 100 ticks per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Paragraphs of the 15 sample languages, numbered so none is a duplicate.
 fn generate(path: &Path, megabytes: usize) {
     let root = babelflow_stage::testing::package_dir().join("data/samples/text");
@@ -95,9 +107,10 @@ fn child(mode: &str, dir: &Path) {
                 serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
             let n = stats["tokens"].as_f64().unwrap();
             println!(
-                "{mode:14} {n:10.0} tokens in {s:6.2} s = {:9.0} tokens/s, peak RSS {:7.1} MB",
+                "{mode:14} {n:10.0} tokens in {s:6.2} s = {:9.0} tokens/s, peak RSS {:7.1} MB, CPU {:.1} s",
                 n / s,
-                peak_rss_mb()
+                peak_rss_mb(),
+                cpu_seconds()
             );
         }
         "encode-bare" => {
@@ -110,6 +123,7 @@ fn child(mode: &str, dir: &Path) {
             })
             .unwrap();
             let start = Instant::now();
+            let cpu_start = cpu_seconds();
             let mut n = 0usize;
             for chunk in texts.chunks(1024) {
                 let enc = tok
@@ -119,8 +133,9 @@ fn child(mode: &str, dir: &Path) {
             }
             let s = start.elapsed().as_secs_f64();
             println!(
-                "{mode:14} {n:10} tokens in {s:6.2} s = {:9.0} tokens/s (texts preloaded)",
-                n as f64 / s
+                "{mode:14} {n:10} tokens in {s:6.2} s = {:9.0} tokens/s (texts preloaded), CPU {:.1} s",
+                n as f64 / s,
+                cpu_seconds() - cpu_start
             );
         }
         other => panic!("unknown mode {other}"),
@@ -145,16 +160,25 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let me = std::env::current_exe().unwrap();
-    let run = |mode: &str, threads: Option<&str>| {
-        let mut c = Command::new(&me);
-        c.args(["--child", mode, dir.path().to_str().unwrap()]);
-        if let Some(t) = threads {
-            c.env("RAYON_NUM_THREADS", t);
-        }
-        assert!(c.status().unwrap().success(), "{mode} failed");
+    // Runs one measurement in a child process; returns its rate (the number
+    // before "tokens/s" or "MB/s").
+    let run = |mode: &str| -> f64 {
+        let out = Command::new(&me)
+            .args(["--child", mode, dir.path().to_str().unwrap()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{mode} failed");
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        print!("{line}");
+        line.split(" = ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(f64::NAN)
     };
-    run("ingest-plain", None);
-    run("ingest-clean", None);
+    run("ingest-plain");
+    run("ingest-clean");
     if Command::new("python3")
         .args(["-c", "import pyarrow"])
         .status()
@@ -202,6 +226,20 @@ print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {
         &tok_dir,
     )
     .unwrap();
-    run("tokenize", None);
-    run("encode-bare", None);
+    // Interleaved repeats: the machine's other load shifts both alike.
+    let repeats: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut ratios: Vec<f64> = (0..repeats).map(|_| run("tokenize") / run("encode-bare")).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "tokenize / bare encode_batch: {} (median {:.0} %)",
+        ratios
+            .iter()
+            .map(|r| format!("{:.0} %", r * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ratios[ratios.len() / 2] * 100.0
+    );
 }

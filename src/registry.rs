@@ -51,3 +51,24 @@ impl Registry {
         self.kinds.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Registry;
+
+    /// A default is JSON text; one that does not parse or has the wrong type
+    /// breaks every recipe that leaves the parameter out.
+    #[test]
+    fn every_parameter_default_parses_and_has_its_declared_type() {
+        for kind in Registry::builtin().kinds() {
+            for p in kind.params() {
+                let Some(text) = p.default else { continue };
+                let value: serde_json::Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("{}.{}: default {text:?} is not JSON: {e}", kind.name(), p.name));
+                if let Err(e) = p.ty.coerce(&value) {
+                    panic!("{}.{}: default {text}: {e}", kind.name(), p.name);
+                }
+            }
+        }
+    }
+}

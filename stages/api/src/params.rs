@@ -226,6 +226,16 @@ impl Params {
         }
     }
 
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, StageError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| Self::mistyped(name, "true or false")),
+        }
+    }
+
     pub fn str_list(&self, name: &str) -> Result<Vec<String>, StageError> {
         match self.get(name) {
             None => Ok(Vec::new()),

@@ -12,6 +12,153 @@ use crate::hf::{hex, LoadedTokenizer};
 
 pub struct Tokenize;
 
+/// Reading, encoding and writing overlap: a reader thread decodes Parquet
+/// batches, the calling thread encodes them on all cores (the tokenizers
+/// crate's rayon pool), and a writer thread counts fertility and appends ids
+/// and index rows. Run one after another, the reading and writing left the
+/// cores idle for a tenth of the time.
+struct Pipeline<'a> {
+    ctx: &'a StageContext<'a>,
+    tok: &'a LoadedTokenizer,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    batch_docs: usize,
+}
+
+struct Written {
+    tokens: TokenWriter,
+    index: IndexWriter,
+    fertility: FertilityCounter,
+    docs: u64,
+}
+
+/// Batches in flight between two threads: enough to hide a slow batch,
+/// few enough to keep memory bounded.
+const IN_FLIGHT: usize = 2;
+
+impl Pipeline<'_> {
+    fn run(&self, tokens: TokenWriter, index: IndexWriter) -> Result<Written, StageError> {
+        let (doc_tx, doc_rx) = crossbeam_channel::bounded::<Vec<Document>>(IN_FLIGHT);
+        let (enc_tx, enc_rx) = crossbeam_channel::bounded::<(Vec<Document>, Vec<Vec<u32>>)>(IN_FLIGHT);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || self.read(doc_tx));
+            let writer = scope.spawn(move || self.write(enc_rx, tokens, index));
+            let encoded = self.encode(doc_rx, enc_tx);
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(StageError::failed("the corpus reader panicked")));
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(StageError::failed("the token writer panicked")));
+            // A stage that stopped early makes the others stop with `Stopped`;
+            // report the error that caused it.
+            let written = match (written, read, encoded) {
+                (Err(e), _, _) if !is_stopped(&e) => return Err(e),
+                (_, Err(e), _) if !is_stopped(&e) => return Err(e),
+                (_, _, Err(e)) => return Err(e),
+                (written, _, _) => written?,
+            };
+            Ok(written)
+        })
+    }
+
+    fn read(&self, out: crossbeam_channel::Sender<Vec<Document>>) -> Result<(), StageError> {
+        let mut batch = Vec::with_capacity(self.batch_docs);
+        for item in self.ctx.input("corpus") {
+            read_corpus(&item.path, &mut |doc| {
+                batch.push(doc);
+                if batch.len() >= self.batch_docs {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_docs));
+                    out.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            })?;
+        }
+        if !batch.is_empty() {
+            out.send(batch).map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+
+    fn encode(
+        &self,
+        input: crossbeam_channel::Receiver<Vec<Document>>,
+        out: crossbeam_channel::Sender<(Vec<Document>, Vec<Vec<u32>>)>,
+    ) -> Result<(), StageError> {
+        for batch in input {
+            self.ctx.check_cancelled()?;
+            let texts: Vec<&str> = batch.iter().map(|d| d.text.as_str()).collect();
+            let encodings = self
+                .tok
+                .tokenizer
+                .encode_batch(texts, false)
+                .map_err(|e| StageError::failed(format!("tokenizer failed: {e}")))?;
+            // Only the ids travel on. An encoding holds a string per token:
+            // freed here, on the thread that waits for the pool anyway, they
+            // do not contend for the allocator with the pool's threads.
+            let ids: Vec<Vec<u32>> = encodings.into_iter().map(|e| e.get_ids().to_vec()).collect();
+            if out.send((batch, ids)).is_err() {
+                // The writer failed; its error is the one to report.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        input: crossbeam_channel::Receiver<(Vec<Document>, Vec<Vec<u32>>)>,
+        mut tokens: TokenWriter,
+        mut index: IndexWriter,
+    ) -> Result<Written, StageError> {
+        let mut fertility = FertilityCounter::default();
+        let mut docs = 0u64;
+        let mut ids = Vec::new();
+        for (batch, encodings) in input {
+            for (doc, text_ids) in batch.iter().zip(&encodings) {
+                fertility.add(&doc.lang, &doc.text, text_ids, &self.tok.is_byte_fallback);
+                let offset = tokens.tokens_written();
+                ids.clear();
+                ids.extend(self.bos);
+                ids.extend_from_slice(text_ids);
+                ids.extend(self.eos);
+                tokens.write(&ids)?;
+                index.push(DocEntry {
+                    id: doc.id.clone(),
+                    lang: doc.lang.clone(),
+                    offset,
+                    n_tokens: ids.len() as u64,
+                    n_chars: doc.text.chars().count() as u64,
+                    n_bytes: doc.text.len() as u64,
+                })?;
+            }
+            docs += batch.len() as u64;
+            self.ctx.progress(
+                docs,
+                None,
+                &format!("{docs} documents, {} tokens", tokens.tokens_written()),
+            );
+        }
+        Ok(Written {
+            tokens,
+            index,
+            fertility,
+            docs,
+        })
+    }
+}
+
+/// What a pipeline thread returns when another one hung up on it.
+fn stopped() -> StageError {
+    StageError::failed(STOPPED)
+}
+
+const STOPPED: &str = "stopped because another part of the pipeline failed";
+
+fn is_stopped(e: &StageError) -> bool {
+    matches!(e, StageError::Failed(m) if m == STOPPED)
+}
+
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::with_default(
         "add_bos",
@@ -96,61 +243,21 @@ impl StageKind for Tokenize {
         };
         let batch_docs = p.usize("batch_docs")?.max(1);
 
-        let mut tokens = TokenWriter::create(&ctx.output("tokens.bin"), tok.vocab_size, tok.hash)?;
-        let mut index = IndexWriter::create(&ctx.output("index.parquet"))?;
-        let mut fertility = FertilityCounter::default();
-        let mut batch: Vec<Document> = Vec::with_capacity(batch_docs);
-        let mut docs = 0u64;
-
-        let mut encode_batch = |batch: &mut Vec<Document>,
-                                tokens: &mut TokenWriter,
-                                index: &mut IndexWriter,
-                                fertility: &mut FertilityCounter|
-         -> Result<(), StageError> {
-            ctx.check_cancelled()?;
-            let texts: Vec<&str> = batch.iter().map(|d| d.text.as_str()).collect();
-            let encodings = tok
-                .tokenizer
-                .encode_batch(texts, false)
-                .map_err(|e| StageError::failed(format!("tokenizer failed: {e}")))?;
-            for (doc, enc) in batch.iter().zip(&encodings) {
-                let text_ids = enc.get_ids();
-                fertility.add(&doc.lang, &doc.text, text_ids, &tok.is_byte_fallback);
-                let offset = tokens.tokens_written();
-                let mut ids = Vec::with_capacity(text_ids.len() + 2);
-                ids.extend(bos);
-                ids.extend_from_slice(text_ids);
-                ids.extend(eos);
-                tokens.write(&ids)?;
-                index.push(DocEntry {
-                    id: doc.id.clone(),
-                    lang: doc.lang.clone(),
-                    offset,
-                    n_tokens: ids.len() as u64,
-                    n_chars: doc.text.chars().count() as u64,
-                    n_bytes: doc.text.len() as u64,
-                })?;
-            }
-            docs += batch.len() as u64;
-            ctx.progress(
-                docs,
-                None,
-                &format!("{docs} documents, {} tokens", tokens.tokens_written()),
-            );
-            batch.clear();
-            Ok(())
+        let tokens = TokenWriter::create(&ctx.output("tokens.bin"), tok.vocab_size, tok.hash)?;
+        let index = IndexWriter::create(&ctx.output("index.parquet"))?;
+        let pipeline = Pipeline {
+            ctx,
+            tok: &tok,
+            bos,
+            eos,
+            batch_docs,
         };
-
-        for item in ctx.input("corpus") {
-            read_corpus(&item.path, &mut |doc| {
-                batch.push(doc);
-                if batch.len() >= batch_docs {
-                    encode_batch(&mut batch, &mut tokens, &mut index, &mut fertility)?;
-                }
-                Ok(())
-            })?;
-        }
-        encode_batch(&mut batch, &mut tokens, &mut index, &mut fertility)?;
+        let Written {
+            tokens,
+            index,
+            fertility,
+            docs,
+        } = pipeline.run(tokens, index)?;
         let header = tokens.finish()?;
         index.finish()?;
         std::fs::copy(tokenizer_path, ctx.output("tokenizer.json")).map_err(|e| StageError::io(tokenizer_path, e))?;

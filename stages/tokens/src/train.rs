@@ -1,6 +1,9 @@
-//! The `train-tokenizer` kind: a LLaMA-style BPE tokenizer (SentencePiece-like
-//! `▁` word marks, byte fallback through `<0x00>`..`<0xFF>` pieces) trained
-//! with the tokenizers crate's BPE trainer on corpus Parquet.
+//! The `train-tokenizer` kind: a BPE tokenizer trained with the tokenizers
+//! crate's trainer on corpus Parquet, in either of the LLaMA family's two
+//! layouts: `sentencepiece` (LLaMA-1/2: `▁` word marks, byte fallback through
+//! `<0x00>`..`<0xFF>` pieces) or `byte-level` (LLaMA-3: a regex split into
+//! words, then GPT-2 byte-to-character mapping, so every byte is a token and
+//! nothing is ever unknown).
 
 use std::str::FromStr;
 
@@ -9,6 +12,7 @@ use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, Sta
 use serde_json::{json, Map, Value};
 use tokenizers::models::bpe::BpeTrainerBuilder;
 use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 pub struct TrainTokenizer;
@@ -21,16 +25,21 @@ const PARAMS: &[ParamSpec] = &[
         "size of the whole vocabulary, special and byte pieces included",
     ),
     ParamSpec::with_default(
+        "style",
+        ParamType::Choice(&["sentencepiece", "byte-level"]),
+        r#""sentencepiece""#,
+        "sentencepiece (LLaMA-1/2: ▁ word marks, byte fallback) or byte-level (LLaMA-3, tiktoken-style)",
+    ),
+    ParamSpec::optional(
         "special_tokens",
         ParamType::StrList,
-        r#"["<unk>", "<s>", "</s>"]"#,
-        "special tokens, given the first ids in this order (the first is the unknown token)",
+        "special tokens, given the first ids in this order (sentencepiece: the first is the unknown \
+         token, default [<unk>, <s>, </s>]; byte-level: default [<|begin_of_text|>, <|end_of_text|>])",
     ),
-    ParamSpec::with_default(
+    ParamSpec::optional(
         "byte_fallback",
         ParamType::Bool,
-        "true",
-        "add the 256 <0xNN> byte pieces so no text is ever unknown (as LLaMA-1/2)",
+        "sentencepiece style: add the 256 <0xNN> byte pieces so no text is ever unknown (default true)",
     ),
     ParamSpec::with_default(
         "min_frequency",
@@ -52,6 +61,66 @@ const INPUTS: &[InputSpec] = &[InputSpec {
     many: true,
     doc: "corpus Parquet to learn from",
 }];
+
+/// The tokenizer layouts of the LLaMA family.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Style {
+    SentencePiece,
+    ByteLevel,
+}
+
+impl Style {
+    fn of(params: &Params) -> Style {
+        match params.opt_str("style") {
+            Ok(Some("byte-level")) => Style::ByteLevel,
+            _ => Style::SentencePiece,
+        }
+    }
+
+    fn special_tokens(self, params: &Params) -> Result<Vec<String>, StageError> {
+        if params.get("special_tokens").is_some() {
+            return params.str_list("special_tokens");
+        }
+        let defaults: &[&str] = match self {
+            Style::SentencePiece => &["<unk>", "<s>", "</s>"],
+            Style::ByteLevel => &["<|begin_of_text|>", "<|end_of_text|>"],
+        };
+        Ok(defaults.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn byte_fallback(self, params: &Params) -> Result<bool, StageError> {
+        Ok(self == Style::SentencePiece && params.opt_bool("byte_fallback")?.unwrap_or(true))
+    }
+}
+
+/// LLaMA-3's word split (the cl100k pattern): contractions, letter runs with
+/// one leading non-letter, numbers of up to three digits, punctuation runs,
+/// newlines, and spaces that are not followed by a word.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// An untrained byte-level tokenizer with LLaMA-3's conventions, as HF JSON.
+/// `ignore_merges` as LLaMA-3: a word that is itself a token is one token.
+pub fn byte_level_skeleton() -> Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
+            "vocab": {}, "merges": []
+        }
+    })
+}
 
 /// An untrained tokenizer with LLaMA's conventions, as HF JSON.
 pub fn llama_style_skeleton(unk: &str, byte_fallback: bool) -> Value {
@@ -121,7 +190,7 @@ impl StageKind for TrainTokenizer {
         "1"
     }
     fn summary(&self) -> &'static str {
-        "train a LLaMA-style byte-fallback BPE tokenizer.json on a corpus"
+        "train a LLaMA-style BPE tokenizer.json (sentencepiece-like or byte-level) on a corpus"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -134,20 +203,28 @@ impl StageKind for TrainTokenizer {
     }
     fn check(&self, params: &Params) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        let specials = params.str_list("special_tokens").unwrap_or_default();
-        if specials.is_empty() {
+        let style = Style::of(params);
+        let specials = style.special_tokens(params).unwrap_or_default();
+        if specials.is_empty() && style == Style::SentencePiece {
             problems.push(("special_tokens".into(), "needs at least the unknown token".into()));
         }
-        let floor = specials.len() as i64
-            + if params.bool("byte_fallback").unwrap_or(true) {
-                256
-            } else {
-                0
-            };
+        if style == Style::ByteLevel && params.opt_bool("byte_fallback").ok().flatten() == Some(true) {
+            problems.push((
+                "byte_fallback".into(),
+                "a byte-level tokenizer has every byte as a token already; leave byte_fallback out".into(),
+            ));
+        }
+        // Both layouts reserve 256 byte tokens: byte pieces, or the byte alphabet.
+        let bytes = if style == Style::ByteLevel || style.byte_fallback(params).unwrap_or(true) {
+            256
+        } else {
+            0
+        };
+        let floor = specials.len() as i64 + bytes;
         if params.i64("vocab_size").is_ok_and(|v| v <= floor) {
             problems.push((
                 "vocab_size".into(),
-                format!("must exceed {floor} (special tokens + byte pieces)"),
+                format!("must exceed {floor} (special tokens + the 256 byte tokens)"),
             ));
         }
         problems
@@ -155,8 +232,9 @@ impl StageKind for TrainTokenizer {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
-        let specials = p.str_list("special_tokens")?;
-        let byte_fallback = p.bool("byte_fallback")?;
+        let style = Style::of(p);
+        let specials = style.special_tokens(p)?;
+        let byte_fallback = style.byte_fallback(p)?;
         let vocab_size = p.usize("vocab_size")?;
         let max_chars = p.usize("max_training_chars")?;
 
@@ -174,17 +252,23 @@ impl StageKind for TrainTokenizer {
         ctx.log(&format!("training on {} documents, {chars} characters", texts.len()));
         ctx.check_cancelled()?;
 
-        let skeleton = llama_style_skeleton(&specials[0], byte_fallback);
+        let skeleton = match style {
+            Style::SentencePiece => llama_style_skeleton(&specials[0], byte_fallback),
+            Style::ByteLevel => byte_level_skeleton(),
+        };
         let mut tokenizer = Tokenizer::from_str(&skeleton.to_string())
             .map_err(|e| StageError::failed(format!("building the tokenizer skeleton: {e}")))?;
         let learned = vocab_size - if byte_fallback { 256 } else { 0 };
-        let trainer = BpeTrainerBuilder::new()
+        let mut builder = BpeTrainerBuilder::new()
             .vocab_size(learned)
             .min_frequency(p.usize("min_frequency")? as u64)
             .special_tokens(specials.iter().map(|s| AddedToken::from(s.clone(), true)).collect())
-            .show_progress(false)
-            .build();
-        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+            .show_progress(false);
+        if style == Style::ByteLevel {
+            // All 256 byte characters, seen in the corpus or not: nothing is ever unknown.
+            builder = builder.initial_alphabet(ByteLevel::alphabet().into_iter().collect());
+        }
+        let mut trainer = TrainerWrapper::BpeTrainer(builder.build());
         tokenizer
             .train(&mut trainer, texts.iter())
             .map_err(|e| StageError::failed(format!("training failed: {e}")))?;

@@ -41,12 +41,16 @@ fn corpus(dir: &Path, lang: &str) -> PathBuf {
 }
 
 fn train(dir: &Path, corpora: &[PathBuf], vocab_size: u32) -> PathBuf {
-    let out = dir.join("tok");
+    train_style(dir, corpora, vocab_size, "sentencepiece")
+}
+
+fn train_style(dir: &Path, corpora: &[PathBuf], vocab_size: u32, style: &str) -> PathBuf {
+    let out = dir.join(format!("tok-{style}"));
     std::fs::create_dir_all(&out).unwrap();
     let refs: Vec<&Path> = corpora.iter().map(PathBuf::as_path).collect();
     run_kind(
         kind("train-tokenizer").as_ref(),
-        json!({"vocab_size": vocab_size}),
+        json!({"vocab_size": vocab_size, "style": style}),
         &inputs(&[("corpus", &refs)]),
         &out,
     )
@@ -72,12 +76,49 @@ fn ids_equal_the_tokenizers_own_encode_in_all_15_languages_and_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let corpora: Vec<PathBuf> = LANGS.iter().map(|l| corpus(dir.path(), l)).collect();
     let tok_path = train(dir.path(), &corpora, 2000);
-    let reference = Tokenizer::from_file(&tok_path).unwrap();
-    let bos = reference.token_to_id("<s>").unwrap();
-    let eos = reference.token_to_id("</s>").unwrap();
+    check_ids_and_round_trip(dir.path(), &corpora, &tok_path, ("<s>", "</s>"));
+}
 
-    for (lang, corpus_path) in LANGS.iter().zip(&corpora) {
-        let out = tokenize(dir.path(), &format!("tokens-{lang}"), corpus_path, &tok_path);
+/// LLaMA-3's layout: a regex word split, bytes mapped to characters, no
+/// unknown token and no byte fallback — every byte is a token of its own.
+#[test]
+fn a_byte_level_tokenizer_like_llama_3s_gives_its_own_ids_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpora: Vec<PathBuf> = LANGS.iter().map(|l| corpus(dir.path(), l)).collect();
+    let tok_path = train_style(dir.path(), &corpora, 2000, "byte-level");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&tok_path).unwrap()).unwrap();
+    assert_eq!(doc["pre_tokenizer"]["pretokenizers"][1]["type"], "ByteLevel");
+    assert_eq!(doc["model"]["byte_fallback"], false);
+    let stats = check_ids_and_round_trip(
+        dir.path(),
+        &corpora,
+        &tok_path,
+        ("<|begin_of_text|>", "<|end_of_text|>"),
+    );
+    for lang in LANGS {
+        assert_eq!(
+            stats[lang]["byte_fallback_share"], 0.0,
+            "{lang}: byte-level has no fallback pieces"
+        );
+    }
+    // Text in a script the tokenizer never saw still encodes without loss.
+    let reference = Tokenizer::from_file(&tok_path).unwrap();
+    let unseen = "Ελληνικά και 日本語 🙂";
+    let ids = reference.encode(unseen, false).unwrap();
+    assert_eq!(reference.decode(ids.get_ids(), true).unwrap(), unseen);
+}
+
+/// Tokenizes every language's sample with `tok_path` and checks each
+/// document's ids against the tokenizers crate's own `encode` (between BOS
+/// and EOS) and that decoding gives the text back. Returns the stage's
+/// fertility per language.
+fn check_ids_and_round_trip(dir: &Path, corpora: &[PathBuf], tok_path: &Path, (bos, eos): (&str, &str)) -> Value {
+    let reference = Tokenizer::from_file(tok_path).unwrap();
+    let bos = reference.token_to_id(bos).unwrap();
+    let eos = reference.token_to_id(eos).unwrap();
+    let mut fertility = json!({});
+    for (lang, corpus_path) in LANGS.iter().zip(corpora) {
+        let out = tokenize(dir, &format!("tokens-{lang}"), corpus_path, tok_path);
         let file = TokenFile::open(&out.join("tokens.bin")).unwrap();
         assert_eq!(file.header.id_bytes, 2, "a 2000-token vocabulary fits u16");
         let index = read_index(&out.join("index.parquet")).unwrap();
@@ -103,7 +144,9 @@ fn ids_equal_the_tokenizers_own_encode_in_all_15_languages_and_round_trip() {
         let f = &stats["languages"][lang];
         assert!(f["tokens_per_char"].as_f64().unwrap() > 0.0, "{lang}: {stats}");
         assert_eq!(f["documents"], paragraphs.len());
+        fertility[lang] = f.clone();
     }
+    fertility
 }
 
 #[test]
@@ -185,6 +228,25 @@ fn corrupt_inputs_get_clear_errors() {
 
     let tok_path = train(dir.path(), std::slice::from_ref(&en), 400);
     let good = tokenize(dir.path(), "good", &en, &tok_path);
+
+    // A bad corpus after a good one: the error the reader hit is the one
+    // reported, not the pipeline's other threads stopping.
+    let not_parquet = dir.path().join("notes.parquet");
+    std::fs::write(&not_parquet, "just some text").unwrap();
+    let out = dir.path().join("t2");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = run_kind(
+        kind("tokenize").as_ref(),
+        json!({"batch_docs": 1}),
+        &inputs(&[("corpus", &[&en, &not_parquet]), ("tokenizer", &[&tok_path])]),
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("notes.parquet") && err.contains("not a Parquet file"),
+        "{err}"
+    );
     let bytes = std::fs::read(good.join("tokens.bin")).unwrap();
 
     let wrong_magic = dir.path().join("magic.bin");
