@@ -6,6 +6,14 @@
 //! candidate found through a shared band is confirmed by estimating Jaccard
 //! similarity from the full signatures, so the threshold is honoured rather
 //! than approximated only by the banding curve.
+//!
+//! The signature is a one-permutation MinHash (Li, Owen & Zhang 2012): each
+//! shingle's hash picks one of the 128 bins and competes for that bin's
+//! minimum, instead of being hashed 128 times — one hash per shingle instead
+//! of 128 made near-dup ingest several times faster. Bins no shingle fell
+//! into are filled by optimal densification (Shrivastava 2017): an empty
+//! bin borrows the value of the first non-empty bin on its own fixed random
+//! probe sequence, which keeps P(bins equal) = Jaccard similarity.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,12 +34,12 @@ impl ExactDedup {
 
 const SHINGLE_CHARS: usize = 5;
 const NUM_HASHES: usize = 128;
+const BIN_BITS: u32 = NUM_HASHES.trailing_zeros();
 const BANDS: usize = 32;
 const ROWS: usize = NUM_HASHES / BANDS;
 
 pub struct NearDedup {
     threshold: f64,
-    seeds: Vec<(u64, u64)>,
     signatures: Vec<Vec<u32>>,
     bands: Vec<HashMap<u64, Vec<u32>>>,
 }
@@ -40,19 +48,8 @@ impl NearDedup {
     /// `threshold`: estimated Jaccard similarity of 5-gram sets at or above
     /// which a document counts as a near copy of an earlier one.
     pub fn new(threshold: f64) -> Self {
-        // Fixed seeds: the same corpus gives the same result on every run.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        let seeds = (0..NUM_HASHES).map(|_| (next() | 1, next())).collect();
         NearDedup {
             threshold,
-            seeds,
             signatures: Vec::new(),
             bands: (0..BANDS).map(|_| HashMap::new()).collect(),
         }
@@ -60,23 +57,21 @@ impl NearDedup {
 
     fn signature(&self, text: &str) -> Vec<u32> {
         let chars: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-        let mut shingles: Vec<u64> = if chars.len() <= SHINGLE_CHARS {
-            vec![hash_chars(&chars)]
-        } else {
-            chars.windows(SHINGLE_CHARS).map(hash_chars).collect()
+        let mut bins = [u32::MAX; NUM_HASHES];
+        let mut filled = [false; NUM_HASHES];
+        let mut add = |h: u64| {
+            // The top bits choose the bin, the low 32 bits compete in it.
+            let bin = (h >> (64 - BIN_BITS)) as usize;
+            bins[bin] = bins[bin].min(h as u32);
+            filled[bin] = true;
         };
-        shingles.sort_unstable();
-        shingles.dedup();
-        self.seeds
-            .iter()
-            .map(|&(a, b)| {
-                shingles
-                    .iter()
-                    .map(|&s| (a.wrapping_mul(s).wrapping_add(b) >> 32) as u32)
-                    .min()
-                    .unwrap_or(u32::MAX)
-            })
-            .collect()
+        if chars.len() <= SHINGLE_CHARS {
+            add(hash_chars(&chars));
+        } else {
+            chars.windows(SHINGLE_CHARS).for_each(|w| add(hash_chars(w)));
+        }
+        densify(&mut bins, &filled);
+        bins.to_vec()
     }
 
     /// True when no earlier document is a near copy; the document is then
@@ -112,17 +107,43 @@ impl NearDedup {
     }
 }
 
+/// Fills each empty bin from the first filled bin on a probe sequence that
+/// depends only on the bin and the attempt, so two documents whose bin `i`
+/// is empty borrow from the same places.
+fn densify(bins: &mut [u32; NUM_HASHES], filled: &[bool; NUM_HASHES]) {
+    if !filled.iter().any(|&f| f) {
+        return;
+    }
+    for i in 0..NUM_HASHES {
+        if filled[i] {
+            continue;
+        }
+        for attempt in 0u64.. {
+            let probe = mix64(((i as u64) << 32) | attempt) as usize % NUM_HASHES;
+            if filled[probe] {
+                bins[i] = bins[probe];
+                break;
+            }
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a cheap bijection that mixes every input bit.
+fn mix64(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// A fast 64-bit hash of a shingle (one per 5-gram, so this is the hot
-/// path): FNV-1a over the code points, then a SplitMix64 finaliser so the
-/// bits are well mixed for the multiply-shift permutations.
+/// path): FNV-1a over the code points, then a SplitMix64 finaliser so both
+/// the bin bits and the value bits are well mixed.
 fn hash_chars(chars: &[char]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for c in chars {
         h = (h ^ *c as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    mix64(h)
 }
 
 fn similarity(a: &[u32], b: &[u32]) -> f64 {
@@ -145,6 +166,29 @@ mod tests {
         assert!(d.first_time(original));
         assert!(!d.first_time(near));
         assert!(d.first_time(other));
+    }
+
+    /// The signature's share of equal bins estimates the Jaccard similarity
+    /// of the 5-gram sets (standard error ≈ 0.045 at 128 bins).
+    #[test]
+    fn equal_bins_estimate_the_jaccard_similarity() {
+        let words: Vec<String> = (0..400u64).map(|i| format!("w{:x}", mix64(i) % 100_000)).collect();
+        let base = words[..200].join(" ");
+        let d = NearDedup::new(0.5);
+        for keep in [60, 100, 140, 180] {
+            let other = format!("{} {}", words[..keep].join(" "), words[200..400 - keep].join(" "));
+            let grams = |t: &str| -> HashSet<Vec<char>> {
+                let c: Vec<char> = t.chars().collect();
+                c.windows(SHINGLE_CHARS).map(<[char]>::to_vec).collect()
+            };
+            let (a, b) = (grams(&base), grams(&other));
+            let exact = a.intersection(&b).count() as f64 / a.union(&b).count() as f64;
+            let estimate = similarity(&d.signature(&base), &d.signature(&other));
+            assert!(
+                (estimate - exact).abs() < 0.15,
+                "keep {keep}: estimate {estimate:.3} vs exact {exact:.3}"
+            );
+        }
     }
 
     #[test]
