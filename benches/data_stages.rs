@@ -3,11 +3,12 @@
 //!   cargo bench --bench data_stages                 # 200 MB
 //!   BENCH_MB=50 cargo bench --bench data_stages     # smaller
 //!
-//! Measures, each in a fresh child process so peak RSS (VmHWM) is its own:
+//! Measures, each in a fresh child process so peak RSS (VmHWM) is its own,
+//! `BENCH_REPEAT` times (default 3) interleaved, with median ratios:
 //! - `ingest` MB/s of raw text on one core, cleaning off and all cleaning on,
-//!   and pyarrow writing the same paragraphs to the same Parquet (if installed);
+//!   against pyarrow writing the same paragraphs to the same Parquet (if installed);
 //! - `tokenize` tokens/s against the tokenizers crate's bare `encode_batch`
-//!   over the same documents and threads.
+//!   over the same documents and threads, with the CPU seconds each used.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,6 +143,30 @@ fn child(mode: &str, dir: &Path) {
     }
 }
 
+/// The rate a measurement line reports: the number after " = ".
+fn rate_in(line: &str) -> f64 {
+    line.split(" = ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// pyarrow writing the same paragraphs to the same Parquet (zstd), timed
+/// from reading the text file, as `ingest` is.
+const PYARROW: &str = r#"
+import sys, time, resource, pyarrow as pa, pyarrow.parquet as pq
+t = time.time()
+text = open(sys.argv[1], encoding="utf-8").read()
+paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+n = len(paras)
+table = pa.table({"id": [f"corpus.txt:{i}" for i in range(n)], "lang": ["und"] * n, "text": paras, "source": ["corpus.txt"] * n})
+pq.write_table(table, sys.argv[2], compression="zstd", compression_level=3)
+s = time.time() - t
+mb = len(text.encode("utf-8")) / 2**20
+print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:7.1f} MB")
+"#;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
@@ -171,37 +196,48 @@ fn main() {
         assert!(out.status.success(), "{mode} failed");
         let line = String::from_utf8_lossy(&out.stdout).to_string();
         print!("{line}");
-        line.split(" = ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(f64::NAN)
+        rate_in(&line)
     };
-    run("ingest-plain");
-    run("ingest-clean");
-    if Command::new("python3")
+    // Interleaved repeats: the machine's other load shifts both alike.
+    let repeats: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let has_pyarrow = Command::new("python3")
         .args(["-c", "import pyarrow"])
         .status()
-        .is_ok_and(|s| s.success())
-    {
-        let script = r#"
-import sys, time, resource, pyarrow as pa, pyarrow.parquet as pq
-t = time.time()
-text = open(sys.argv[1], encoding="utf-8").read()
-paras = [p.strip() for p in text.split("\n\n") if p.strip()]
-n = len(paras)
-table = pa.table({"id": [f"corpus.txt:{i}" for i in range(n)], "lang": ["und"] * n, "text": paras, "source": ["corpus.txt"] * n})
-pq.write_table(table, sys.argv[2], compression="zstd", compression_level=3)
-s = time.time() - t
-mb = len(text.encode("utf-8")) / 2**20
-print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:7.1f} MB")
-"#;
+        .is_ok_and(|s| s.success());
+    let pyarrow = || -> f64 {
         let out = dir.path().join("pyarrow.parquet");
-        let _ = Command::new("python3")
-            .args(["-c", script, text.to_str().unwrap(), out.to_str().unwrap()])
-            .status();
-    } else {
+        let printed = Command::new("python3")
+            .args(["-c", PYARROW, text.to_str().unwrap(), out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&printed.stdout).to_string();
+        print!("{line}");
+        rate_in(&line)
+    };
+    let mut ratios = Vec::new();
+    for _ in 0..repeats {
+        let plain = run("ingest-plain");
+        let clean = run("ingest-clean");
+        if has_pyarrow {
+            let reference = pyarrow();
+            ratios.push((plain / reference, clean / reference));
+        }
+    }
+    if ratios.is_empty() {
         println!("pyarrow        not installed: skipped");
+    } else {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "ingest / pyarrow: cleaning off {:.2}×, all cleaning on {:.2}× (medians of {repeats})",
+            median(ratios.iter().map(|r| r.0).collect()),
+            median(ratios.iter().map(|r| r.1).collect())
+        );
     }
     // A LLaMA-style tokenizer trained on the samples, for the tokenize comparison.
     let tok_dir = dir.path().join("tok");
@@ -226,11 +262,6 @@ print(f"pyarrow        {mb:8.1f} MB in {s:6.2f} s = {mb/s:7.1f} MB/s, peak RSS {
         &tok_dir,
     )
     .unwrap();
-    // Interleaved repeats: the machine's other load shifts both alike.
-    let repeats: usize = std::env::var("BENCH_REPEAT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
     let mut ratios: Vec<f64> = (0..repeats).map(|_| run("tokenize") / run("encode-bare")).collect();
     ratios.sort_by(f64::total_cmp);
     println!(

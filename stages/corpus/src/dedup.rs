@@ -35,11 +35,17 @@ impl ExactDedup {
 const SHINGLE_CHARS: usize = 5;
 const NUM_HASHES: usize = 128;
 const BIN_BITS: u32 = NUM_HASHES.trailing_zeros();
+const WINDOW_MASK: u128 = (1u128 << (21 * SHINGLE_CHARS)) - 1;
 const BANDS: usize = 32;
 const ROWS: usize = NUM_HASHES / BANDS;
 
 pub struct NearDedup {
     threshold: f64,
+    /// `last_query[doc]`: the query that last compared against `doc`, so a
+    /// candidate met in several bands is compared once (an array lookup; a
+    /// hash set per query dominated when many kept documents share bands).
+    last_query: Vec<u64>,
+    queries: u64,
     signatures: Vec<Vec<u32>>,
     bands: Vec<HashMap<u64, Vec<u32>>>,
 }
@@ -50,25 +56,38 @@ impl NearDedup {
     pub fn new(threshold: f64) -> Self {
         NearDedup {
             threshold,
+            last_query: Vec::new(),
+            queries: 0,
             signatures: Vec::new(),
             bands: (0..BANDS).map(|_| HashMap::new()).collect(),
         }
     }
 
     fn signature(&self, text: &str) -> Vec<u32> {
-        let chars: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
         let mut bins = [u32::MAX; NUM_HASHES];
         let mut filled = [false; NUM_HASHES];
-        let mut add = |h: u64| {
-            // The top bits choose the bin, the low 32 bits compete in it.
-            let bin = (h >> (64 - BIN_BITS)) as usize;
-            bins[bin] = bins[bin].min(h as u32);
-            filled[bin] = true;
+        // The last five lowercased code points, 21 bits each, shifted in.
+        let mut window = 0u128;
+        let mut seen = 0usize;
+        let mut push = |c: char| {
+            window = ((window << 21) | c as u128) & WINDOW_MASK;
+            seen += 1;
+            if seen >= SHINGLE_CHARS {
+                add_to_bins(&mut bins, &mut filled, hash_window(window));
+            }
         };
-        if chars.len() <= SHINGLE_CHARS {
-            add(hash_chars(&chars));
-        } else {
-            chars.windows(SHINGLE_CHARS).for_each(|w| add(hash_chars(w)));
+        for c in text.chars() {
+            if c.is_ascii() {
+                push(c.to_ascii_lowercase());
+            } else if is_caseless(c) {
+                push(c);
+            } else {
+                c.to_lowercase().for_each(&mut push);
+            }
+        }
+        if (1..SHINGLE_CHARS).contains(&seen) {
+            // Shorter than one shingle: the whole text is the only one.
+            add_to_bins(&mut bins, &mut filled, hash_window(window));
         }
         densify(&mut bins, &filled);
         bins.to_vec()
@@ -81,18 +100,20 @@ impl NearDedup {
         let band_keys: Vec<u64> = sig
             .chunks(ROWS)
             .map(|rows| {
-                let mut h = blake3::Hasher::new();
-                for r in rows {
-                    h.update(&r.to_le_bytes());
-                }
-                u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+                rows.iter()
+                    .fold(0u64, |h, &r| mix64(h ^ r as u64).wrapping_add(0x9e37_79b9_7f4a_7c15))
             })
             .collect();
-        let mut checked = HashSet::new();
+        self.queries += 1;
         for (band, key) in band_keys.iter().enumerate() {
             if let Some(candidates) = self.bands[band].get(key) {
                 for &c in candidates {
-                    if checked.insert(c) && similarity(&sig, &self.signatures[c as usize]) >= self.threshold {
+                    let last = &mut self.last_query[c as usize];
+                    if *last == self.queries {
+                        continue;
+                    }
+                    *last = self.queries;
+                    if similarity(&sig, &self.signatures[c as usize]) >= self.threshold {
                         return false;
                     }
                 }
@@ -103,6 +124,7 @@ impl NearDedup {
             self.bands[band].entry(key).or_default().push(id);
         }
         self.signatures.push(sig);
+        self.last_query.push(self.queries);
         true
     }
 }
@@ -135,15 +157,27 @@ fn mix64(mut h: u64) -> u64 {
     h ^ (h >> 31)
 }
 
-/// A fast 64-bit hash of a shingle (one per 5-gram, so this is the hot
-/// path): FNV-1a over the code points, then a SplitMix64 finaliser so both
-/// the bin bits and the value bits are well mixed.
-fn hash_chars(chars: &[char]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for c in chars {
-        h = (h ^ *c as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix64(h)
+/// Blocks of scripts without letter case (Hebrew to Sinhala — Arabic and
+/// all Indic scripts —, Thai to Tibetan, CJK, Hangul syllables): lowercasing
+/// leaves them as they are, so they skip the case tables.
+fn is_caseless(c: char) -> bool {
+    matches!(c as u32, 0x0590..=0x0dff | 0x0e00..=0x0fff | 0x3040..=0x9fff | 0xac00..=0xd7af)
+}
+
+/// Offers a shingle hash to its bin: the top bits choose the bin, the low
+/// 32 bits compete for that bin's minimum.
+fn add_to_bins(bins: &mut [u32; NUM_HASHES], filled: &mut [bool; NUM_HASHES], h: u64) {
+    let bin = (h >> (64 - BIN_BITS)) as usize;
+    bins[bin] = bins[bin].min(h as u32);
+    filled[bin] = true;
+}
+
+/// A shingle's 64-bit hash (one per position, so this is the hot path): the
+/// 105-bit window folded to 64 bits, then SplitMix64's finaliser so the bin
+/// bits and the value bits are both well mixed.
+fn hash_window(window: u128) -> u64 {
+    let folded = (window as u64) ^ ((window >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mix64(folded)
 }
 
 fn similarity(a: &[u32], b: &[u32]) -> f64 {
@@ -188,6 +222,13 @@ mod tests {
                 (estimate - exact).abs() < 0.15,
                 "keep {keep}: estimate {estimate:.3} vs exact {exact:.3}"
             );
+        }
+    }
+
+    #[test]
+    fn caseless_blocks_really_have_no_case() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32).filter(|&c| is_caseless(c)) {
+            assert!(c.to_lowercase().eq(std::iter::once(c)), "U+{:04X}", c as u32);
         }
     }
 

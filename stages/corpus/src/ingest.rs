@@ -148,7 +148,8 @@ impl StageKind for Ingest {
     }
     fn code_version(&self) -> &'static str {
         // 2: near-duplicate shingles hashed with FNV-1a + SplitMix64 instead of blake3.
-        "2"
+        // 3: one-permutation MinHash over a rolling 5-character window.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "pretraining text (text, JSONL, CSV, Parquet; .gz/.zst) → clean corpus Parquet + stats.json"
