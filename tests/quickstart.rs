@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ran, repo_root, stats_of, Project};
+use common::{browser, ran, repo_root, stats_of, Project};
 
 #[test]
 fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
@@ -96,6 +96,40 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
                 assert!(md.contains(&row), "missing {row} in\n{md}");
             }
         }
+        // The study's Table 2: untrained model first, then each trained
+        // one with its change in bits per character.
+        if name == "perplexity@model" {
+            let before = stats_of(&p, &plan, name);
+            let after = stats_of(&p, &plan, "perplexity@pretrain");
+            for lang in ["en", "sw", "hi"] {
+                let (b, a) = (&before["per_lang"][lang], &after["per_lang"][lang]);
+                let (bb, ab) = (
+                    b["bits_per_char"].as_f64().unwrap(),
+                    a["bits_per_char"].as_f64().unwrap(),
+                );
+                let untrained = format!(
+                    "| {lang} | model (untrained) |  | {:.2} | {bb:.3} | — | — |",
+                    b["token_perplexity"].as_f64().unwrap()
+                );
+                let trained = format!(
+                    "| {lang} | pretrain |  | {:.2} | {ab:.3} | {:.3} | {:.1} |",
+                    a["token_perplexity"].as_f64().unwrap(),
+                    ab - bb,
+                    100.0 * (ab - bb) / bb
+                );
+                assert!(md.contains(&untrained), "missing {untrained} in\n{md}");
+                assert!(md.contains(&trained), "missing {trained} in\n{md}");
+            }
+        }
+        // The run table: every instance upstream of the report, made in the
+        // first run.
+        if name != "report" {
+            assert!(
+                md.lines()
+                    .any(|l| l.starts_with(&format!("| {name} | ")) && l.contains("| ran (")),
+                "{name} has no run row in\n{md}"
+            );
+        }
         if name == "sft" {
             let stats = stats_of(&p, &plan, name);
             assert_eq!(
@@ -114,5 +148,25 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
                 "{md}"
             );
         }
+    }
+
+    // The page opens in a real browser without a console message, and
+    // renders: the screenshot is kept beside the build for a person to see.
+    if let Some(chromium) = browser::chromium() {
+        let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart-report.png");
+        let console = browser::render(&chromium, &p.path("out/report.html"), &png, 3000);
+        assert!(
+            console.is_empty(),
+            "report.html logged to the console:\n{}",
+            console.join("\n")
+        );
+        assert_eq!(browser::png_size(&png), (1280, 3000));
+        // The check itself can fail: a page with a script error is caught.
+        let broken = p.write(
+            "broken.html",
+            "<!DOCTYPE html><p>x</p><script>undefinedFunction()</script>",
+        );
+        let console = browser::render(&chromium, &broken, &p.path("broken.png"), 200);
+        assert!(console.iter().any(|l| l.contains("undefinedFunction")), "{console:?}");
     }
 }

@@ -88,10 +88,11 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
 }
 
 pub fn report(registry: &Registry, args: &RecipeArgs, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let (_, store, planned) = match load_and_plan(registry, args) {
+    let (pipeline, store, planned) = match load_and_plan(registry, args) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
     let reports: Vec<_> = planned.iter().filter(|p| p.kind == "report").collect();
     if reports.is_empty() {
         eprintln!("error: the recipe has no stage of kind `report`");
@@ -99,16 +100,30 @@ pub fn report(registry: &Registry, args: &RecipeArgs, out: Option<PathBuf>) -> a
     }
     let mut missing = false;
     for p in reports {
-        if p.action != Action::Cached {
-            eprintln!(
-                "{}: not built for the recipe as it is now ({}); run `babelflow run` first",
-                p.name,
-                p.reasons.join("; ")
-            );
-            missing = true;
-            continue;
-        }
-        let dir = store.artifact_dir(&p.fingerprint);
+        // A report the last run made without some inputs (they failed) is
+        // still the newest report there is; say what it lacks.
+        let partial = lock
+            .instances
+            .get(&p.name)
+            .filter(|e| e.status == "partial" && e.fingerprint == p.fingerprint)
+            .and_then(|e| Some((e.artifact.clone()?, e.error.clone().unwrap_or_default())))
+            .filter(|(fp, _)| store.artifact_dir(fp).is_dir());
+        let dir = match (&p.action, partial) {
+            (Action::Cached, _) => store.artifact_dir(&p.fingerprint),
+            (_, Some((fp, what))) => {
+                eprintln!("{}: partial, {what}; rerun once they succeed", p.name);
+                store.artifact_dir(&fp)
+            }
+            _ => {
+                eprintln!(
+                    "{}: not built for the recipe as it is now ({}); run `babelflow run` first",
+                    p.name,
+                    p.reasons.join("; ")
+                );
+                missing = true;
+                continue;
+            }
+        };
         println!("{}: {}", p.name, dir.join("report.html").display());
         if let Some(out) = &out {
             let target = if planned.iter().filter(|q| q.kind == "report").count() > 1 {
@@ -148,6 +163,7 @@ pub fn gc(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
         let path = entry?.path();
         for e in LockFile::load(&path).instances.values() {
             referenced.insert(e.fingerprint.clone());
+            referenced.extend(e.artifact.clone());
         }
     }
     let (mut count, mut bytes) = (0usize, 0u64);

@@ -82,6 +82,10 @@ fn print_summary(planned: &[PlannedInstance], outcomes: &[Outcome], total: f64) 
                 ran += 1;
                 ("ran", format!("{seconds:.1}s"))
             }
+            Outcome::Partial { seconds, .. } => {
+                ran += 1;
+                ("partial", format!("{seconds:.1}s"))
+            }
             Outcome::Failed { seconds, .. } => {
                 failed += 1;
                 ("FAILED", format!("{seconds:.1}s"))
@@ -99,10 +103,12 @@ fn print_summary(planned: &[PlannedInstance], outcomes: &[Outcome], total: f64) 
     }
     println!("{ran} ran, {cached} cached, {failed} failed, {skipped} skipped in {total:.1}s");
     for (p, o) in planned.iter().zip(outcomes) {
-        if let Outcome::Skipped { why } = o {
-            if p.action == Action::Run {
-                println!("  {} skipped: {why}", p.name);
+        match o {
+            Outcome::Skipped { why } if p.action == Action::Run => println!("  {} skipped: {why}", p.name),
+            Outcome::Partial { missing, .. } => {
+                println!("  {} made without {} (it says so inside)", p.name, missing.join(", "))
             }
+            _ => {}
         }
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use babelflow_stage::{CancelFlag, DeviceRequest, InputItem, ProgressSink, StageContext, StageError};
+use babelflow_stage::{
+    CancelFlag, DeviceRequest, InputItem, MissingInput, ProgressSink, StageContext, StageError, Upstream,
+};
 use serde_json::json;
 
 use super::plan::PlannedInstance;
@@ -19,15 +21,46 @@ pub struct Job {
     pub index: usize,
     pub instance: Instance,
     pub planned: PlannedInstance,
-    /// Fingerprints of every instance, to find producers' artifacts.
-    pub producer_dirs: BTreeMap<usize, PathBuf>,
+    /// The instances this one reads from, by graph index.
+    pub producers: BTreeMap<usize, Producer>,
+    /// Everything upstream and how it fared (for the report's run table).
+    pub upstream: Vec<Upstream>,
     pub threads: usize,
+}
+
+/// A producing instance: its artifact folder, or why it has none.
+pub struct Producer {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub why_missing: Option<String>,
 }
 
 pub struct JobResult {
     pub index: usize,
     pub seconds: f64,
-    pub outcome: Result<PathBuf, StageError>,
+    pub outcome: Result<Built, StageError>,
+}
+
+/// A committed artifact.
+pub struct Built {
+    pub dir: PathBuf,
+    /// The planned fingerprint, or for a partial artifact its own.
+    pub fingerprint: String,
+    /// Producers it was made without (empty for a complete artifact).
+    pub missing: Vec<String>,
+}
+
+/// A partial artifact's fingerprint: the planned one and what was missing,
+/// so it never satisfies the complete plan, and a later partial run with
+/// the same gaps finds it again.
+pub fn partial_fingerprint(planned: &str, missing: &[String]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(planned.as_bytes());
+    for m in missing {
+        hasher.update(b"\0missing:");
+        hasher.update(m.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 pub fn now_unix() -> u64 {
@@ -62,13 +95,13 @@ fn build(
     cancel: &CancelFlag,
     progress: &dyn ProgressSink,
     started: Instant,
-) -> Result<PathBuf, StageError> {
+) -> Result<Built, StageError> {
     let inst = &job.instance;
-    let fp = &job.planned.fingerprint;
     let store_err = |e: crate::store::StoreError| StageError::failed(e.to_string());
-    let temp = store.new_temp(fp).map_err(store_err)?;
+    let planned_fp = &job.planned.fingerprint;
+    let temp = store.new_temp(planned_fp).map_err(store_err)?;
     let result = (|| {
-        let resume = store.resume_dir(fp);
+        let resume = store.resume_dir(planned_fp);
         std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
         let log_path = store.log_path(recipe, &inst.name);
         if let Some(parent) = log_path.parent() {
@@ -77,38 +110,44 @@ fn build(
         let log = std::fs::File::create(&log_path).map_err(|e| StageError::io(&log_path, e))?;
 
         let mut inputs = BTreeMap::new();
+        let mut missing = Vec::new();
         for binding in &inst.inputs {
-            let items: Vec<InputItem> = binding
-                .sources
-                .iter()
-                .map(|s| match s {
-                    Source::Artifact { instance, output } => InputItem {
-                        path: job.producer_dirs[instance].join(output),
-                        instance: None,
-                        label: None,
-                    },
-                    Source::File { path } => InputItem {
+            let mut items = Vec::new();
+            for source in &binding.sources {
+                match source {
+                    Source::Artifact { instance, output } => {
+                        let producer = &job.producers[instance];
+                        let Some(dir) = &producer.dir else {
+                            missing.push(MissingInput {
+                                input: binding.name.clone(),
+                                instance: producer.name.clone(),
+                                why: producer.why_missing.clone().unwrap_or_default(),
+                            });
+                            continue;
+                        };
+                        items.push(InputItem {
+                            path: dir.join(output),
+                            instance: Some(producer.name.clone()),
+                            label: producer.name.split_once('@').map(|(_, l)| l.to_string()),
+                        });
+                    }
+                    Source::File { path } => items.push(InputItem {
                         path: path.clone(),
                         instance: None,
                         label: None,
-                    },
-                })
-                .collect();
-            inputs.insert(binding.name.clone(), items);
-        }
-        // Name the producing instances (the planner kept them in the lock records).
-        for (name, records) in &job.planned.inputs {
-            if let Some(items) = inputs.get_mut(name) {
-                for (item, record) in items.iter_mut().zip(records) {
-                    item.instance = record.instance.clone();
-                    item.label = record
-                        .instance
-                        .as_deref()
-                        .and_then(|n| n.split_once('@'))
-                        .map(|(_, l)| l.to_string());
+                    }),
                 }
             }
+            inputs.insert(binding.name.clone(), items);
         }
+        let mut missing_names: Vec<String> = missing.iter().map(|m| m.instance.clone()).collect();
+        missing_names.sort();
+        missing_names.dedup();
+        let fp = &if missing_names.is_empty() {
+            planned_fp.clone()
+        } else {
+            partial_fingerprint(planned_fp, &missing_names)
+        };
 
         let mut ctx = StageContext::new(
             &inst.name,
@@ -127,6 +166,8 @@ fn build(
             Some(log),
         );
         ctx.shared_cache = Some(store.cache_dir(inst.kind.name()));
+        ctx.upstream = job.upstream.clone();
+        ctx.missing = missing.clone();
         let ran =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.kind.run(&ctx))).unwrap_or_else(|panic| {
                 let message = panic
@@ -163,6 +204,10 @@ fn build(
             "finished_at": now_unix(),
             "duration_s": started.elapsed().as_secs_f64(),
             "notes": ctx.take_notes(),
+            "partial": (!missing.is_empty()).then(|| json!({
+                "planned_fingerprint": job.planned.fingerprint,
+                "missing": missing.iter().map(|m| json!({"input": m.input, "instance": m.instance, "why": m.why})).collect::<Vec<_>>(),
+            })),
         });
         drop(ctx);
         std::fs::copy(&log_path, temp.join("log.txt")).map_err(|e| StageError::io(&log_path, e))?;
@@ -171,7 +216,11 @@ fn build(
         std::fs::write(&manifest_path, text).map_err(|e| StageError::io(&manifest_path, e))?;
         let dir = store.commit(&temp, fp).map_err(store_err)?;
         let _ = std::fs::remove_dir_all(&resume);
-        Ok(dir)
+        Ok(Built {
+            dir,
+            fingerprint: fp.clone(),
+            missing: missing_names,
+        })
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&temp);

@@ -115,10 +115,20 @@ impl Pipeline {
         }
         let mut on_done = |i: usize, p: &PlannedInstance, outcome: &Outcome| {
             let inst = &self.graph.instances[i];
-            let (status, error, seconds) = match outcome {
-                Outcome::Ran { seconds } => ("ok", None, *seconds),
-                Outcome::Failed { seconds, error } => ("failed", Some(error.clone()), *seconds),
-                Outcome::Cancelled => ("cancelled", None, 0.0),
+            let (status, error, seconds, artifact) = match outcome {
+                Outcome::Ran { seconds } => ("ok", None, *seconds, None),
+                Outcome::Partial {
+                    seconds,
+                    missing,
+                    artifact,
+                } => (
+                    "partial",
+                    Some(format!("made without {}", missing.join(", "))),
+                    *seconds,
+                    Some(artifact.clone()),
+                ),
+                Outcome::Failed { seconds, error } => ("failed", Some(error.clone()), *seconds, None),
+                Outcome::Cancelled => ("cancelled", None, 0.0, None),
                 _ => return,
             };
             if let Ok(mut l) = lockfile.lock() {
@@ -131,6 +141,7 @@ impl Pipeline {
                         params: serde_json::Value::Object(inst.params.as_map().clone()),
                         inputs: p.inputs.clone(),
                         status: status.to_string(),
+                        artifact,
                         error,
                         duration_s: seconds,
                         finished_at: execute::now_unix(),
@@ -169,6 +180,7 @@ impl Pipeline {
                             params: serde_json::Value::Object(inst.params.as_map().clone()),
                             inputs: p.inputs.clone(),
                             status: "ok".into(),
+                            artifact: None,
                             error: None,
                             duration_s: 0.0,
                             finished_at: execute::now_unix(),

@@ -1,14 +1,20 @@
 //! Runs the plan on a pool of worker threads (crossbeam channels). The main
 //! thread dispatches ready instances while their resources fit: CPU slots
 //! (`--jobs`) and one slot per GPU device.
+//!
+//! An instance whose producer failed is skipped, except for kinds that run
+//! with missing inputs (the report): they wait until every producer has
+//! settled, then run without the missing ones, even after a failure stopped
+//! the rest of the run, so a failed run still ends in a report saying what
+//! is missing and why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use babelflow_stage::{CancelFlag, StageError};
+use babelflow_stage::{CancelFlag, StageError, Upstream, UpstreamOutcome};
 use crossbeam_channel::{unbounded, RecvTimeoutError};
 
-use super::execute::{execute, Job, JobResult};
+use super::execute::{execute, Job, JobResult, Producer};
 use super::plan::{Action, PlannedInstance};
 use super::progress::Progress;
 use crate::graph::Graph;
@@ -20,6 +26,13 @@ pub enum Outcome {
     Ran {
         seconds: f64,
     },
+    /// Ran without the inputs of failed or skipped producers (named); its
+    /// artifact is stored under a fingerprint of its own, `artifact`.
+    Partial {
+        seconds: f64,
+        missing: Vec<String>,
+        artifact: String,
+    },
     Failed {
         seconds: f64,
         error: String,
@@ -30,6 +43,33 @@ pub enum Outcome {
         why: String,
     },
 }
+
+impl Outcome {
+    fn has_artifact(&self) -> bool {
+        matches!(self, Outcome::Cached | Outcome::Ran { .. })
+    }
+
+    /// Why a dependent cannot read this instance's artifact (`None` when it can).
+    fn why_missing(&self) -> Option<String> {
+        // One line, as a table cell: the stage's error folded, cut at 300 characters.
+        let folded = |s: &str| {
+            let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+            match line.char_indices().nth(300) {
+                Some((cut, _)) => format!("{}…", &line[..cut]),
+                None => line,
+            }
+        };
+        match self {
+            Outcome::Cached | Outcome::Ran { .. } => None,
+            Outcome::Partial { missing, .. } => Some(format!("partial (made without {})", missing.join(", "))),
+            Outcome::Failed { error, .. } => Some(format!("failed: {}", folded(error))),
+            Outcome::Cancelled => Some("cancelled".into()),
+            Outcome::Skipped { why } => Some(format!("skipped: {why}")),
+        }
+    }
+}
+
+const STOPPED: &str = "run stopped after a failure (use --keep-going to continue other branches)";
 
 pub struct SchedulerOptions {
     pub jobs: usize,
@@ -73,6 +113,12 @@ pub fn run(
     let mut cpu_free = jobs;
     let mut gpus_busy: BTreeSet<usize> = BTreeSet::new();
     let mut stopping = false;
+    let mut wound_down = false;
+    let tolerant: Vec<bool> = graph
+        .instances
+        .iter()
+        .map(|i| i.kind.runs_with_missing_inputs())
+        .collect();
 
     std::thread::scope(|scope| {
         for _ in 0..jobs {
@@ -107,20 +153,22 @@ pub fn run(
                     }
                     let deps_done = graph.deps[i]
                         .iter()
-                        .all(|&d| matches!(outcomes[d], Some(Outcome::Cached | Outcome::Ran { .. })));
-                    let failed_dep = graph.deps[i].iter().find(|&&d| {
-                        matches!(
-                            outcomes[d],
-                            Some(Outcome::Failed { .. } | Outcome::Cancelled | Outcome::Skipped { .. })
-                        )
-                    });
+                        .all(|&d| outcomes[d].as_ref().is_some_and(Outcome::has_artifact));
+                    let deps_settled = graph.deps[i].iter().all(|&d| outcomes[d].is_some());
+                    let failed_dep = graph.deps[i]
+                        .iter()
+                        .find(|&&d| outcomes[d].as_ref().is_some_and(|o| !o.has_artifact()));
                     if let Some(&d) = failed_dep {
-                        outcomes[i] = Some(Outcome::Skipped {
-                            why: format!("upstream {} did not finish", graph.instances[d].name),
-                        });
-                        continue;
-                    }
-                    if !deps_done {
+                        if !tolerant[i] {
+                            outcomes[i] = Some(Outcome::Skipped {
+                                why: format!("upstream {} did not finish", graph.instances[d].name),
+                            });
+                            continue;
+                        }
+                        if !deps_settled {
+                            continue;
+                        }
+                    } else if !deps_done {
                         continue;
                     }
                     let inst = &graph.instances[i];
@@ -135,15 +183,26 @@ pub fn run(
                     }
                     running.insert(i, (cpus, gpu));
                     progress.line(&format!("▶ {} ({})", inst.name, planned[i].reasons.join("; ")));
-                    let producer_dirs = graph.deps[i]
+                    let producers = graph.deps[i]
                         .iter()
-                        .map(|&d| (d, store.artifact_dir(&planned[d].fingerprint)))
+                        .map(|&d| {
+                            let outcome = outcomes[d].as_ref();
+                            let producer = Producer {
+                                name: graph.instances[d].name.clone(),
+                                dir: outcome
+                                    .is_some_and(Outcome::has_artifact)
+                                    .then(|| store.artifact_dir(&planned[d].fingerprint)),
+                                why_missing: outcome.and_then(Outcome::why_missing),
+                            };
+                            (d, producer)
+                        })
                         .collect();
                     let job = Job {
                         index: i,
                         instance: inst.clone(),
                         planned: planned[i].clone(),
-                        producer_dirs,
+                        producers,
+                        upstream: upstream_of(graph, planned, store, &outcomes, i),
                         threads: cpus,
                     };
                     if job_tx.send(job).is_err() {
@@ -152,6 +211,18 @@ pub fn run(
                 }
             }
             if running.is_empty() {
+                if stopping && !wound_down && !cancel.is_cancelled() && tolerant.iter().any(|&t| t) {
+                    // Settle what will not run now, so the instances that run
+                    // with missing inputs can still say what is missing.
+                    wound_down = true;
+                    stopping = false;
+                    for &i in &graph.order {
+                        if outcomes[i].is_none() && !tolerant[i] {
+                            outcomes[i] = Some(Outcome::Skipped { why: STOPPED.into() });
+                        }
+                    }
+                    continue;
+                }
                 break;
             }
             let result = match result_rx.recv_timeout(std::time::Duration::from_millis(200)) {
@@ -168,6 +239,18 @@ pub fn run(
             }
             let name = &graph.instances[result.index].name;
             let outcome = match result.outcome {
+                Ok(built) if !built.missing.is_empty() => {
+                    progress.line(&format!(
+                        "◐ {name} ({:.1}s) made without {}",
+                        result.seconds,
+                        built.missing.join(", ")
+                    ));
+                    Outcome::Partial {
+                        seconds: result.seconds,
+                        missing: built.missing,
+                        artifact: built.fingerprint,
+                    }
+                }
                 Ok(_) => {
                     progress.line(&format!("✓ {name} ({:.1}s)", result.seconds));
                     Outcome::Ran {
@@ -206,9 +289,49 @@ pub fn run(
                 why: if cancel.is_cancelled() {
                     "run cancelled".into()
                 } else {
-                    "run stopped after a failure (use --keep-going to continue other branches)".into()
+                    STOPPED.into()
                 },
             })
+        })
+        .collect()
+}
+
+/// Every instance `i` depends on, directly or not, in run order, with how
+/// it fared so far in this run.
+fn upstream_of(
+    graph: &Graph,
+    planned: &[PlannedInstance],
+    store: &Store,
+    outcomes: &[Option<Outcome>],
+    i: usize,
+) -> Vec<Upstream> {
+    let mut seen = BTreeSet::new();
+    let mut stack = graph.deps[i].clone();
+    while let Some(d) = stack.pop() {
+        if seen.insert(d) {
+            stack.extend(&graph.deps[d]);
+        }
+    }
+    graph
+        .order
+        .iter()
+        .filter(|d| seen.contains(d))
+        .map(|&d| {
+            let outcome = match &outcomes[d] {
+                Some(Outcome::Cached) => UpstreamOutcome::Cached,
+                Some(Outcome::Ran { seconds }) => UpstreamOutcome::Ran { seconds: *seconds },
+                Some(other) => UpstreamOutcome::Missing {
+                    why: other.why_missing().unwrap_or_default(),
+                },
+                None => UpstreamOutcome::Missing { why: "not run".into() },
+            };
+            let has_artifact = outcomes[d].as_ref().is_some_and(Outcome::has_artifact);
+            Upstream {
+                instance: graph.instances[d].name.clone(),
+                kind: graph.instances[d].kind.name().to_string(),
+                artifact: has_artifact.then(|| store.artifact_dir(&planned[d].fingerprint)),
+                outcome,
+            }
         })
         .collect()
 }

@@ -27,8 +27,11 @@ pub struct LockEntry {
     pub fingerprint: String,
     pub params: serde_json::Value,
     pub inputs: BTreeMap<String, Vec<LockInput>>,
-    /// `ok`, `failed` or `cancelled`.
+    /// `ok`, `partial` (made without some inputs), `failed` or `cancelled`.
     pub status: String,
+    /// Where a `partial` run's artifact is (its own fingerprint); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default)]

@@ -132,3 +132,5 @@ pub fn repo_root() -> std::path::PathBuf {
 pub const LANGS13: [&str; 13] = [
     "ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "sw", "ta", "te", "ur", "vi",
 ];
+
+pub mod browser;

@@ -48,6 +48,38 @@ pub struct InputItem {
 /// Input slot name → bound items, in recipe order.
 pub type Inputs = BTreeMap<String, Vec<InputItem>>;
 
+/// How an instance upstream of this one fared in the current run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamOutcome {
+    /// Its artifact was already in the store.
+    Cached,
+    /// It ran in this run.
+    Ran { seconds: f64 },
+    /// It has no artifact: failed, skipped or cancelled, and why.
+    Missing { why: String },
+}
+
+/// An instance this one depends on, directly or through others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub instance: String,
+    pub kind: String,
+    /// Its artifact folder (with `manifest.json`), when it has one.
+    pub artifact: Option<PathBuf>,
+    pub outcome: UpstreamOutcome,
+}
+
+/// An input binding left out because its producer has no artifact; only a
+/// kind that [`runs with missing inputs`](crate::StageKind::runs_with_missing_inputs) sees these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingInput {
+    /// The input slot (`evaluation`).
+    pub input: String,
+    /// The producing instance (`judge@sw`).
+    pub instance: String,
+    pub why: String,
+}
+
 /// The backend/device the recipe asked for (`backend: auto|cpu|wgpu|vulkan|cuda`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRequest {
@@ -82,6 +114,11 @@ pub struct StageContext<'a> {
     pub base_dir: &'a Path,
     /// CPU threads this instance may use.
     pub threads: usize,
+    /// Every instance upstream of this one, in run order, and how it fared
+    /// in this run (empty outside the engine).
+    pub upstream: Vec<Upstream>,
+    /// Bindings left out because their producer failed or was skipped.
+    pub missing: Vec<MissingInput>,
     pub device: DeviceRequest,
     pub cancel: CancelFlag,
     progress: &'a dyn ProgressSink,
@@ -113,6 +150,8 @@ impl<'a> StageContext<'a> {
             shared_cache: None,
             base_dir,
             threads,
+            upstream: Vec::new(),
+            missing: Vec::new(),
             device,
             cancel,
             progress,

@@ -11,7 +11,9 @@ mod error;
 mod params;
 pub mod testing;
 
-pub use context::{CancelFlag, DeviceRequest, InputItem, Inputs, ProgressSink, StageContext};
+pub use context::{
+    CancelFlag, DeviceRequest, InputItem, Inputs, MissingInput, ProgressSink, StageContext, Upstream, UpstreamOutcome,
+};
 pub use error::StageError;
 pub use params::{ParamSpec, ParamType, Params};
 
@@ -45,6 +47,15 @@ pub trait StageKind: Send + Sync {
     /// True when the kind takes any input names the recipe chooses (the
     /// `command` kind); `inputs()` is then only documentation.
     fn open_inputs(&self) -> bool {
+        false
+    }
+
+    /// True when the kind is still worth running after some of its producers
+    /// failed or were skipped (the report, which then says what is missing).
+    /// The engine leaves those bindings out, lists them in `ctx.missing`, and
+    /// stores the result under a fingerprint of its own, so it never stands
+    /// in for the complete artifact on a later run.
+    fn runs_with_missing_inputs(&self) -> bool {
         false
     }
 

@@ -4,6 +4,7 @@
 
 mod evaluation;
 pub mod figures;
+mod run;
 mod table;
 
 use std::path::Path;
@@ -207,24 +208,6 @@ pub fn training_table(items: &[InputItem]) -> Result<Table, StageError> {
     Ok(t)
 }
 
-pub fn provenance_table(items: &[&InputItem]) -> Table {
-    let mut t = Table::new(
-        "Provenance of the artifacts in this report",
-        &["instance", "kind", "fingerprint", "duration (s)", "backend"],
-    );
-    for item in items {
-        let Some(m) = manifest_of(item) else { continue };
-        t.rows.push(vec![
-            Cell::Text(m["instance"].as_str().unwrap_or("?").to_string()),
-            Cell::Text(m["kind"].as_str().unwrap_or("?").to_string()),
-            Cell::Text(m["fingerprint"].as_str().unwrap_or("?").to_string()),
-            Cell::from_json_f64(&m["duration_s"], 2),
-            Cell::Text(m["backend"].as_str().unwrap_or("?").to_string()),
-        ]);
-    }
-    t
-}
-
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;color:#222}\
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border:1px solid #ccc;padding:.25rem .6rem}\
 th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}\
@@ -236,7 +219,7 @@ impl StageKind for Report {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "3"
+        "4"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
@@ -250,6 +233,9 @@ impl StageKind for Report {
     fn outputs(&self, _params: &Params) -> Vec<String> {
         vec!["report.md".into(), "report.html".into()]
     }
+    fn runs_with_missing_inputs(&self) -> bool {
+        true
+    }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let title = ctx.params.str("title")?;
@@ -260,9 +246,10 @@ impl StageKind for Report {
         let mut all: Vec<&InputItem> = corpus.iter().chain(tokens).chain(training).chain(evaluation).collect();
         all.sort_by_key(|i| i.instance.clone());
         all.dedup_by_key(|i| i.instance.clone());
-        let mut tables = vec![data_table(corpus)?, fertility_table(tokens)?, training_table(training)?];
-        tables.extend(evaluation::tables(evaluation)?);
-        tables.push(provenance_table(&all));
+        let mut tables: Vec<Table> = run::missing_table(&ctx.missing).into_iter().collect();
+        tables.extend([data_table(corpus)?, fertility_table(tokens)?, training_table(training)?]);
+        tables.extend(evaluation::tables(evaluation, &ctx.upstream)?);
+        tables.push(run::run_table(&ctx.upstream, &all));
         let mut figures = figures::training(training)?;
         figures.extend(figures::code_switching(evaluation)?);
 
