@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{browser, ran, repo_root, stats_of, Project};
+use common::{browser, metrics_of, ran, repo_root, stats_of, Project};
 
 #[test]
 fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
@@ -85,6 +85,24 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
             }
         }
         if let Some(model) = name.strip_prefix("perplexity@") {
+            // The HTML shows what metrics.parquet holds, to its precision.
+            let metrics = metrics_of(&p, &plan, name);
+            for lang in ["en", "sw", "hi"] {
+                let value = |metric: &str| {
+                    metrics
+                        .iter()
+                        .find(|(l, m, _)| l == lang && m == metric)
+                        .unwrap_or_else(|| panic!("{name}: no {metric} for {lang} in metrics.parquet"))
+                        .2
+                };
+                let row = format!(
+                    "<tr><td>{name}</td><td>{model}</td><td>{lang}</td><td class=\"num\">{:.2}</td><td class=\"num\">{:.3}</td><td class=\"num\">{:.3}</td>",
+                    value("token_perplexity"),
+                    value("bits_per_char"),
+                    value("bits_per_byte")
+                );
+                assert!(html.contains(&row), "missing {row} in the HTML report");
+            }
             let stats = stats_of(&p, &plan, name);
             for lang in ["en", "sw", "hi"] {
                 let v = &stats["per_lang"][lang];

@@ -85,6 +85,28 @@ pub fn stats_of(p: &Project, plan: &serde_json::Value, name: &str) -> serde_json
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
+/// The rows of an evaluation's `metrics.parquet`: (lang, metric, value).
+pub fn metrics_of(p: &Project, plan: &serde_json::Value, name: &str) -> Vec<(String, String, f64)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    let path = artifact_dir(p, plan, name).join("metrics.parquet");
+    let mut rows = Vec::new();
+    babelflow_corpus::for_each_batch(&path, "an evaluation metrics table", &mut |b| {
+        let (lang, metric) = (b.text("lang")?, b.text("metric")?);
+        let value = b
+            .batch
+            .column_by_name("value")
+            .and_then(|c| c.as_primitive_opt::<Float64Type>())
+            .ok_or_else(|| b.error("no f64 column `value`"))?;
+        for r in 0..b.num_rows() {
+            rows.push((lang.value(r).to_string(), metric.value(r).to_string(), value.value(r)));
+        }
+        Ok(())
+    })
+    .unwrap();
+    rows
+}
+
 /// Names of the instances a `plan --json` says will run.
 pub fn to_run(plan: &serde_json::Value) -> Vec<String> {
     plan["instances"]
