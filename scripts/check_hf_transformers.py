@@ -48,7 +48,9 @@ def main() -> int:
     art = args.store / "artifacts" / train["fingerprint"]
     stats = json.loads((art / "stats.json").read_text())
     params = train["params"]
-    seq_len, batch, eval_batches = params["seq_len"], params["batch_size"], params["eval_batches"]
+    # pretrain windows are seq_len long; sft validates on windows of max_len.
+    seq_len = params.get("seq_len", params.get("max_len"))
+    batch, eval_batches = params["batch_size"], params["eval_batches"]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
