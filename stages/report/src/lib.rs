@@ -137,12 +137,15 @@ pub fn fertility_table(items: &[InputItem]) -> Result<Table, StageError> {
         ],
     );
     t.note = Some(
-        "Text tokens only (BOS/EOS excluded). Tokens per word is left out for languages written without spaces.".into(),
+        "Text tokens only (BOS/EOS excluded). Tokens per word is left out for languages written without spaces. \
+         Rows are grouped by language, so the same text under the original and an extended vocabulary sit together."
+            .into(),
     );
+    let mut rows = Vec::new();
     for item in items {
         let s = stats_of(item)?;
         for (lang, f) in s["languages"].as_object().cloned().unwrap_or_default() {
-            t.rows.push(vec![
+            rows.push(vec![
                 Cell::Text(source_name(item)),
                 Cell::Text(lang),
                 Cell::from_json_u64(&f["tokens"]),
@@ -154,6 +157,9 @@ pub fn fertility_table(items: &[InputItem]) -> Result<Table, StageError> {
             ]);
         }
     }
+    // Stable: within a language, sources stay in the order they were bound.
+    rows.sort_by_key(|r| r[1].render());
+    t.rows = rows;
     Ok(t)
 }
 
@@ -219,7 +225,7 @@ impl StageKind for Report {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "4"
+        "5"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
