@@ -211,7 +211,7 @@ mod tests {
             let len = 1 + (state >> 60) as usize;
             texts.push(
                 (0..len)
-                    .map(|k| pool[((state >> (4 * k % 56)) as usize ^ k * 7) % pool.len()])
+                    .map(|k| pool[((state >> (4 * k % 56)) as usize ^ (k * 7)) % pool.len()])
                     .collect(),
             );
         }
