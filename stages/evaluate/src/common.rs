@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use babelflow_model::{device, hf, Llama, LlamaConfig, Rope};
-use babelflow_stage::{InputSpec, StageContext, StageError};
+use babelflow_model::{device, hf, Llama, LlamaConfig, Precision, Rope};
+use babelflow_stage::{InputSpec, ParamSpec, ParamType, StageContext, StageError};
 use babelflow_tokens::hf::LoadedTokenizer;
 use burn::tensor::Device;
 
@@ -22,12 +22,22 @@ pub const TOKENIZER_INPUT: InputSpec = InputSpec {
     doc: "the tokenizer.json, when the model folder has none",
 };
 
+pub const PRECISION_PARAM: ParamSpec = ParamSpec::with_default(
+    "precision",
+    ParamType::Choice(babelflow_model::precision::PRECISIONS),
+    r#""f32""#,
+    "dtype of the weights while evaluating: f32, or bf16 / f16 for half the memory (RMSNorm, the attention \
+     softmax and the log-probabilities stay f32, as in transformers)",
+);
+
 pub struct Loaded {
     pub config: LlamaConfig,
     pub model: Llama,
     pub tokenizer: LoadedTokenizer,
     pub device: Device,
     pub backend: String,
+    /// `f32`, `bf16` or `f16`: what the weights are held in.
+    pub precision: String,
     /// The producing instance (`sft@sw`), or the folder's path.
     pub name: String,
 }
@@ -44,9 +54,12 @@ impl Loaded {
         config
             .check_vocab(tokenizer.vocab_size as usize, "the tokenizer", &dir)
             .map_err(fail)?;
+        let precision = ctx.params.opt_str("precision")?.unwrap_or("f32").to_string();
+        let model = Precision::parse(&precision).map_err(StageError::failed)?.apply(model);
         Ok(Loaded {
             config,
             model,
+            precision,
             tokenizer,
             device,
             backend,

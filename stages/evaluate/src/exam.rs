@@ -13,13 +13,14 @@ use arrow_array::Array;
 use babelflow_corpus::{cell, for_each_batch, StringTableWriter};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
-use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
 use crate::scoring::{last_position_logprobs, next_token_logprobs};
 
 pub struct Exam;
 
 const PARAMS: &[ParamSpec] = &[
+    PRECISION_PARAM,
     ParamSpec::with_default(
         "shots",
         ParamType::Int,
@@ -397,7 +398,7 @@ impl StageKind for Exam {
         ctx.write_json(
             "stats.json",
             &serde_json::json!({
-                "model": m.name, "backend": m.backend, "shots": shots, "split": split,
+                "model": m.name, "backend": m.backend, "precision": m.precision, "shots": shots, "split": split,
                 "scored": items.len(), "skipped_unanswered": unanswered, "skipped_too_long": too_long,
                 "seconds": seconds, "questions_per_s": items.len() as f64 / seconds.max(1e-9),
                 "results": stats,

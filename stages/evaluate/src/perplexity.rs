@@ -14,13 +14,14 @@ use std::f64::consts::LN_2;
 use babelflow_corpus::read_corpus;
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
-use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
 use crate::scoring::next_token_logprobs;
 
 pub struct Perplexity;
 
 const PARAMS: &[ParamSpec] = &[
+    PRECISION_PARAM,
     ParamSpec::with_default(
         "max_len",
         ParamType::Int,
@@ -174,7 +175,7 @@ impl StageKind for Perplexity {
         ctx.write_json(
             "stats.json",
             &serde_json::json!({
-                "model": m.name, "backend": m.backend, "max_len": max_len, "per_lang": stats,
+                "model": m.name, "backend": m.backend, "precision": m.precision, "max_len": max_len, "per_lang": stats,
                 "seconds": seconds, "tokens_per_s": scored as f64 / seconds.max(1e-9),
             }),
         )?;

@@ -13,12 +13,13 @@ use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, Sta
 
 use crate::chrf::Stats;
 use crate::codeswitch::Detector;
-use crate::common::{Loaded, MODEL_INPUT, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
 
 pub struct Respond;
 
 const PARAMS: &[ParamSpec] = &[
+    PRECISION_PARAM,
     ParamSpec::with_default(
         "template",
         ParamType::Str,
@@ -231,7 +232,7 @@ impl StageKind for Respond {
         ctx.write_json(
             "stats.json",
             &serde_json::json!({
-                "model": m.name, "backend": m.backend, "template": p.str("template")?,
+                "model": m.name, "backend": m.backend, "precision": m.precision, "template": p.str("template")?,
                 "scores": "reference-based (chrF); bind a `judge` stage for LLM-Eval scores",
                 "per_lang": stats,
             }),

@@ -69,3 +69,29 @@ fn perplexity_and_bits_per_char_match_a_hand_computation() {
     );
     assert_eq!(stats(&short)["per_lang"]["en"]["tokens"], s["per_lang"]["en"]["tokens"]);
 }
+
+/// `precision: bf16` / `f16` hold the weights in half precision and score
+/// the same text within a percent of f32, and say so in the stats.
+#[test]
+fn half_precision_scores_within_a_percent_of_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, tables) = tiny_model(dir.path());
+    let score = |precision: &str| {
+        let out = run(
+            dir.path(),
+            &format!("ppl-{precision}"),
+            "perplexity",
+            json!({"max_len": 1024, "precision": precision}),
+            &[("model", &[&model_dir]), ("text", &[&tables[0]])],
+        );
+        let s = stats(&out);
+        assert_eq!(s["precision"], precision);
+        s["per_lang"]["en"]["bits_per_char"].as_f64().unwrap()
+    };
+    let full = score("f32");
+    for precision in ["bf16", "f16"] {
+        let half = score(precision);
+        assert!(half != full, "{precision}: the same bits as f32 — was it applied?");
+        assert!((half - full).abs() <= 0.01 * full, "{precision}: {half} vs f32 {full}");
+    }
+}

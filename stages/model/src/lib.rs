@@ -7,6 +7,7 @@ pub mod generate;
 pub mod hf;
 pub mod llama;
 pub mod loss;
+pub mod precision;
 pub mod resize;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 pub use burn;
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, Rope};
+pub use precision::Precision;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -6,9 +6,10 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{inverse_frequencies, LlamaConfig};
+use crate::precision::in_dtype;
 
 /// A bias-free projection with HF's weight layout `[out, in]`.
 #[derive(Module, Debug)]
@@ -48,9 +49,12 @@ impl RmsNorm {
         }
     }
 
+    /// Normalised in f32 whatever the weights' dtype (as transformers does).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let weight = self.weight.val();
+        let x = in_dtype(x, DType::F32);
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        (x / rms) * self.weight.val().unsqueeze::<3>()
+        in_dtype(x / rms, weight.dtype()) * weight.unsqueeze::<3>()
     }
 }
 
@@ -123,8 +127,9 @@ impl Rope {
     /// Rotates `x: [batch, heads, t, head_dim]` for positions `start..start + t`.
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
         let [_, _, t, hd] = x.dims();
-        let cos = self.cos.clone().narrow(0, start, t).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, start, t).unsqueeze::<4>();
+        let dtype = x.dtype();
+        let cos = in_dtype(self.cos.clone().narrow(0, start, t), dtype).unsqueeze::<4>();
+        let sin = in_dtype(self.sin.clone().narrow(0, start, t), dtype).unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, hd / 2);
         let x2 = x.clone().narrow(3, hd / 2, hd / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -176,7 +181,8 @@ impl Attention {
             .unsqueeze_dim::<5>(2)
             .expand([b, kv, rep, total, hd])
             .reshape([b, h, total, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
+        // Masked and normalised in f32 whatever the weights' dtype.
+        let scores = in_dtype(q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(), DType::F32);
         let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
         let scores = match padding {
             None => scores.mask_fill(mask, f32::NEG_INFINITY),
@@ -189,7 +195,7 @@ impl Attention {
                 scores.mask_fill(mask, -1.0e9)
             }
         };
-        let out = softmax(scores, 3).matmul(v);
+        let out = in_dtype(softmax(scores, 3), v.dtype()).matmul(v);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
@@ -303,13 +309,15 @@ impl Llama {
             x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
         }
         let x = self.norm.forward(x);
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
                 let w = self.embed_tokens.val();
                 let [v, _] = w.dims();
                 x.reshape([b * t, d]).matmul(w.transpose()).reshape([b, t, v])
             }
-        }
+        };
+        // Log-probabilities are taken in f32 whatever the weights' dtype.
+        in_dtype(logits, DType::F32)
     }
 }

@@ -276,3 +276,37 @@ fn resizing_keeps_old_rows_bit_identical_and_new_rows_follow_the_strategy() {
         .to_string();
     assert!(err.contains("built on a vocabulary of 32, the model has 35"), "{err}");
 }
+
+/// Evaluation in bf16 or f16: the weights are converted (half the memory),
+/// the logits come back in f32, close to the f32 model's, and cached
+/// generation runs.
+#[test]
+fn half_precision_evaluation_stays_close_to_f32() {
+    use babelflow_model::Precision;
+    use burn::tensor::DType;
+    let device = Device::flex();
+    let (config, model) = hf::load(&fixture("tiny-gqa"), &device).unwrap();
+    let ids = [1i64, 7, 3, 9, 2, 11, 4];
+    let full = logits(&model, &config, &ids, &device);
+    for (precision, dtype, tolerance) in [
+        (Precision::F16, DType::F16, 2e-2),
+        (Precision::Bf16, DType::BF16, 1.5e-1),
+    ] {
+        let half = precision.apply(model.clone());
+        assert_eq!(half.embed_tokens.val().dtype(), dtype);
+        assert_eq!(half.layers[0].self_attn.q_proj.weight.val().dtype(), dtype);
+        let rope = Rope::new(&config, 64, &device).unwrap();
+        let input: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &device);
+        let out = half.forward(input, &rope, None);
+        assert_eq!(out.dtype(), DType::F32, "{precision:?}: logits are returned in f32");
+        let got = out.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&full, &got);
+        eprintln!("{precision:?}: max |Δlogit| = {diff}");
+        assert!(diff <= tolerance, "{precision:?}: max |Δlogit| = {diff}");
+        let s = Sampling {
+            max_new_tokens: 6,
+            ..Sampling::default()
+        };
+        assert_eq!(generate(&half, &rope, &[1, 5, 9], &s, true, &device).len(), 6);
+    }
+}

@@ -1,0 +1,69 @@
+//! The dtype a model is evaluated in. burn 0.22 has no automatic mixed
+//! precision, so training computes in f32 everywhere; evaluation and
+//! generation can hold the weights in bf16 or f16 (half the memory, and
+//! faster matmuls on GPUs), with the numerically delicate parts — RMSNorm,
+//! the attention softmax and the output logits — in f32, as transformers
+//! does for LLaMA.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Tensor};
+
+use crate::Llama;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+/// The spellings a recipe may use.
+pub const PRECISIONS: &[&str] = &["f32", "bf16", "f16"];
+
+impl Precision {
+    pub fn parse(name: &str) -> Result<Precision, String> {
+        match name {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!(
+                "unknown precision `{other}` (one of {})",
+                PRECISIONS.join(", ")
+            )),
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// The model with every weight in this precision.
+    pub fn apply(self, model: Llama) -> Llama {
+        if self == Precision::F32 {
+            return model;
+        }
+        model.map(&mut CastWeights(self.dtype()))
+    }
+}
+
+struct CastWeights(DType);
+
+impl ModuleMapper for CastWeights {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+/// `x` in `dtype`, unchanged (no copy, no graph node) when it already is.
+pub fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
