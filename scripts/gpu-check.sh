@@ -24,7 +24,7 @@ ldconfig -p | grep -c libvulkan | sed 's/^/libvulkan entries: /'
 echo "== model benchmark, 100m config, vulkan"
 BENCH_DEVICE=vulkan BENCH_CONFIG=100m BENCH_PEAK_GFLOPS=67000 timeout 240 model-bench 2>&1 | tee "$OUT/bench-100m-vulkan.txt"
 
-echo "== gpu-smoke recipe (pretrain d512 L8 on vulkan)"
+echo "== gpu-smoke recipe (pretrain d512 L8 on vulkan; perplexity in f32 and bf16)"
 timeout 150 babelflow run pipelines/examples/gpu-smoke.yaml 2>&1 | tail -25 | tee "$OUT/gpu-smoke.txt"
 python3 scripts/check_hf_transformers.py pipelines/examples/.babelflow gpu-smoke 2>&1 | tail -8 | tee "$OUT/hf-gpu-smoke.txt"
 
@@ -33,5 +33,10 @@ timeout 120 babelflow run pipelines/quickstart.yaml 2>&1 | tail -3
 for inst in pretrain sft; do
   python3 scripts/check_hf_transformers.py pipelines/.babelflow quickstart --instance $inst 2>&1 | tail -6 | tee "$OUT/hf-quickstart-$inst.txt"
 done
-for s in pipelines/examples/.babelflow/artifacts/*/stats.json; do grep -q tokens_per_s "$s" && cp "$s" "$OUT/gpu-smoke-pretrain-stats.json"; done
+# Every gpu-smoke stats.json under its instance's name (pretrain, perplexity@f32, perplexity@bf16).
+for d in pipelines/examples/.babelflow/artifacts/*/; do
+  [ -f "$d/stats.json" ] || continue
+  name=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["instance"])' "$d/manifest.json")
+  cp "$d/stats.json" "$OUT/gpu-smoke-${name//@/-}-stats.json"
+done
 true
