@@ -114,29 +114,36 @@ fn quickstart_runs_end_to_end_then_is_fully_cached_and_reports_its_numbers() {
                 assert!(md.contains(&row), "missing {row} in\n{md}");
             }
         }
-        // The study's Table 2: untrained model first, then each trained
-        // one with its change in bits per character.
+        // The study's Table 2: each model beside the one its training
+        // started from, with the change in bits per character.
         if name == "perplexity@model" {
-            let before = stats_of(&p, &plan, name);
-            let after = stats_of(&p, &plan, "perplexity@pretrain");
+            let per_lang = |instance: &str| stats_of(&p, &plan, instance)["per_lang"].clone();
+            let (untrained, pretrained, tuned) = (
+                per_lang("perplexity@model"),
+                per_lang("perplexity@pretrain"),
+                per_lang("perplexity@sft"),
+            );
+            let num = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap();
             for lang in ["en", "sw", "hi"] {
-                let (b, a) = (&before["per_lang"][lang], &after["per_lang"][lang]);
-                let (bb, ab) = (
-                    b["bits_per_char"].as_f64().unwrap(),
-                    a["bits_per_char"].as_f64().unwrap(),
+                let first = format!(
+                    "| {lang} | model |  | — | {:.2} | {:.3} | — | — |",
+                    num(&untrained[lang], "token_perplexity"),
+                    num(&untrained[lang], "bits_per_char")
                 );
-                let untrained = format!(
-                    "| {lang} | model (untrained) |  | {:.2} | {bb:.3} | — | — |",
-                    b["token_perplexity"].as_f64().unwrap()
-                );
-                let trained = format!(
-                    "| {lang} | pretrain |  | {:.2} | {ab:.3} | {:.3} | {:.1} |",
-                    a["token_perplexity"].as_f64().unwrap(),
-                    ab - bb,
-                    100.0 * (ab - bb) / bb
-                );
-                assert!(md.contains(&untrained), "missing {untrained} in\n{md}");
-                assert!(md.contains(&trained), "missing {trained} in\n{md}");
+                assert!(md.contains(&first), "missing {first} in\n{md}");
+                for (model, start, after, before) in [
+                    ("pretrain", "model", &pretrained, &untrained),
+                    ("sft", "pretrain", &tuned, &pretrained),
+                ] {
+                    let (a, b) = (num(&after[lang], "bits_per_char"), num(&before[lang], "bits_per_char"));
+                    let row = format!(
+                        "| {lang} | {model} |  | {start} | {:.2} | {a:.3} | {:.3} | {:.1} |",
+                        num(&after[lang], "token_perplexity"),
+                        a - b,
+                        100.0 * (a - b) / b
+                    );
+                    assert!(md.contains(&row), "missing {row} in\n{md}");
+                }
             }
         }
         // The run table: every instance upstream of the report, made in the

@@ -76,6 +76,16 @@ fn forgetting_shows_english_kept_by_the_bilingual_mix() {
         target_only > base,
         "target-only training forgets English: {base} → {target_only}"
     );
+    // The report's Table 2 sets each variant beside the model it started from.
+    let md = std::fs::read_to_string(common::artifact_dir(&p, &plan, "report").join("report.md")).unwrap();
+    for (variant, after) in [("target_only", target_only), ("bilingual", bilingual)] {
+        let row = format!("| en | transfer@{variant} | {variant} | english_base |");
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no Table 2 row {row} in\n{md}"));
+        assert!(line.contains(&format!("| {:.3} |", after - base)), "{line}");
+    }
 }
 
 /// `--set` values that point a recipe's placeholders at shipped files.

@@ -29,20 +29,39 @@ struct Measured {
     bits_per_char: Option<f64>,
 }
 
-/// The study's Table 2: per language, the untrained model's perplexity and
-/// bits per character, then every trained model's, grouped by variant (the
-/// model instance's label), with the change in bits per character — the
-/// figure that compares across tokenizers. `None` unless the run record says
-/// which evaluated models are untrained and which trained.
-fn before_after(measured: &[Measured], upstream: &[Upstream]) -> Option<Table> {
-    let kind_of: BTreeMap<&str, &str> = upstream
+/// For each trained model of the run, the model its training started from
+/// (the `model` input in its manifest).
+fn trained_from(upstream: &[Upstream]) -> BTreeMap<String, String> {
+    upstream
         .iter()
-        .map(|u| (u.instance.as_str(), u.kind.as_str()))
-        .collect();
-    let trained = |m: &str| kind_of.get(m).map(|k| TRAINING_KINDS.contains(k));
-    if !measured.iter().any(|m| trained(&m.model) == Some(false))
-        || !measured.iter().any(|m| trained(&m.model) == Some(true))
-    {
+        .filter(|u| TRAINING_KINDS.contains(&u.kind.as_str()))
+        .filter_map(|u| {
+            let manifest: Value =
+                serde_json::from_slice(&std::fs::read(u.artifact.as_ref()?.join("manifest.json")).ok()?).ok()?;
+            let start = manifest["inputs"]["model"][0]["instance"].as_str()?.to_string();
+            Some((u.instance.clone(), start))
+        })
+        .collect()
+}
+
+/// The study's Table 2: per language, each evaluated model's perplexity and
+/// bits per character beside those of the model its training started from
+/// (when that one was evaluated too), with the change in bits per character
+/// — the figure that compares across tokenizers. Rows are grouped by
+/// language, then by the model's variant label. `None` unless some trained
+/// model's starting point was evaluated.
+fn before_after(measured: &[Measured], upstream: &[Upstream]) -> Option<Table> {
+    let from = trained_from(upstream);
+    let bits = |model: &str, lang: &str| {
+        measured
+            .iter()
+            .find(|m| m.model == model && m.lang == lang)
+            .and_then(|m| m.bits_per_char)
+    };
+    let has_pair = measured
+        .iter()
+        .any(|m| from.get(&m.model).is_some_and(|start| bits(start, &m.lang).is_some()));
+    if !has_pair {
         return None;
     }
     let mut t = Table::new(
@@ -51,53 +70,47 @@ fn before_after(measured: &[Measured], upstream: &[Upstream]) -> Option<Table> {
             "language",
             "model",
             "variant",
+            "trained from",
             "token perplexity",
             "bits / char",
-            "Δ bits / char vs untrained",
+            "Δ bits / char",
             "Δ %",
         ],
     );
     t.note = Some(
-        "Untrained: a model no training stage of this run produced (imported or initialised).          Rows are grouped by language, then by the model's variant label; Δ compares bits per character,          which stays comparable when the vocabulary was extended."
+        "Δ compares each trained model with the model its training started from, on the same text; bits per \
+         character stay comparable when the vocabulary was extended. Rows are grouped by language, then by the \
+         model's variant label."
             .into(),
     );
     let variant = |m: &str| m.split_once('@').map(|(_, v)| v.to_string()).unwrap_or_default();
-    let mut langs: Vec<&str> = measured.iter().map(|m| m.lang.as_str()).collect();
-    langs.sort_unstable();
-    langs.dedup();
-    for lang in langs {
-        let mut rows: Vec<&Measured> = measured
-            .iter()
-            .filter(|m| m.lang == lang && trained(&m.model).is_some())
-            .collect();
-        rows.sort_by_key(|m| (trained(&m.model), variant(&m.model), m.model.clone()));
-        let reference = rows
-            .iter()
-            .find(|m| trained(&m.model) == Some(false))
-            .and_then(|m| m.bits_per_char);
-        for m in rows {
-            let is_trained = trained(&m.model) == Some(true);
-            let delta = match (is_trained, reference, m.bits_per_char) {
-                (true, Some(r), Some(b)) => Some(b - r),
-                _ => None,
-            };
-            t.rows.push(vec![
-                Cell::Text(lang.to_string()),
-                Cell::Text(if is_trained {
-                    m.model.clone()
-                } else {
-                    format!("{} (untrained)", m.model)
-                }),
-                Cell::Text(variant(&m.model)),
-                m.token_perplexity.map_or(Cell::Missing, |v| Cell::Float(v, 2)),
-                m.bits_per_char.map_or(Cell::Missing, |v| Cell::Float(v, 3)),
-                delta.map_or(Cell::Missing, |d| Cell::Float(d, 3)),
-                match (delta, reference) {
-                    (Some(d), Some(r)) if r != 0.0 => Cell::Float(100.0 * d / r, 1),
-                    _ => Cell::Missing,
-                },
-            ]);
-        }
+    let mut rows: Vec<&Measured> = measured.iter().collect();
+    // Per language: untrained models first, then trained ones by variant.
+    rows.sort_by_key(|m| {
+        (
+            m.lang.clone(),
+            from.contains_key(&m.model),
+            variant(&m.model),
+            m.model.clone(),
+        )
+    });
+    for m in rows {
+        let start = from.get(&m.model);
+        let before = start.and_then(|s| bits(s, &m.lang));
+        let delta = before.zip(m.bits_per_char).map(|(b, a)| a - b);
+        t.rows.push(vec![
+            Cell::Text(m.lang.clone()),
+            Cell::Text(m.model.clone()),
+            Cell::Text(variant(&m.model)),
+            start.map_or(Cell::Missing, |s| Cell::Text(s.clone())),
+            m.token_perplexity.map_or(Cell::Missing, |v| Cell::Float(v, 2)),
+            m.bits_per_char.map_or(Cell::Missing, |v| Cell::Float(v, 3)),
+            delta.map_or(Cell::Missing, |d| Cell::Float(d, 3)),
+            match (delta, before) {
+                (Some(d), Some(b)) if b != 0.0 => Cell::Float(100.0 * d / b, 1),
+                _ => Cell::Missing,
+            },
+        ]);
     }
     Some(t)
 }
