@@ -54,6 +54,8 @@ impl Loaded {
         config
             .check_vocab(tokenizer.vocab_size as usize, "the tokenizer", &dir)
             .map_err(fail)?;
+        // The manifest records the backend `auto` resolved to (the report shows it).
+        ctx.note("backend", backend.clone());
         let precision = ctx.params.opt_str("precision")?.unwrap_or("f32").to_string();
         let model = Precision::parse(&precision).map_err(StageError::failed)?.apply(model);
         Ok(Loaded {

@@ -13,16 +13,17 @@ fn read_manifest(dir: &std::path::Path) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The backend an instance actually used (stages note it; `auto` resolves
-/// at run time), else the one the recipe asked for.
-fn backend_of(manifest: &Value) -> String {
-    let used = manifest["notes"]["backend"].as_str();
+/// The backend an instance actually used (model stages note it; `auto`
+/// resolves at run time), with what was asked when that differs; `None` for
+/// stages that use no device.
+fn backend_of(manifest: &Value) -> Option<String> {
+    let used = manifest["notes"]["backend"].as_str()?;
     let asked = manifest["backend"].as_str().unwrap_or("?");
-    match used {
-        Some(u) if !u.starts_with(asked) => format!("{u} (asked {asked})"),
-        Some(u) => u.to_string(),
-        None => asked.to_string(),
-    }
+    Some(if used.starts_with(asked) {
+        used.to_string()
+    } else {
+        format!("{used} (asked {asked})")
+    })
 }
 
 fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> Vec<Cell> {
@@ -32,12 +33,13 @@ fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> 
         Cell::Text(kind.to_string()),
         this_run,
         Cell::from_json_f64(&m["duration_s"], 2),
-        if m.is_null() {
-            Cell::Missing
-        } else {
-            Cell::Text(backend_of(m))
-        },
-        m["device"].as_u64().map(Cell::Int).unwrap_or(Cell::Missing),
+        backend_of(m).map_or(Cell::Missing, Cell::Text),
+        // A device index means something only on a GPU backend.
+        m["device"]
+            .as_u64()
+            .filter(|_| backend_of(m).is_some_and(|b| !b.starts_with("cpu")))
+            .map(Cell::Int)
+            .unwrap_or(Cell::Missing),
         m["fingerprint"]
             .as_str()
             .map(|f| Cell::Text(f.chars().take(12).collect()))
