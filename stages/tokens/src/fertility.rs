@@ -39,17 +39,21 @@ pub struct FertilityCounter {
 }
 
 impl FertilityCounter {
-    pub fn add(&mut self, lang: &str, text: &str, ids: &[u32], is_byte_fallback: &[bool]) {
+    /// Counts one document; returns its length in characters (the caller
+    /// records it too, and counting is the costly part).
+    pub fn add(&mut self, lang: &str, text: &str, ids: &[u32], is_byte_fallback: &[bool]) -> u64 {
+        let chars = text.chars().count() as u64;
         let c = self.per_lang.entry(lang.to_string()).or_default();
         c.documents += 1;
         c.tokens += ids.len() as u64;
-        c.chars += text.chars().count() as u64;
+        c.chars += chars;
         c.words += text.split_whitespace().count() as u64;
         c.bytes += text.len() as u64;
         c.byte_fallback_tokens += ids
             .iter()
             .filter(|&&id| is_byte_fallback.get(id as usize).copied().unwrap_or(false))
             .count() as u64;
+        chars
     }
 
     pub fn finish(self) -> BTreeMap<String, Fertility> {
@@ -79,8 +83,8 @@ mod tests {
     fn ratios_follow_the_counts() {
         let mut c = FertilityCounter::default();
         // "héllo wörld": 11 chars, 2 words, 13 bytes; 4 tokens, one a byte piece.
-        c.add("de", "héllo wörld", &[5, 6, 7, 1], &[false, true]);
-        c.add("zh", "你好", &[9, 9, 9], &[]);
+        assert_eq!(c.add("de", "héllo wörld", &[5, 6, 7, 1], &[false, true]), 11);
+        assert_eq!(c.add("zh", "你好", &[9, 9, 9], &[]), 2);
         let f = c.finish();
         let de = &f["de"];
         assert_eq!((de.counts.chars, de.counts.words, de.counts.bytes), (11, 2, 13));

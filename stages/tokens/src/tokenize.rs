@@ -50,32 +50,39 @@ impl Pipeline<'_> {
             let written = writer
                 .join()
                 .unwrap_or_else(|_| Err(StageError::failed("the token writer panicked")));
-            // A stage that stopped early makes the others stop with `Stopped`;
-            // report the error that caused it.
-            let written = match (written, read, encoded) {
-                (Err(e), _, _) if !is_stopped(&e) => return Err(e),
-                (_, Err(e), _) if !is_stopped(&e) => return Err(e),
-                (_, _, Err(e)) => return Err(e),
-                (written, _, _) => written?,
-            };
-            Ok(written)
+            // A part whose neighbour hung up stops quietly (Ok); so any error
+            // here is a cause, not a consequence.
+            read?;
+            encoded?;
+            written
         })
     }
 
     fn read(&self, out: crossbeam_channel::Sender<Vec<Document>>) -> Result<(), StageError> {
         let mut batch = Vec::with_capacity(self.batch_docs);
+        // Set when the encoder hung up (it failed, or the writer did): the
+        // reader stops, and the error to report is theirs.
+        let mut hung_up = false;
         for item in self.ctx.input("corpus") {
-            read_corpus(&item.path, &mut |doc| {
+            let read = read_corpus(&item.path, &mut |doc| {
                 batch.push(doc);
                 if batch.len() >= self.batch_docs {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_docs));
-                    out.send(full).map_err(|_| stopped())?;
+                    if out.send(full).is_err() {
+                        hung_up = true;
+                        return Err(StageError::Cancelled);
+                    }
                 }
                 Ok(())
-            })?;
+            });
+            match read {
+                Err(_) if hung_up => return Ok(()),
+                other => other?,
+            }
         }
         if !batch.is_empty() {
-            out.send(batch).map_err(|_| stopped())?;
+            // A failed send means the encoder hung up: its error is reported.
+            let _ = out.send(batch);
         }
         Ok(())
     }
@@ -116,7 +123,7 @@ impl Pipeline<'_> {
         let mut ids = Vec::new();
         for (batch, encodings) in input {
             for (doc, text_ids) in batch.iter().zip(&encodings) {
-                fertility.add(&doc.lang, &doc.text, text_ids, &self.tok.is_byte_fallback);
+                let n_chars = fertility.add(&doc.lang, &doc.text, text_ids, &self.tok.is_byte_fallback);
                 let offset = tokens.tokens_written();
                 ids.clear();
                 ids.extend(self.bos);
@@ -128,7 +135,7 @@ impl Pipeline<'_> {
                     lang: doc.lang.clone(),
                     offset,
                     n_tokens: ids.len() as u64,
-                    n_chars: doc.text.chars().count() as u64,
+                    n_chars,
                     n_bytes: doc.text.len() as u64,
                 })?;
             }
@@ -146,17 +153,6 @@ impl Pipeline<'_> {
             docs,
         })
     }
-}
-
-/// What a pipeline thread returns when another one hung up on it.
-fn stopped() -> StageError {
-    StageError::failed(STOPPED)
-}
-
-const STOPPED: &str = "stopped because another part of the pipeline failed";
-
-fn is_stopped(e: &StageError) -> bool {
-    matches!(e, StageError::Failed(m) if m == STOPPED)
 }
 
 const PARAMS: &[ParamSpec] = &[

@@ -98,53 +98,50 @@ impl Style {
 /// newlines, and spaces that are not followed by a word.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// An untrained byte-level tokenizer with LLaMA-3's conventions, as HF JSON.
-/// `ignore_merges` as LLaMA-3: a word that is itself a token is one token.
-pub fn byte_level_skeleton() -> Value {
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-        ]},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
-            "vocab": {}, "merges": []
-        }
-    })
-}
-
-/// An untrained tokenizer with LLaMA's conventions, as HF JSON.
-pub fn llama_style_skeleton(unk: &str, byte_fallback: bool) -> Value {
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
-        "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}
-        ]},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": true, "byte_fallback": byte_fallback, "ignore_merges": false,
-            "vocab": {}, "merges": []
-        }
-    })
+impl Style {
+    /// An untrained tokenizer in this layout, as HF JSON. Byte-level sets
+    /// `ignore_merges` as LLaMA-3 does (a word that is itself a token is one
+    /// token) and has no unknown token.
+    fn skeleton(self, unk: &str, byte_fallback: bool) -> Value {
+        let (pre_tokenizer, decoder, unk, ignore_merges) = match self {
+            Style::SentencePiece => (
+                json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true}),
+                json!({"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                    {"type": "ByteFallback"},
+                    {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+                ]}),
+                json!(unk),
+                false,
+            ),
+            Style::ByteLevel => (
+                json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+                ]}),
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                Value::Null,
+                true,
+            ),
+        };
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [],
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": decoder,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": self == Style::SentencePiece, "byte_fallback": byte_fallback,
+                "ignore_merges": ignore_merges, "vocab": {}, "merges": []
+            }
+        })
+    }
 }
 
 /// Inserts the 256 byte pieces right after the special tokens (LLaMA's
@@ -252,10 +249,8 @@ impl StageKind for TrainTokenizer {
         ctx.log(&format!("training on {} documents, {chars} characters", texts.len()));
         ctx.check_cancelled()?;
 
-        let skeleton = match style {
-            Style::SentencePiece => llama_style_skeleton(&specials[0], byte_fallback),
-            Style::ByteLevel => byte_level_skeleton(),
-        };
+        let unk = specials.first().map_or("", String::as_str);
+        let skeleton = style.skeleton(unk, byte_fallback);
         let mut tokenizer = Tokenizer::from_str(&skeleton.to_string())
             .map_err(|e| StageError::failed(format!("building the tokenizer skeleton: {e}")))?;
         let learned = vocab_size - if byte_fallback { 256 } else { 0 };

@@ -205,22 +205,27 @@ fn unseen_script_falls_back_to_bytes_and_still_round_trips() {
     assert!(Tokenizer::from_str(&json.to_string()).is_ok());
 }
 
+/// The error `tokenize` stops with (it must fail).
+fn tokenize_err(dir: &Path, name: &str, params: Value, corpora: &[&Path], tokenizer: &Path) -> String {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    run_kind(
+        kind("tokenize").as_ref(),
+        params,
+        &inputs(&[("corpus", corpora), ("tokenizer", &[tokenizer])]),
+        &out,
+    )
+    .expect_err("tokenize should have failed")
+    .to_string()
+}
+
 #[test]
 fn corrupt_inputs_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let en = corpus(dir.path(), "en");
     let not_tokenizer = dir.path().join("tokenizer.json");
     std::fs::write(&not_tokenizer, r#"{"hello": "world"}"#).unwrap();
-    let out = dir.path().join("t");
-    std::fs::create_dir_all(&out).unwrap();
-    let err = run_kind(
-        kind("tokenize").as_ref(),
-        json!({}),
-        &inputs(&[("corpus", &[&en]), ("tokenizer", &[&not_tokenizer])]),
-        &out,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = tokenize_err(dir.path(), "t", json!({}), &[&en], &not_tokenizer);
     assert!(
         err.contains("tokenizer.json") && err.contains("not a Hugging Face tokenizer.json"),
         "{err}"
@@ -233,16 +238,13 @@ fn corrupt_inputs_get_clear_errors() {
     // reported, not the pipeline's other threads stopping.
     let not_parquet = dir.path().join("notes.parquet");
     std::fs::write(&not_parquet, "just some text").unwrap();
-    let out = dir.path().join("t2");
-    std::fs::create_dir_all(&out).unwrap();
-    let err = run_kind(
-        kind("tokenize").as_ref(),
+    let err = tokenize_err(
+        dir.path(),
+        "t2",
         json!({"batch_docs": 1}),
-        &inputs(&[("corpus", &[&en, &not_parquet]), ("tokenizer", &[&tok_path])]),
-        &out,
-    )
-    .unwrap_err()
-    .to_string();
+        &[&en, &not_parquet],
+        &tok_path,
+    );
     assert!(
         err.contains("notes.parquet") && err.contains("not a Parquet file"),
         "{err}"
