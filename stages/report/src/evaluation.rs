@@ -8,7 +8,7 @@ use babelflow_stage::{InputItem, StageError, Upstream};
 use serde_json::Value;
 
 use crate::table::{Cell, Table};
-use crate::{source_name, stats_of};
+use crate::{manifest_in, source_name, stats_of};
 
 fn f(v: &Value, digits: usize) -> Cell {
     Cell::from_json_f64(v, digits)
@@ -36,8 +36,7 @@ fn trained_from(upstream: &[Upstream]) -> BTreeMap<String, String> {
         .iter()
         .filter(|u| TRAINING_KINDS.contains(&u.kind.as_str()))
         .filter_map(|u| {
-            let manifest: Value =
-                serde_json::from_slice(&std::fs::read(u.artifact.as_ref()?.join("manifest.json")).ok()?).ok()?;
+            let manifest = manifest_in(u.artifact.as_ref()?)?;
             let start = manifest["inputs"]["model"][0]["instance"].as_str()?.to_string();
             Some((u.instance.clone(), start))
         })

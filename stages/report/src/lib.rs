@@ -71,9 +71,14 @@ fn stats_of(item: &InputItem) -> Result<Value, StageError> {
     read_json(&path)
 }
 
+/// The manifest of the artifact folder `dir`, when it has one.
+fn manifest_in(dir: &Path) -> Option<Value> {
+    read_json(&dir.join("manifest.json")).ok()
+}
+
 /// The manifest of the artifact an input comes from, when it has one.
 fn manifest_of(item: &InputItem) -> Option<Value> {
-    read_json(&item.path.parent()?.join("manifest.json")).ok()
+    manifest_in(item.path.parent()?)
 }
 
 fn source_name(item: &InputItem) -> String {

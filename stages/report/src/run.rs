@@ -5,13 +5,8 @@
 use babelflow_stage::{InputItem, MissingInput, Upstream, UpstreamOutcome};
 use serde_json::Value;
 
-use crate::manifest_of;
 use crate::table::{Cell, Table};
-
-fn read_manifest(dir: &std::path::Path) -> Option<Value> {
-    let bytes = std::fs::read(dir.join("manifest.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
+use crate::{manifest_in, manifest_of};
 
 /// The backend an instance actually used (model stages note it; `auto`
 /// resolves at run time), with what was asked when that differs; `None` for
@@ -28,16 +23,17 @@ fn backend_of(manifest: &Value) -> Option<String> {
 
 fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> Vec<Cell> {
     let m = manifest.unwrap_or(&Value::Null);
+    let backend = backend_of(m);
     vec![
         Cell::Text(instance.to_string()),
         Cell::Text(kind.to_string()),
         this_run,
         Cell::from_json_f64(&m["duration_s"], 2),
-        backend_of(m).map_or(Cell::Missing, Cell::Text),
+        backend.clone().map_or(Cell::Missing, Cell::Text),
         // A device index means something only on a GPU backend.
         m["device"]
             .as_u64()
-            .filter(|_| backend_of(m).is_some_and(|b| !b.starts_with("cpu")))
+            .filter(|_| backend.as_deref().is_some_and(|b| !b.starts_with("cpu")))
             .map(Cell::Int)
             .unwrap_or(Cell::Missing),
         m["fingerprint"]
@@ -76,7 +72,7 @@ pub fn run_table(upstream: &[Upstream], bound: &[&InputItem]) -> Table {
         return t;
     }
     for u in upstream {
-        let manifest = u.artifact.as_deref().and_then(read_manifest);
+        let manifest = u.artifact.as_deref().and_then(manifest_in);
         let this_run = match &u.outcome {
             UpstreamOutcome::Cached => Cell::Text("cached".into()),
             UpstreamOutcome::Ran { seconds } => Cell::Text(format!("ran ({seconds:.1} s)")),
