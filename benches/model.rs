@@ -25,6 +25,10 @@ use babelflow_model::generate::{generate, generate_batch, Sampling};
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{device, Llama, LlamaConfig, Rope};
 
+// The allocator the `babelflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: babelflow_model::BlockCache = babelflow_model::BlockCache::new();
+
 /// Token ids from a small LCG (no rand dependency needed for a benchmark).
 fn random_ids(batch: usize, seq: usize, vocab: usize, state: &mut u64, device: &Device) -> Tensor<2, Int> {
     let data: Vec<i64> = (0..batch * seq).map(|_| next(state, vocab) as i64).collect();

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Keeps freed tensor-sized blocks for reuse instead of returning them to
+/// the kernel each training step (see `babelflow_model::block_cache`).
+#[global_allocator]
+static ALLOCATOR: babelflow_model::BlockCache = babelflow_model::BlockCache::new();
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let level = match args.verbose {

@@ -1,17 +1,21 @@
 //! The LLaMA model: architecture in burn, HF checkpoints in and out,
 //! generation, and backend choice at run time.
 
+pub mod block_cache;
 pub mod config;
 pub mod device;
+mod fused_nll;
 pub mod generate;
 pub mod hf;
 pub mod llama;
 pub mod loss;
 pub mod precision;
 pub mod resize;
+mod row_kernels;
 
 use std::path::PathBuf;
 
+pub use block_cache::BlockCache;
 pub use burn;
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, Rope};

@@ -4,21 +4,34 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
+use crate::fused_nll::{token_nll, Fused};
+
 /// Mean negative log-likelihood of `targets [b, t]` under `logits [b, t, v]`,
 /// over positions where `weights [b, t]` is 1 (all when `None`).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option<Tensor<2>>) -> Tensor<1> {
-    let [b, t, _] = logits.dims();
-    let logp = log_softmax(logits, 2);
-    let picked = logp.gather(2, targets.reshape([b, t, 1])).reshape([b, t]);
+    let nll = match token_nll(logits, &targets) {
+        Fused::Nll(nll) => nll,
+        Fused::NotApplicable(logits) => composed_nll(logits, targets),
+    };
     match weights {
-        None => picked.mean().neg(),
+        None => nll.mean(),
         Some(w) => {
             // A row set with no counted position (a packed window of
             // prompts only) contributes zero loss rather than 0/0.
             let total = w.clone().sum().clamp_min(1.0);
-            (picked * w).sum().neg() / total
+            (nll * w).sum() / total
         }
     }
+}
+
+/// `-log_softmax(logits)[target]` from burn's tensor ops: what every backend
+/// without the fused kernel runs.
+pub fn composed_nll(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    let [b, t, _] = logits.dims();
+    log_softmax(logits, 2)
+        .gather(2, targets.reshape([b, t, 1]))
+        .reshape([b, t])
+        .neg()
 }
 
 #[cfg(test)]
@@ -34,6 +47,57 @@ mod tests {
         let targets = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64], [1, 1]), &device);
         let loss: f32 = cross_entropy(logits, targets, None).into_scalar();
         assert!((loss - (4.0f32 / 3.0).ln()).abs() < 1e-6, "{loss}");
+    }
+
+    fn fused_only(result: Fused) -> Tensor<2> {
+        match result {
+            Fused::Nll(nll) => nll,
+            Fused::NotApplicable(_) => panic!("flex f32 logits take the fused path"),
+        }
+    }
+
+    /// The fused kernel against burn's own ops: loss and gradient, with and
+    /// without autodiff, on logits wide enough for the vector loops' tails.
+    #[test]
+    fn the_fused_kernel_equals_log_softmax_in_value_and_gradient() {
+        let device = Device::flex();
+        let [b, t, v] = [2, 3, 37];
+        let values: Vec<f32> = (0..b * t * v)
+            .map(|i| ((i * 7919 % 101) as f32 - 50.0) * 0.13)
+            .collect();
+        let ids: Vec<i64> = (0..b * t).map(|i| (i * 11 % v) as i64).collect();
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        let weights = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 1.0, 1.0, 0.5, 0.0], [b, t]), &device);
+        let ad = device.clone().autodiff();
+        let run = |fused: bool| {
+            let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &ad).require_grad();
+            let nll = if fused {
+                fused_only(token_nll(logits.clone(), &targets.clone().to_device(&ad)))
+            } else {
+                composed_nll(logits.clone(), targets.clone().to_device(&ad))
+            };
+            let loss = (nll.clone() * weights.clone().to_device(&ad)).sum();
+            let grads = loss.backward();
+            let grad = logits
+                .grad(&grads)
+                .expect("logits get a gradient")
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            (nll.into_data().try_to_vec::<f32>().unwrap(), grad)
+        };
+        let (fused, fused_grad) = run(true);
+        let (composed, composed_grad) = run(false);
+        for (f, c) in fused.iter().zip(&composed) {
+            assert!((f - c).abs() < 2e-6 * c.abs().max(1.0), "{f} vs {c}");
+        }
+        for (f, c) in fused_grad.iter().zip(&composed_grad) {
+            assert!((f - c).abs() < 1e-6, "gradient {f} vs {c}");
+        }
+        // Without autodiff (evaluation) the same values.
+        let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &device);
+        let plain = fused_only(token_nll(logits, &targets));
+        assert_eq!(plain.into_data().try_to_vec::<f32>().unwrap(), fused);
     }
 
     #[test]
