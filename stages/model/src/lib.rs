@@ -4,14 +4,13 @@
 pub mod block_cache;
 pub mod config;
 pub mod device;
-mod fused_nll;
+pub mod fused;
 pub mod generate;
 pub mod hf;
 pub mod llama;
 pub mod loss;
 pub mod precision;
 pub mod resize;
-mod row_kernels;
 
 use std::path::PathBuf;
 

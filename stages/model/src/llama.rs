@@ -9,6 +9,8 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{inverse_frequencies, LlamaConfig};
+use crate::fused::causal_softmax::causal_softmax;
+use crate::fused::Fused;
 use crate::precision::in_dtype;
 
 /// A bias-free projection with HF's weight layout `[out, in]`.
@@ -182,20 +184,27 @@ impl Attention {
             .expand([b, kv, rep, total, hd])
             .reshape([b, h, total, hd]);
         // Masked and normalised in f32 whatever the weights' dtype.
-        let scores = in_dtype(q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt(), DType::F32);
-        let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
-        let scores = match padding {
-            None => scores.mask_fill(mask, f32::NEG_INFINITY),
+        let scores = in_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probabilities = match padding {
+            None => match causal_softmax(scores, scale as f32, past) {
+                Fused::Done(probabilities) => probabilities,
+                Fused::NotApplicable(scores) => {
+                    let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
+                    softmax((scores * scale).mask_fill(mask, f32::NEG_INFINITY), 3)
+                }
+            },
             // Finite, so a padding query that may see only padding keys gets
             // a harmless uniform row instead of NaN (exp still gives 0 for
             // the real rows' hidden keys).
             Some(pad) => {
+                let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
                 let pad = pad.clone().reshape([b, 1, 1, total]).expand([b, h, t, total]);
                 let mask = mask.expand([b, h, t, total]).bool_or(pad);
-                scores.mask_fill(mask, -1.0e9)
+                softmax((scores * scale).mask_fill(mask, -1.0e9), 3)
             }
         };
-        let out = in_dtype(softmax(scores, 3), v.dtype()).matmul(v);
+        let out = in_dtype(probabilities, v.dtype()).matmul(v);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }

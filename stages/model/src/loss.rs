@@ -4,13 +4,14 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use crate::fused_nll::{token_nll, Fused};
+use crate::fused::nll::token_nll;
+use crate::fused::Fused;
 
 /// Mean negative log-likelihood of `targets [b, t]` under `logits [b, t, v]`,
 /// over positions where `weights [b, t]` is 1 (all when `None`).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option<Tensor<2>>) -> Tensor<1> {
     let nll = match token_nll(logits, &targets) {
-        Fused::Nll(nll) => nll,
+        Fused::Done(nll) => nll,
         Fused::NotApplicable(logits) => composed_nll(logits, targets),
     };
     match weights {
@@ -49,9 +50,9 @@ mod tests {
         assert!((loss - (4.0f32 / 3.0).ln()).abs() < 1e-6, "{loss}");
     }
 
-    fn fused_only(result: Fused) -> Tensor<2> {
+    fn fused_only(result: Fused<Tensor<2>, Tensor<3>>) -> Tensor<2> {
         match result {
-            Fused::Nll(nll) => nll,
+            Fused::Done(nll) => nll,
             Fused::NotApplicable(_) => panic!("flex f32 logits take the fused path"),
         }
     }

@@ -78,6 +78,51 @@ fn scaled_exp_generic(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
+/// `out = softmax(scale · row)`; `out` as long as `row`.
+#[inline(always)]
+fn softmax_generic(row: &[f32], scale: f32, out: &mut [f32]) {
+    let shift = scale * max_generic(row);
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = out.chunks_exact_mut(LANES).zip(row.chunks_exact(LANES));
+    for (o, x) in &mut chunks {
+        for ((o, &x), a) in o.iter_mut().zip(x).zip(acc.iter_mut()) {
+            *o = exp(scale * x - shift);
+            *a += *o;
+        }
+    }
+    let done = row.len() - row.len() % LANES;
+    let mut sum: f32 = acc.iter().sum();
+    for (o, &x) in out[done..].iter_mut().zip(&row[done..]) {
+        *o = exp(scale * x - shift);
+        sum += *o;
+    }
+    let inverse = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inverse;
+    }
+}
+
+/// Gradient of `softmax(scale · x)` given its output `p` and the incoming
+/// gradient `g`: `out = scale · p ⊙ (g - ⟨g, p⟩)`.
+#[inline(always)]
+fn softmax_backward_generic(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = p.chunks_exact(LANES).zip(g.chunks_exact(LANES));
+    for (p, g) in &mut chunks {
+        for ((&p, &g), a) in p.iter().zip(g).zip(acc.iter_mut()) {
+            *a += p * g;
+        }
+    }
+    let done = p.len() - p.len() % LANES;
+    let mut dot: f32 = acc.iter().sum();
+    for (&p, &g) in p[done..].iter().zip(&g[done..]) {
+        dot += p * g;
+    }
+    for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+        *o = scale * p * (g - dot);
+    }
+}
+
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident) => {
         $(#[$doc])*
@@ -118,6 +163,14 @@ dispatch!(
     /// `out = scale · exp(row - shift)`.
     fn row_scaled_exp(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> () = scaled_exp_generic
 );
+dispatch!(
+    /// `out = softmax(scale · row)`.
+    fn row_softmax(row: &[f32], scale: f32, out: &mut [f32]) -> () = softmax_generic
+);
+dispatch!(
+    /// `out = scale · p ⊙ (g - ⟨g, p⟩)`, the gradient through a row softmax.
+    fn row_softmax_backward(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) -> () = softmax_backward_generic
+);
 
 #[cfg(test)]
 mod tests {
@@ -153,6 +206,28 @@ mod tests {
             for (o, &x) in out.iter().zip(&row) {
                 let want = 0.5 * ((x - m) as f64).exp();
                 assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "len {len}");
+            }
+            // Softmax of 0.3·row and its gradient against f64 by hand.
+            let scale = 0.3;
+            let weights: Vec<f64> = row.iter().map(|&x| (scale as f64 * (x - m) as f64).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let want: Vec<f64> = weights.iter().map(|w| w / total).collect();
+            let mut p = vec![0.0; len];
+            row_softmax(&row, scale, &mut p);
+            for (got, want) in p.iter().zip(&want) {
+                assert!((*got as f64 - want).abs() < 1e-6, "len {len}: {got} vs {want}");
+            }
+            let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let dot: f64 = want.iter().zip(&g).map(|(p, &g)| p * g as f64).sum();
+            let mut grad = vec![0.0; len];
+            row_softmax_backward(&p, &g, scale, &mut grad);
+            for i in 0..len {
+                let want = scale as f64 * want[i] * (g[i] as f64 - dot);
+                assert!(
+                    (grad[i] as f64 - want).abs() < 1e-6,
+                    "len {len}: gradient {} vs {want}",
+                    grad[i]
+                );
             }
         }
     }

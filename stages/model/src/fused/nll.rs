@@ -1,13 +1,6 @@
-//! Per-position negative log-likelihood `logsumexp(logits) - logits[target]`
-//! as one operation with its own backward, on burn's CPU backend (`flex`).
-//!
-//! Why: composed from burn's tensor ops, log-softmax over the vocabulary is
-//! a dozen single-threaded passes over the largest tensor of a training step
-//! (batch × sequence × vocabulary), with a scalar `expf` per element, twice
-//! (autodiff recomputes `exp` in the backward pass). Here the forward reads
-//! each row twice (max, then Σ exp) and the backward writes
-//! `g · (softmax - onehot)` in one pass, rows spread over the rayon pool.
-//! Other backends, and anything this does not cover, take the composed path.
+//! Per-position negative log-likelihood `logsumexp(logits) - logits[target]`:
+//! the forward reads each row twice (max, then Σ exp), the backward writes
+//! `g · (softmax - onehot)` in one pass.
 
 use std::sync::Arc;
 
@@ -17,28 +10,21 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
-use burn_backend::tensor::FloatTensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use crate::row_kernels::{row_max, row_scaled_exp, row_sum_exp};
-
-pub enum Fused {
-    /// NLL `[b, t]`.
-    Nll(Tensor<2>),
-    /// The logits back: not on `flex`, not f32, or a checkpointing autodiff.
-    NotApplicable(Tensor<3>),
-}
+use super::row_kernels::{row_max, row_scaled_exp, row_sum_exp};
+use super::{Fused, Tracked};
 
 /// `logits [b, t, v]`, `targets [b, t]` → NLL `[b, t]` where the fused path applies.
-pub fn token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused {
+pub fn token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tensor<2>, Tensor<3>> {
     if logits.dtype() != DType::F32 {
         return Fused::NotApplicable(logits);
     }
     let [b, t, v] = logits.dims();
     if let Ok(tracked) = logits.clone().try_into_primitive::<Autodiff<Flex>>() {
         let targets = target_ids(targets, v);
-        return Fused::Nll(Tensor::from_primitive::<Autodiff<Flex>>(tracked_nll(
+        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked_nll(
             tracked,
             targets,
             [b, t],
@@ -47,7 +33,7 @@ pub fn token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused {
     if let Ok(plain) = logits.clone().try_into_primitive::<Flex>() {
         let targets = target_ids(targets, v);
         let (nll, _) = forward(&plain.to_contiguous(), &targets, v);
-        return Fused::Nll(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(
+        return Fused::Done(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(
             nll,
             [b, t],
         ))));
@@ -121,9 +107,6 @@ impl Backward<Flex, 1> for TokenNll {
         });
     }
 }
-
-/// A float tensor that autodiff tracks, on `flex`.
-type Tracked = FloatTensor<Autodiff<Flex>>;
 
 fn tracked_nll(logits: Tracked, targets: Arc<[usize]>, [b, t]: [usize; 2]) -> Tracked {
     let vocab = logits.primitive().layout().shape()[2];
