@@ -10,6 +10,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{inverse_frequencies, LlamaConfig};
 use crate::fused::causal_softmax::causal_softmax;
+use crate::fused::swiglu::swiglu;
 use crate::fused::Fused;
 use crate::precision::in_dtype;
 
@@ -175,14 +176,14 @@ impl Attention {
         let total = past + t;
         // Grouped-query attention: each key/value head serves h / kv query heads.
         let rep = h / kv;
-        let k = k
-            .unsqueeze_dim::<5>(2)
-            .expand([b, kv, rep, total, hd])
-            .reshape([b, h, total, hd]);
-        let v = v
-            .unsqueeze_dim::<5>(2)
-            .expand([b, kv, rep, total, hd])
-            .reshape([b, h, total, hd]);
+        let repeat = |x: Tensor<4>| match rep {
+            1 => x,
+            _ => x
+                .unsqueeze_dim::<5>(2)
+                .expand([b, kv, rep, total, hd])
+                .reshape([b, h, total, hd]),
+        };
+        let (k, v) = (repeat(k), repeat(v));
         // Masked and normalised in f32 whatever the weights' dtype.
         let scores = in_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
         let scale = 1.0 / (hd as f64).sqrt();
@@ -225,8 +226,13 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        let hidden = match swiglu(gate, up) {
+            Fused::Done(hidden) => hidden,
+            Fused::NotApplicable((gate, up)) => silu(gate) * up,
+        };
+        self.down_proj.forward(hidden)
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Why: on `flex` every element-wise op is a single-threaded pass with a
 //! scalar `expf` per element, and autodiff recomputes `exp` in the backward
-//! pass. For the vocabulary log-softmax and the attention softmax that was
+//! pass. For the vocabulary log-softmax, the attention softmax and SwiGLU that was
 //! about a third of a training step of the bench's d256 model. These kernels
 //! spread rows over the rayon pool and use a vectorised `exp`
 //! ([`row_kernels`]). Other backends, other dtypes and a checkpointing
@@ -12,6 +12,7 @@
 pub mod causal_softmax;
 pub mod nll;
 mod row_kernels;
+pub mod swiglu;
 
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;

@@ -123,6 +123,36 @@ fn softmax_backward_generic(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// SwiGLU's gate: `out = silu(gate) ⊙ up`.
+#[inline(always)]
+fn swiglu_generic(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(gate).zip(up) {
+        *o = a * sigmoid(a) * b;
+    }
+}
+
+/// `out = g ⊙ up ⊙ silu'(gate)`, silu'(a) = σ(a)·(1 + a·(1 - σ(a))).
+#[inline(always)]
+fn swiglu_gate_grad_generic(gate: &[f32], up: &[f32], g: &[f32], out: &mut [f32]) {
+    for (((o, &a), &b), &g) in out.iter_mut().zip(gate).zip(up).zip(g) {
+        let s = sigmoid(a);
+        *o = g * b * s * (1.0 + a * (1.0 - s));
+    }
+}
+
+/// `out = g ⊙ silu(gate)`.
+#[inline(always)]
+fn swiglu_up_grad_generic(gate: &[f32], g: &[f32], out: &mut [f32]) {
+    for ((o, &a), &g) in out.iter_mut().zip(gate).zip(g) {
+        *o = g * a * sigmoid(a);
+    }
+}
+
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident) => {
         $(#[$doc])*
@@ -170,6 +200,18 @@ dispatch!(
 dispatch!(
     /// `out = scale · p ⊙ (g - ⟨g, p⟩)`, the gradient through a row softmax.
     fn row_softmax_backward(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) -> () = softmax_backward_generic
+);
+dispatch!(
+    /// `out = silu(gate) ⊙ up`.
+    fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) -> () = swiglu_generic
+);
+dispatch!(
+    /// The gradient of `silu(gate) ⊙ up` with respect to `gate`.
+    fn swiglu_gate_grad(gate: &[f32], up: &[f32], g: &[f32], out: &mut [f32]) -> () = swiglu_gate_grad_generic
+);
+dispatch!(
+    /// The gradient of `silu(gate) ⊙ up` with respect to `up`.
+    fn swiglu_up_grad(gate: &[f32], g: &[f32], out: &mut [f32]) -> () = swiglu_up_grad_generic
 );
 
 #[cfg(test)]

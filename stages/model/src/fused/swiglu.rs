@@ -1,0 +1,171 @@
+//! SwiGLU's gate `silu(gate) ⊙ up` in one pass, and each input's gradient
+//! in one more, in chunks over the rayon pool (burn composes it from a
+//! sigmoid, two products and, in the backward, a recomputed sigmoid).
+
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::row_kernels::{swiglu as swiglu_kernel, swiglu_gate_grad, swiglu_up_grad};
+use super::{Fused, Tracked};
+
+/// Elements per rayon task: large enough to amortise the task, small
+/// enough to split a layer's activations over the threads.
+const CHUNK: usize = 1 << 14;
+
+/// `silu(gate) ⊙ up` for two tensors of the same shape.
+pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Fused<Tensor<3>, (Tensor<3>, Tensor<3>)> {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
+        return Fused::NotApplicable((gate, up));
+    }
+    if let (Ok(a), Ok(b)) = (
+        gate.clone().try_into_primitive::<Autodiff<Flex>>(),
+        up.clone().try_into_primitive::<Autodiff<Flex>>(),
+    ) {
+        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked_swiglu(a, b)));
+    }
+    if let (Ok(a), Ok(b)) = (
+        gate.clone().try_into_primitive::<Flex>(),
+        up.clone().try_into_primitive::<Flex>(),
+    ) {
+        return Fused::Done(Tensor::from_primitive::<Flex>(forward(
+            &a.to_contiguous(),
+            &b.to_contiguous(),
+        )));
+    }
+    Fused::NotApplicable((gate, up))
+}
+
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let mut out = vec![0.0f32; f32s(gate).len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(f32s(gate).par_chunks(CHUNK).zip(f32s(up).par_chunks(CHUNK)))
+        .for_each(|(out, (a, b))| swiglu_kernel(a, b, out));
+    FlexTensor::from_data(TensorData::new(out, gate.layout().shape().clone()))
+}
+
+#[derive(Debug)]
+struct SwiGlu;
+
+#[derive(Debug, Clone)]
+struct Saved {
+    gate: FlexTensor,
+    up: FlexTensor,
+}
+
+impl Backward<Flex, 2> for SwiGlu {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let Saved { gate, up } = ops.state;
+        let shape = gate.layout().shape().clone();
+        let up_shape = shape.clone();
+        let gate_for_up = gate.clone();
+        binary::<Flex, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| {
+                let grad = grad.to_contiguous();
+                let mut out = vec![0.0f32; f32s(&gate).len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(f32s(&gate).par_chunks(CHUNK))
+                    .zip(f32s(&up).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
+                    .for_each(|((out, a), (b, g))| swiglu_gate_grad(a, b, g, out));
+                FlexTensor::from_data(TensorData::new(out, shape))
+            },
+            |grad| {
+                let grad = grad.to_contiguous();
+                let mut out = vec![0.0f32; f32s(&gate_for_up).len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(f32s(&gate_for_up).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
+                    .for_each(|(out, (a, g))| swiglu_up_grad(a, g, out));
+                FlexTensor::from_data(TensorData::new(out, up_shape))
+            },
+        );
+    }
+}
+
+fn tracked_swiglu(gate: Tracked, up: Tracked) -> Tracked {
+    let (gate, gate_guard) = gate.into_parts();
+    let (up, up_guard) = up.into_parts();
+    let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
+    let output = forward(&gate, &up);
+    match SwiGlu
+        .prepare::<NoCheckpointing>([gate_guard, up_guard])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(Saved { gate, up }, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation::silu;
+    use burn::tensor::Device;
+
+    fn values(tensor: Tensor<3>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn equals_silu_times_up_in_value_and_both_gradients() {
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let shape = [2, 3, 41];
+        let n: usize = shape.iter().product();
+        let gate: Vec<f32> = (0..n).map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.19).collect();
+        let up: Vec<f32> = (0..n).map(|i| ((i * 131 % 53) as f32 - 26.0) * 0.07).collect();
+        let upstream: Vec<f32> = (0..n).map(|i| ((i * 31 % 13) as f32 - 6.0) * 0.1).collect();
+        let run = |fused: bool| {
+            let a = Tensor::<3>::from_data(TensorData::new(gate.clone(), shape), &ad).require_grad();
+            let b = Tensor::<3>::from_data(TensorData::new(up.clone(), shape), &ad).require_grad();
+            let out = if fused {
+                match swiglu(a.clone(), b.clone()) {
+                    Fused::Done(out) => out,
+                    Fused::NotApplicable(_) => panic!("flex f32 tensors take the fused path"),
+                }
+            } else {
+                silu(a.clone()) * b.clone()
+            };
+            let weights = Tensor::<3>::from_data(TensorData::new(upstream.clone(), shape), &ad);
+            let grads = (out.clone() * weights).sum().backward();
+            (
+                values(out),
+                values(a.grad(&grads).unwrap()),
+                values(b.grad(&grads).unwrap()),
+            )
+        };
+        let fused = run(true);
+        let composed = run(false);
+        for (name, got, want) in [
+            ("value", &fused.0, &composed.0),
+            ("d gate", &fused.1, &composed.1),
+            ("d up", &fused.2, &composed.2),
+        ] {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 2e-6 * w.abs().max(1.0), "{name}: {g} vs {w}");
+            }
+        }
+        let plain = swiglu(
+            Tensor::<3>::from_data(TensorData::new(gate.clone(), shape), &device),
+            Tensor::<3>::from_data(TensorData::new(up.clone(), shape), &device),
+        );
+        match plain {
+            Fused::Done(out) => assert_eq!(values(out), fused.0),
+            Fused::NotApplicable(_) => panic!("flex f32 tensors take the fused path"),
+        }
+    }
+}
