@@ -18,6 +18,10 @@ use babelflow_stage::testing::{inputs, run_kind};
 use babelflow_stage::StageKind;
 use serde_json::json;
 
+// The allocator the `babelflow` binary runs with.
+#[global_allocator]
+static ALLOCATOR: babelflow_model::BlockCache = babelflow_model::BlockCache::new();
+
 const LANGS: [&str; 15] = [
     "en", "zh", "ar", "bn", "gu", "hi", "id", "ml", "mr", "ne", "sw", "ta", "te", "ur", "vi",
 ];
