@@ -2,6 +2,7 @@
 //! sequence (perplexity, choice likelihoods), or the whole distribution at a
 //! sequence's last position (answer letters).
 
+use babelflow_model::loss::token_nll;
 use babelflow_model::{Llama, Rope};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -29,10 +30,10 @@ pub fn next_token_logprobs(model: &Llama, rope: &Rope, seqs: &[&[u32]], device: 
     }
     let (ids, t) = padded(seqs, device);
     let b = seqs.len();
-    let logp = log_softmax(model.forward(ids.clone(), rope, None), 2);
+    let logits = model.forward(ids.clone(), rope, None);
     // Targets: the ids shifted left (the last column's target is padding).
     let targets = Tensor::cat(vec![ids.narrow(1, 1, t - 1), Tensor::zeros([b, 1], device)], 1);
-    let picked = floats(logp.gather(2, targets.reshape([b, t, 1])).reshape([b, t]));
+    let picked = floats(token_nll(logits, targets).neg());
     seqs.iter()
         .enumerate()
         .map(|(i, s)| picked[i * t..i * t + s.len().saturating_sub(1)].to_vec())

@@ -4,16 +4,13 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
-use crate::fused::nll::token_nll;
+use crate::fused::nll::try_token_nll;
 use crate::fused::Fused;
 
 /// Mean negative log-likelihood of `targets [b, t]` under `logits [b, t, v]`,
 /// over positions where `weights [b, t]` is 1 (all when `None`).
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option<Tensor<2>>) -> Tensor<1> {
-    let nll = match token_nll(logits, &targets) {
-        Fused::Done(nll) => nll,
-        Fused::NotApplicable(logits) => composed_nll(logits, targets),
-    };
+    let nll = token_nll(logits, targets);
     match weights {
         None => nll.mean(),
         Some(w) => {
@@ -22,6 +19,15 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option
             let total = w.clone().sum().clamp_min(1.0);
             (nll * w).sum() / total
         }
+    }
+}
+
+/// `-log p(target)` per position, `[b, t]`: the fused kernel on `flex`,
+/// burn's composed ops elsewhere.
+pub fn token_nll(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    match try_token_nll(logits, &targets) {
+        Fused::Done(nll) => nll,
+        Fused::NotApplicable(logits) => composed_nll(logits, targets),
     }
 }
 
@@ -73,7 +79,7 @@ mod tests {
         let run = |fused: bool| {
             let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &ad).require_grad();
             let nll = if fused {
-                fused_only(token_nll(logits.clone(), &targets.clone().to_device(&ad)))
+                fused_only(try_token_nll(logits.clone(), &targets.clone().to_device(&ad)))
             } else {
                 composed_nll(logits.clone(), targets.clone().to_device(&ad))
             };
@@ -97,7 +103,7 @@ mod tests {
         }
         // Without autodiff (evaluation) the same values.
         let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &device);
-        let plain = fused_only(token_nll(logits, &targets));
+        let plain = fused_only(try_token_nll(logits, &targets));
         assert_eq!(plain.into_data().try_to_vec::<f32>().unwrap(), fused);
     }
 

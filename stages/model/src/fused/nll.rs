@@ -17,7 +17,7 @@ use super::row_kernels::{row_max, row_scaled_exp, row_sum_exp};
 use super::{Fused, Tracked};
 
 /// `logits [b, t, v]`, `targets [b, t]` → NLL `[b, t]` where the fused path applies.
-pub fn token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tensor<2>, Tensor<3>> {
+pub fn try_token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tensor<2>, Tensor<3>> {
     if logits.dtype() != DType::F32 {
         return Fused::NotApplicable(logits);
     }
