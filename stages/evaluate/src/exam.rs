@@ -166,7 +166,8 @@ impl StageKind for Exam {
         "exam"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: fused flex kernels (token NLL, causal softmax, SwiGLU): values differ from burn's composed ops in the last bits.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "multiple-choice accuracy (MMLU / C-Eval), k-shot, by answer letters or choice likelihood"
