@@ -11,7 +11,6 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use crate::config::{inverse_frequencies, LlamaConfig};
 use crate::fused::causal_softmax::causal_softmax;
 use crate::fused::swiglu::swiglu;
-use crate::fused::Fused;
 use crate::precision::in_dtype;
 
 /// A bias-free projection with HF's weight layout `[out, in]`.
@@ -188,13 +187,10 @@ impl Attention {
         let scores = in_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
         let scale = 1.0 / (hd as f64).sqrt();
         let probabilities = match padding {
-            None => match causal_softmax(scores, scale as f32, past) {
-                Fused::Done(probabilities) => probabilities,
-                Fused::NotApplicable(scores) => {
-                    let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
-                    softmax((scores * scale).mask_fill(mask, f32::NEG_INFINITY), 3)
-                }
-            },
+            None => causal_softmax(scores, scale as f32, past).or_else(|scores| {
+                let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
+                softmax((scores * scale).mask_fill(mask, f32::NEG_INFINITY), 3)
+            }),
             // Finite, so a padding query that may see only padding keys gets
             // a harmless uniform row instead of NaN (exp still gives 0 for
             // the real rows' hidden keys).
@@ -228,10 +224,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
-        let hidden = match swiglu(gate, up) {
-            Fused::Done(hidden) => hidden,
-            Fused::NotApplicable((gate, up)) => silu(gate) * up,
-        };
+        let hidden = swiglu(gate, up).or_else(|(gate, up)| silu(gate) * up);
         self.down_proj.forward(hidden)
     }
 }

@@ -5,7 +5,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 
 use crate::fused::nll::try_token_nll;
-use crate::fused::Fused;
 
 /// Mean negative log-likelihood of `targets [b, t]` under `logits [b, t, v]`,
 /// over positions where `weights [b, t]` is 1 (all when `None`).
@@ -25,10 +24,7 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>, weights: Option
 /// `-log p(target)` per position, `[b, t]`: the fused kernel on `flex`,
 /// burn's composed ops elsewhere.
 pub fn token_nll(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
-    match try_token_nll(logits, &targets) {
-        Fused::Done(nll) => nll,
-        Fused::NotApplicable(logits) => composed_nll(logits, targets),
-    }
+    try_token_nll(logits, &targets).or_else(|logits| composed_nll(logits, targets))
 }
 
 /// `-log_softmax(logits)[target]` from burn's tensor ops: what every backend
@@ -56,13 +52,6 @@ mod tests {
         assert!((loss - (4.0f32 / 3.0).ln()).abs() < 1e-6, "{loss}");
     }
 
-    fn fused_only(result: Fused<Tensor<2>, Tensor<3>>) -> Tensor<2> {
-        match result {
-            Fused::Done(nll) => nll,
-            Fused::NotApplicable(_) => panic!("flex f32 logits take the fused path"),
-        }
-    }
-
     /// The fused kernel against burn's own ops: loss and gradient, with and
     /// without autodiff, on logits wide enough for the vector loops' tails.
     #[test]
@@ -79,7 +68,7 @@ mod tests {
         let run = |fused: bool| {
             let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &ad).require_grad();
             let nll = if fused {
-                fused_only(try_token_nll(logits.clone(), &targets.clone().to_device(&ad)))
+                try_token_nll(logits.clone(), &targets.clone().to_device(&ad)).done()
             } else {
                 composed_nll(logits.clone(), targets.clone().to_device(&ad))
             };
@@ -103,7 +92,7 @@ mod tests {
         }
         // Without autodiff (evaluation) the same values.
         let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &device);
-        let plain = fused_only(try_token_nll(logits, &targets));
+        let plain = try_token_nll(logits, &targets).done();
         assert_eq!(plain.into_data().try_to_vec::<f32>().unwrap(), fused);
     }
 

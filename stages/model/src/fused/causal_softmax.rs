@@ -3,22 +3,20 @@
 //! pass per row; the backward is `scale · p ⊙ (g - ⟨g, p⟩)` in one more.
 //! Hidden keys get probability 0 and gradient 0.
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn_autodiff::ops::{unary, Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{row_softmax, row_softmax_backward};
-use super::{Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex, record, Fused, Tracked};
 
 /// `scores [b, h, t, past + t]` → attention probabilities of the same shape.
 pub fn causal_softmax(scores: Tensor<4>, scale: f32, past: usize) -> Fused<Tensor<4>, Tensor<4>> {
     let [_, _, t, keys] = scores.dims();
-    if scores.dtype() != DType::F32 || keys != past + t {
+    if keys != past + t {
         return Fused::NotApplicable(scores);
     }
     let rows = Rows {
@@ -27,13 +25,11 @@ pub fn causal_softmax(scores: Tensor<4>, scale: f32, past: usize) -> Fused<Tenso
         keys,
         scale,
     };
-    if let Ok(tracked) = scores.clone().try_into_primitive::<Autodiff<Flex>>() {
-        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked_softmax(tracked, rows)));
-    }
-    if let Ok(plain) = scores.clone().try_into_primitive::<Flex>() {
-        return Fused::Done(Tensor::from_primitive::<Flex>(forward(&plain.to_contiguous(), rows)));
-    }
-    Fused::NotApplicable(scores)
+    on_flex(
+        scores,
+        |tracked| tracked_softmax(tracked, rows),
+        |plain| forward(plain, rows),
+    )
 }
 
 /// The shape of the problem: which keys row r (query r mod t) may see.
@@ -52,7 +48,7 @@ impl Rows {
 }
 
 fn forward(scores: &FlexTensor, rows: Rows) -> FlexTensor {
-    let input = scores.as_slice::<f32>().expect("contiguous f32 scores");
+    let input = f32s(scores);
     let mut out = vec![0.0f32; input.len()];
     out.par_chunks_mut(rows.keys)
         .zip(input.par_chunks(rows.keys))
@@ -61,7 +57,7 @@ fn forward(scores: &FlexTensor, rows: Rows) -> FlexTensor {
             let visible = rows.visible(r);
             row_softmax(&row[..visible], rows.scale, &mut out[..visible]);
         });
-    FlexTensor::from_data(TensorData::new(out, scores.layout().shape().clone()))
+    flex_tensor(out, scores.layout().shape().clone())
 }
 
 #[derive(Debug)]
@@ -80,17 +76,16 @@ impl Backward<Flex, 1> for CausalSoftmax {
         let Saved { probabilities, rows } = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = grad.to_contiguous();
-            let incoming = grad.as_slice::<f32>().expect("contiguous f32 gradient");
-            let p = probabilities.as_slice::<f32>().expect("contiguous probabilities");
+            let p = f32s(&probabilities);
             let mut out = vec![0.0f32; p.len()];
             out.par_chunks_mut(rows.keys)
-                .zip(p.par_chunks(rows.keys).zip(incoming.par_chunks(rows.keys)))
+                .zip(p.par_chunks(rows.keys).zip(f32s(&grad).par_chunks(rows.keys)))
                 .enumerate()
                 .for_each(|(r, (out, (p, g)))| {
                     let visible = rows.visible(r);
                     row_softmax_backward(&p[..visible], &g[..visible], rows.scale, &mut out[..visible]);
                 });
-            FlexTensor::from_data(TensorData::new(out, probabilities.layout().shape().clone()))
+            flex_tensor(out, probabilities.layout().shape().clone())
         });
     }
 }
@@ -99,27 +94,17 @@ fn tracked_softmax(scores: Tracked, rows: Rows) -> Tracked {
     let (primitive, guard) = scores.into_parts();
     let probabilities = forward(&primitive.to_contiguous(), rows);
     drop(primitive);
-    match CausalSoftmax
-        .prepare::<NoCheckpointing>([guard])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let saved = Saved {
-                probabilities: probabilities.clone(),
-                rows,
-            };
-            prep.finish(saved, probabilities)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(probabilities),
-    }
+    record(CausalSoftmax, [guard], probabilities.clone(), || Saved {
+        probabilities,
+        rows,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::activation::softmax;
-    use burn::tensor::{Bool, Device};
+    use burn::tensor::{Bool, Device, TensorData};
 
     /// burn's own ops: scale, hide keys beyond past + i, softmax.
     fn composed(scores: Tensor<4>, scale: f32, past: usize) -> Tensor<4> {
@@ -144,10 +129,7 @@ mod tests {
             let run = |fused: bool| {
                 let scores = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &ad).require_grad();
                 let p = if fused {
-                    match causal_softmax(scores.clone(), 0.35, past) {
-                        Fused::Done(p) => p,
-                        Fused::NotApplicable(_) => panic!("flex f32 scores take the fused path"),
-                    }
+                    causal_softmax(scores.clone(), 0.35, past).done()
                 } else {
                     composed(scores.clone(), 0.35, past)
                 };
@@ -168,10 +150,7 @@ mod tests {
             }
             // Without autodiff (generation, evaluation) the same probabilities.
             let plain = Tensor::<4>::from_data(TensorData::new(data.clone(), shape), &device);
-            match causal_softmax(plain, 0.35, past) {
-                Fused::Done(plain) => assert_eq!(values(plain), p),
-                Fused::NotApplicable(_) => panic!("flex f32 scores take the fused path"),
-            }
+            assert_eq!(values(causal_softmax(plain, 0.35, past).done()), p);
         }
     }
 }

@@ -14,9 +14,12 @@ pub mod nll;
 mod row_kernels;
 pub mod swiglu;
 
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::ops::{Backward, NodeGuard, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
-use burn_flex::Flex;
+use burn_flex::{Flex, FlexTensor};
 
 /// The result of a fused op, or its input back when the op does not apply.
 pub enum Fused<Output, Input> {
@@ -24,5 +27,69 @@ pub enum Fused<Output, Input> {
     NotApplicable(Input),
 }
 
+impl<Output, Input> Fused<Output, Input> {
+    /// The fused result, or `composed(input)` where the fused op does not apply.
+    pub fn or_else(self, composed: impl FnOnce(Input) -> Output) -> Output {
+        match self {
+            Fused::Done(output) => output,
+            Fused::NotApplicable(input) => composed(input),
+        }
+    }
+
+    /// The fused result; panics where the op did not apply (tests that must
+    /// exercise the kernel, not the composed fallback).
+    #[cfg(test)]
+    pub(crate) fn done(self) -> Output {
+        match self {
+            Fused::Done(output) => output,
+            Fused::NotApplicable(_) => panic!("flex f32 tensors take the fused path"),
+        }
+    }
+}
+
 /// A float tensor that autodiff tracks, on `flex`.
 type Tracked = FloatTensor<Autodiff<Flex>>;
+
+/// Runs `tracked` on the autodiff primitive of an f32 flex tensor, `plain`
+/// on the contiguous primitive of an untracked one, or hands the input back.
+fn on_flex<const D: usize, const E: usize>(
+    input: Tensor<D>,
+    tracked: impl FnOnce(Tracked) -> Tracked,
+    plain: impl FnOnce(&FlexTensor) -> FlexTensor,
+) -> Fused<Tensor<E>, Tensor<D>> {
+    if input.dtype() != DType::F32 {
+        return Fused::NotApplicable(input);
+    }
+    if let Ok(primitive) = input.clone().try_into_primitive::<Autodiff<Flex>>() {
+        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked(primitive)));
+    }
+    if let Ok(primitive) = input.clone().try_into_primitive::<Flex>() {
+        return Fused::Done(Tensor::from_primitive::<Flex>(plain(&primitive.to_contiguous())));
+    }
+    Fused::NotApplicable(input)
+}
+
+/// Puts `op` into the autodiff graph with `output`; `saved` (what its
+/// backward reads) is built only when a parent needs a gradient.
+fn record<Op: Backward<Flex, N>, const N: usize>(
+    op: Op,
+    parents: [NodeGuard; N],
+    output: FlexTensor,
+    saved: impl FnOnce() -> Op::State,
+) -> Tracked {
+    match op.prepare::<NoCheckpointing>(parents).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(saved(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// The values of a contiguous f32 flex tensor.
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("fused kernels see contiguous f32 tensors")
+}
+
+fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}

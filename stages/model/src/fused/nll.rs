@@ -4,41 +4,24 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn_autodiff::ops::{unary, Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{row_max, row_scaled_exp, row_sum_exp};
-use super::{Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex, record, Fused, Tracked};
 
 /// `logits [b, t, v]`, `targets [b, t]` → NLL `[b, t]` where the fused path applies.
 pub fn try_token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tensor<2>, Tensor<3>> {
-    if logits.dtype() != DType::F32 {
-        return Fused::NotApplicable(logits);
-    }
-    let [b, t, v] = logits.dims();
-    if let Ok(tracked) = logits.clone().try_into_primitive::<Autodiff<Flex>>() {
-        let targets = target_ids(targets, v);
-        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked_nll(
-            tracked,
-            targets,
-            [b, t],
-        )));
-    }
-    if let Ok(plain) = logits.clone().try_into_primitive::<Flex>() {
-        let targets = target_ids(targets, v);
-        let (nll, _) = forward(&plain.to_contiguous(), &targets, v);
-        return Fused::Done(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(
-            nll,
-            [b, t],
-        ))));
-    }
-    Fused::NotApplicable(logits)
+    let [b, t, vocab] = logits.dims();
+    on_flex(
+        logits,
+        |tracked| tracked_nll(tracked, target_ids(targets, vocab), [b, t]),
+        |plain| flex_tensor(forward(plain, &target_ids(targets, vocab), vocab).0, [b, t]),
+    )
 }
 
 fn target_ids(targets: &Tensor<2, Int>, vocab: usize) -> Arc<[usize]> {
@@ -60,8 +43,7 @@ fn target_ids(targets: &Tensor<2, Int>, vocab: usize) -> Arc<[usize]> {
 
 /// NLL per row and the row's log-sum-exp (kept for the backward pass).
 fn forward(logits: &FlexTensor, targets: &[usize], vocab: usize) -> (Vec<f32>, Vec<f32>) {
-    let rows = logits.as_slice::<f32>().expect("contiguous f32 logits");
-    let (nll, lse): (Vec<f32>, Vec<f32>) = rows
+    f32s(logits)
         .par_chunks(vocab)
         .zip(targets.par_iter())
         .map(|(row, &target)| {
@@ -69,8 +51,7 @@ fn forward(logits: &FlexTensor, targets: &[usize], vocab: usize) -> (Vec<f32>, V
             let lse = max + row_sum_exp(row, max).ln();
             (lse - row[target], lse)
         })
-        .unzip();
-    (nll, lse)
+        .unzip()
 }
 
 #[derive(Debug)]
@@ -91,8 +72,8 @@ impl Backward<Flex, 1> for TokenNll {
         let saved = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = grad.to_contiguous();
-            let per_row = grad.as_slice::<f32>().expect("contiguous f32 gradient");
-            let logits = saved.logits.as_slice::<f32>().expect("contiguous f32 logits");
+            let per_row = f32s(&grad);
+            let logits = f32s(&saved.logits);
             let mut out = vec![0.0f32; logits.len()];
             out.par_chunks_mut(saved.vocab)
                 .zip(logits.par_chunks(saved.vocab))
@@ -103,27 +84,20 @@ impl Backward<Flex, 1> for TokenNll {
                     row_scaled_exp(row, saved.lse[i], g, out);
                     out[saved.targets[i]] -= g;
                 });
-            FlexTensor::from_data(TensorData::new(out, saved.logits.layout().shape().clone()))
+            flex_tensor(out, saved.logits.layout().shape().clone())
         });
     }
 }
 
 fn tracked_nll(logits: Tracked, targets: Arc<[usize]>, [b, t]: [usize; 2]) -> Tracked {
-    let vocab = logits.primitive().layout().shape()[2];
     let (primitive, guard) = logits.into_parts();
-    let primitive = primitive.to_contiguous();
-    let (nll, lse) = forward(&primitive, &targets, vocab);
-    let output = FlexTensor::from_data(TensorData::new(nll, [b, t]));
-    match TokenNll.prepare::<NoCheckpointing>([guard]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let saved = Saved {
-                logits: primitive,
-                targets,
-                lse: lse.into(),
-                vocab,
-            };
-            prep.finish(saved, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    }
+    let logits = primitive.to_contiguous();
+    let vocab = logits.layout().shape()[2];
+    let (nll, lse) = forward(&logits, &targets, vocab);
+    record(TokenNll, [guard], flex_tensor(nll, [b, t]), || Saved {
+        logits,
+        targets,
+        lse: lse.into(),
+        vocab,
+    })
 }

@@ -2,17 +2,16 @@
 //! in one more, in chunks over the rayon pool (burn composes it from a
 //! sigmoid, two products and, in the backward, a recomputed sigmoid).
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn_autodiff::ops::{binary, Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{swiglu as swiglu_kernel, swiglu_gate_grad, swiglu_up_grad};
-use super::{Fused, Tracked};
+use super::{f32s, flex_tensor, record, Fused, Tracked};
 
 /// Elements per rayon task: large enough to amortise the task, small
 /// enough to split a layer's activations over the threads.
@@ -41,16 +40,12 @@ pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Fused<Tensor<3>, (Tensor<3>, Te
     Fused::NotApplicable((gate, up))
 }
 
-fn f32s(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
 fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     let mut out = vec![0.0f32; f32s(gate).len()];
     out.par_chunks_mut(CHUNK)
         .zip(f32s(gate).par_chunks(CHUNK).zip(f32s(up).par_chunks(CHUNK)))
         .for_each(|(out, (a, b))| swiglu_kernel(a, b, out));
-    FlexTensor::from_data(TensorData::new(out, gate.layout().shape().clone()))
+    flex_tensor(out, gate.layout().shape().clone())
 }
 
 #[derive(Debug)]
@@ -68,8 +63,6 @@ impl Backward<Flex, 2> for SwiGlu {
     fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let Saved { gate, up } = ops.state;
         let shape = gate.layout().shape().clone();
-        let up_shape = shape.clone();
-        let gate_for_up = gate.clone();
         binary::<Flex, _, _>(
             ops.parents,
             ops.node,
@@ -81,15 +74,15 @@ impl Backward<Flex, 2> for SwiGlu {
                     .zip(f32s(&gate).par_chunks(CHUNK))
                     .zip(f32s(&up).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
                     .for_each(|((out, a), (b, g))| swiglu_gate_grad(a, b, g, out));
-                FlexTensor::from_data(TensorData::new(out, shape))
+                flex_tensor(out, shape.clone())
             },
             |grad| {
                 let grad = grad.to_contiguous();
-                let mut out = vec![0.0f32; f32s(&gate_for_up).len()];
+                let mut out = vec![0.0f32; f32s(&gate).len()];
                 out.par_chunks_mut(CHUNK)
-                    .zip(f32s(&gate_for_up).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
+                    .zip(f32s(&gate).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
                     .for_each(|(out, (a, g))| swiglu_up_grad(a, g, out));
-                FlexTensor::from_data(TensorData::new(out, up_shape))
+                flex_tensor(out, shape.clone())
             },
         );
     }
@@ -100,21 +93,14 @@ fn tracked_swiglu(gate: Tracked, up: Tracked) -> Tracked {
     let (up, up_guard) = up.into_parts();
     let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
     let output = forward(&gate, &up);
-    match SwiGlu
-        .prepare::<NoCheckpointing>([gate_guard, up_guard])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(Saved { gate, up }, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    }
+    record(SwiGlu, [gate_guard, up_guard], output, || Saved { gate, up })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::activation::silu;
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     fn values(tensor: Tensor<3>) -> Vec<f32> {
         tensor.into_data().try_to_vec::<f32>().unwrap()
@@ -133,10 +119,7 @@ mod tests {
             let a = Tensor::<3>::from_data(TensorData::new(gate.clone(), shape), &ad).require_grad();
             let b = Tensor::<3>::from_data(TensorData::new(up.clone(), shape), &ad).require_grad();
             let out = if fused {
-                match swiglu(a.clone(), b.clone()) {
-                    Fused::Done(out) => out,
-                    Fused::NotApplicable(_) => panic!("flex f32 tensors take the fused path"),
-                }
+                swiglu(a.clone(), b.clone()).done()
             } else {
                 silu(a.clone()) * b.clone()
             };
@@ -163,9 +146,6 @@ mod tests {
             Tensor::<3>::from_data(TensorData::new(gate.clone(), shape), &device),
             Tensor::<3>::from_data(TensorData::new(up.clone(), shape), &device),
         );
-        match plain {
-            Fused::Done(out) => assert_eq!(values(out), fused.0),
-            Fused::NotApplicable(_) => panic!("flex f32 tensors take the fused path"),
-        }
+        assert_eq!(values(plain.done()), fused.0);
     }
 }
