@@ -40,10 +40,27 @@ struct Slot {
     freed_at: u64,
 }
 
+impl Slot {
+    const EMPTY: Slot = Slot {
+        class: 0,
+        address: 0,
+        freed_at: 0,
+    };
+}
+
 struct Slots {
     slots: [Slot; SLOTS],
     cached_bytes: usize,
     clock: u64,
+}
+
+impl Slots {
+    /// Takes the block out of slot `index`.
+    fn remove(&mut self, index: usize) -> Slot {
+        let slot = std::mem::replace(&mut self.slots[index], Slot::EMPTY);
+        self.cached_bytes -= slot.class;
+        slot
+    }
 }
 
 impl BlockCache {
@@ -52,15 +69,10 @@ impl BlockCache {
     }
 
     pub const fn with_limit(limit: usize) -> Self {
-        const EMPTY: Slot = Slot {
-            class: 0,
-            address: 0,
-            freed_at: 0,
-        };
         BlockCache {
             limit,
             state: Mutex::new(Slots {
-                slots: [EMPTY; SLOTS],
+                slots: [Slot::EMPTY; SLOTS],
                 cached_bytes: 0,
                 clock: 0,
             }),
@@ -87,15 +99,7 @@ impl BlockCache {
             .enumerate()
             .filter(|(_, s)| s.class == class)
             .max_by_key(|(_, s)| s.freed_at)?;
-        let slot = std::mem::replace(
-            &mut state.slots[index],
-            Slot {
-                class: 0,
-                address: 0,
-                freed_at: 0,
-            },
-        );
-        state.cached_bytes -= class;
+        let slot = state.remove(index);
         Some(slot.address as *mut u8)
     }
 
@@ -122,15 +126,7 @@ impl BlockCache {
                     .filter(|(_, s)| s.class != 0)
                     .min_by_key(|(_, s)| s.freed_at)
                     .expect("a full or over-limit cache holds a block");
-                let slot = std::mem::replace(
-                    &mut state.slots[oldest],
-                    Slot {
-                        class: 0,
-                        address: 0,
-                        freed_at: 0,
-                    },
-                );
-                state.cached_bytes -= slot.class;
+                let slot = state.remove(oldest);
                 evicted[evicted_count] = (slot.address, slot.class);
                 evicted_count += 1;
             }
