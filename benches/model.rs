@@ -19,8 +19,9 @@
 use std::time::Instant;
 
 use babelflow_model::burn::module::Module;
-use babelflow_model::burn::optim::{AdamWConfig, GradientsParams};
+use babelflow_model::burn::optim::GradientsParams;
 use babelflow_model::burn::tensor::{Device, Int, Tensor, TensorData};
+use babelflow_model::fused::adamw::AdamW;
 use babelflow_model::generate::{generate, generate_batch, Sampling};
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{device, Llama, LlamaConfig, Rope};
@@ -134,7 +135,8 @@ fn main() {
         let g = model.embed_tokens.val().grad(&grads).expect("embedding gradient");
         let _: f32 = g.sum().into_scalar();
     });
-    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
+    // The trainer's optimizer (burn's AdamW arithmetic, one pass per parameter).
+    let mut optim = AdamW::new(0.9, 0.999, 1e-5, 0.01).init(None);
     bench.time("train step (AdamW)", tokens, 6.0 * n + 6.0 * attn, &mut || {
         let model = model_ad.take().expect("model");
         let loss = loss_of(&model, &mut state);

@@ -91,8 +91,8 @@ impl StageKind for Perplexity {
         "perplexity"
     }
     fn code_version(&self) -> &'static str {
-        // 2: fused flex kernels (token NLL, causal softmax, SwiGLU): values differ from burn's composed ops in the last bits.
-        "2"
+        // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "perplexity, bits per character and per byte of held-out text, per language"

@@ -80,8 +80,8 @@ impl StageKind for Respond {
         "respond"
     }
     fn code_version(&self) -> &'static str {
-        // 2: fused flex kernels (token NLL, causal softmax, SwiGLU): values differ from burn's composed ops in the last bits.
-        "2"
+        // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "generate answers to instructions; chrF against references and code-switching rates"

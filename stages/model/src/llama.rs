@@ -9,7 +9,10 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{inverse_frequencies, LlamaConfig};
-use crate::fused::causal_softmax::causal_softmax;
+use crate::fused::attention::causal_attention;
+use crate::fused::projection::project;
+use crate::fused::rms_norm::rms_norm;
+use crate::fused::rope::{rotate, RopeTables};
 use crate::fused::swiglu::swiglu;
 use crate::precision::in_dtype;
 
@@ -31,8 +34,8 @@ impl Proj {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let [out, _] = self.weight.val().dims();
-        x.reshape([b * t, d])
-            .matmul(self.weight.val().transpose())
+        project(x.reshape([b * t, d]), self.weight.val())
+            .or_else(|[x, weight]| x.matmul(weight.transpose()))
             .reshape([b, t, out])
     }
 }
@@ -53,10 +56,11 @@ impl RmsNorm {
 
     /// Normalised in f32 whatever the weights' dtype (as transformers does).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let weight = self.weight.val();
-        let x = in_dtype(x, DType::F32);
-        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        in_dtype(x / rms, weight.dtype()) * weight.unsqueeze::<3>()
+        rms_norm(x, self.weight.val().unsqueeze(), self.eps as f32).or_else(|[x, weight]| {
+            let x = in_dtype(x, DType::F32);
+            let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+            in_dtype(x / rms, weight.dtype()) * weight
+        })
     }
 }
 
@@ -71,7 +75,8 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
-/// Keys and values of earlier positions, per layer, for generation.
+/// Keys and values of earlier positions, per layer, for generation
+/// (`[batch, positions, kv_heads, head_dim]` each).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
@@ -89,7 +94,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
+            .map(|(k, _)| k.dims()[1])
             .unwrap_or(0)
     }
 
@@ -102,6 +107,8 @@ impl KvCache {
 pub struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
+    /// The same values on the host, for the fused CPU rotation.
+    tables: RopeTables,
 }
 
 impl Rope {
@@ -121,17 +128,32 @@ impl Rope {
             }
         }
         Ok(Rope {
-            cos: Tensor::from_data(TensorData::new(cos, [max_positions, hd]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_positions, hd]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_positions, hd]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_positions, hd]), device),
+            tables: RopeTables {
+                cos: cos.into(),
+                sin: sin.into(),
+                head_dim: hd,
+            },
         })
     }
 
-    /// Rotates `x: [batch, heads, t, head_dim]` for positions `start..start + t`.
+    /// Rotates `x: [batch, t, heads, head_dim]` for positions `start..start + t`.
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
-        let [_, _, t, hd] = x.dims();
+        rotate(x, &self.tables, start).or_else(|x| self.composed(x, start))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tables(&self) -> &RopeTables {
+        &self.tables
+    }
+
+    /// [`Rope::apply`] from burn's own ops (other backends and dtypes).
+    pub(crate) fn composed(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+        let [_, t, _, hd] = x.dims();
         let dtype = x.dtype();
-        let cos = in_dtype(self.cos.clone().narrow(0, start, t), dtype).unsqueeze::<4>();
-        let sin = in_dtype(self.sin.clone().narrow(0, start, t), dtype).unsqueeze::<4>();
+        let cos = in_dtype(self.cos.clone().narrow(0, start, t), dtype).reshape([1, t, 1, hd]);
+        let sin = in_dtype(self.sin.clone().narrow(0, start, t), dtype).reshape([1, t, 1, hd]);
         let x1 = x.clone().narrow(3, 0, hd / 2);
         let x2 = x.clone().narrow(3, hd / 2, hd / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -151,20 +173,21 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]).swap_dims(1, 2);
+        // [batch, positions, heads, head_dim], the projections' own layout.
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, h, hd]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, kv, hd]);
+        let v = self.v_proj.forward(x).reshape([b, t, kv, hd]);
         let past = cache
             .as_ref()
             .and_then(|c| c.as_ref())
-            .map(|(k, _)| k.dims()[2])
+            .map(|(k, _)| k.dims()[1])
             .unwrap_or(0);
         let q = rope.apply(q, past);
         let k = rope.apply(k, past);
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
                     None => (k, v),
                 };
                 *slot = Some((k.clone(), v.clone()));
@@ -172,38 +195,55 @@ impl Attention {
             }
             None => (k, v),
         };
-        let total = past + t;
-        // Grouped-query attention: each key/value head serves h / kv query heads.
-        let rep = h / kv;
-        let repeat = |x: Tensor<4>| match rep {
-            1 => x,
-            _ => x
-                .unsqueeze_dim::<5>(2)
-                .expand([b, kv, rep, total, hd])
-                .reshape([b, h, total, hd]),
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let out = match padding {
+            None => causal_attention(q, k, v, scale).or_else(|[q, k, v]| composed_attention(q, k, v, scale, None)),
+            Some(pad) => composed_attention(q, k, v, scale, Some(pad)),
         };
-        let (k, v) = (repeat(k), repeat(v));
-        // Masked and normalised in f32 whatever the weights' dtype.
-        let scores = in_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let probabilities = match padding {
-            None => causal_softmax(scores, scale as f32, past).or_else(|scores| {
-                let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
-                softmax((scores * scale).mask_fill(mask, f32::NEG_INFINITY), 3)
-            }),
-            // Finite, so a padding query that may see only padding keys gets
-            // a harmless uniform row instead of NaN (exp still gives 0 for
-            // the real rows' hidden keys).
-            Some(pad) => {
-                let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
-                let pad = pad.clone().reshape([b, 1, 1, total]).expand([b, h, t, total]);
-                let mask = mask.expand([b, h, t, total]).bool_or(pad);
-                softmax((scores * scale).mask_fill(mask, -1.0e9), 3)
-            }
-        };
-        let out = in_dtype(probabilities, v.dtype()).matmul(v);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.o_proj.forward(out.reshape([b, t, h * hd]))
     }
+}
+
+/// Attention from burn's own ops: where [`causal_attention`] does not apply
+/// (other backends, other dtypes) and for left-padded batches. `q [b, t, h,
+/// hd]`, `k`, `v` `[b, past + t, kv, hd]` → `[b, t, h, hd]`; `padding`
+/// (`[b, past + t]`) is true at padding keys.
+pub(crate) fn composed_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+    padding: Option<&Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let [b, t, h, hd] = q.dims();
+    let [_, total, kv, _] = k.dims();
+    let past = total - t;
+    let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+    // Grouped-query attention: each key/value head serves h / kv query heads.
+    let rep = h / kv;
+    let repeat = |x: Tensor<4>| match rep {
+        1 => x,
+        _ => x
+            .unsqueeze_dim::<5>(2)
+            .expand([b, kv, rep, total, hd])
+            .reshape([b, h, total, hd]),
+    };
+    let (k, v) = (repeat(k), repeat(v));
+    // Masked and normalised in f32 whatever the weights' dtype.
+    let scores = in_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32) * scale;
+    let mask = causal_mask(t, past, &scores.device()).unsqueeze::<4>();
+    let probabilities = match padding {
+        None => softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3),
+        // Finite, so a padding query that may see only padding keys gets
+        // a harmless uniform row instead of NaN (exp still gives 0 for
+        // the real rows' hidden keys).
+        Some(pad) => {
+            let pad = pad.clone().reshape([b, 1, 1, total]).expand([b, h, t, total]);
+            let mask = mask.expand([b, h, t, total]).bool_or(pad);
+            softmax(scores.mask_fill(mask, -1.0e9), 3)
+        }
+    };
+    in_dtype(probabilities, v.dtype()).matmul(v).swap_dims(1, 2)
 }
 
 /// `[t, past + t]`, true where query i (at position past + i) may not look
@@ -224,7 +264,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
-        let hidden = swiglu(gate, up).or_else(|(gate, up)| silu(gate) * up);
+        let hidden = swiglu(gate, up).or_else(|[gate, up]| silu(gate) * up);
         self.down_proj.forward(hidden)
     }
 }
@@ -322,7 +362,9 @@ impl Llama {
             None => {
                 let w = self.embed_tokens.val();
                 let [v, _] = w.dims();
-                x.reshape([b * t, d]).matmul(w.transpose()).reshape([b, t, v])
+                project(x.reshape([b * t, d]), w)
+                    .or_else(|[x, w]| x.matmul(w.transpose()))
+                    .reshape([b, t, v])
             }
         };
         // Log-probabilities are taken in f32 whatever the weights' dtype.

@@ -43,8 +43,8 @@ impl StageKind for Pretrain {
         "pretrain"
     }
     fn code_version(&self) -> &'static str {
-        // 3: fused flex kernels (token NLL, causal softmax, SwiGLU): values differ from burn's composed ops in the last bits.
-        "3"
+        // 4: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
+        "4"
     }
     fn summary(&self) -> &'static str {
         "further-pretrain a LLaMA on a token stream (AdamW, warmup + decay, per-language validation)"

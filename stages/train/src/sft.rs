@@ -182,8 +182,8 @@ impl StageKind for Sft {
         "sft"
     }
     fn code_version(&self) -> &'static str {
-        // 2: fused flex kernels (token NLL, causal softmax, SwiGLU): values differ from burn's composed ops in the last bits.
-        "2"
+        // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "instruction-tune a LLaMA (alpaca/bactrian/belle templates, loss on responses only)"

@@ -6,11 +6,12 @@
 
 use std::time::Instant;
 
+use babelflow_model::fused::adamw::AdamW;
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{Llama, Rope};
 use babelflow_stage::{ParamSpec, ParamType, Params, StageContext, StageError};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::checkpoint::{Checkpoints, Position};
@@ -101,7 +102,7 @@ pub struct Settings {
     pub eval_every: usize,
     pub eval_batches: usize,
     pub checkpoint_every: usize,
-    optimizer: AdamWConfig,
+    optimizer: AdamW,
 }
 
 impl Settings {
@@ -128,14 +129,12 @@ impl Settings {
             eval_every: p.usize("eval_every")?,
             eval_batches: p.usize("eval_batches")?,
             checkpoint_every: p.usize("checkpoint_every")?,
-            optimizer: AdamWConfig::new()
-                .with_beta_1(p.f64("beta1")? as f32)
-                .with_beta_2(p.f64("beta2")? as f32)
-                .with_epsilon(p.f64("eps")? as f32)
-                .with_weight_decay(p.f64("weight_decay")? as f32)
-                .with_grad_clipping(
-                    (clip > 0.0).then_some(burn::grad_clipping::GradientClippingConfig::Norm(clip as f32)),
-                ),
+            optimizer: AdamW::new(
+                p.f64("beta1")? as f32,
+                p.f64("beta2")? as f32,
+                p.f64("eps")? as f32,
+                p.f64("weight_decay")? as f32,
+            ),
         })
     }
 }
@@ -213,7 +212,7 @@ pub fn train(
     let (device, rope, rope_eval, validation) = (&start.device, &start.rope, &start.rope_eval, &start.validation);
     let ad = device.clone().autodiff();
     let s = settings;
-    let mut optim: ModuleOptimizer = s.optimizer.init();
+    let mut optim: ModuleOptimizer = s.optimizer.clone().init((s.clip > 0.0).then_some(s.clip as f32));
     let checkpoints = Checkpoints::new(ctx.resume_dir);
     let mut metrics = Metrics::default();
     let evaluate = |model: &Llama, step: usize, tokens: u64, metrics: &mut Metrics| -> Vec<(String, f64)> {

@@ -9,14 +9,20 @@
 //! ([`row_kernels`]). Other backends, other dtypes and a checkpointing
 //! autodiff get [`Fused::NotApplicable`] and take the composed path.
 
-pub mod causal_softmax;
+pub mod adamw;
+pub mod attention;
+mod matrix;
 pub mod nll;
+pub mod projection;
+pub mod rms_norm;
+pub mod rope;
 mod row_kernels;
 pub mod swiglu;
 
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
-use burn_autodiff::ops::{Backward, NodeGuard, OpsKind};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
 use burn_flex::{Flex, FlexTensor};
@@ -69,6 +75,32 @@ fn on_flex<const D: usize, const E: usize>(
     Fused::NotApplicable(input)
 }
 
+/// [`on_flex`] for an op of several tensors.
+fn on_flex_all<const N: usize, const D: usize, const E: usize>(
+    inputs: [Tensor<D>; N],
+    tracked: impl FnOnce([Tracked; N]) -> Tracked,
+    plain: impl FnOnce([&FlexTensor; N]) -> FlexTensor,
+) -> Fused<Tensor<E>, [Tensor<D>; N]> {
+    if inputs.iter().any(|t| t.dtype() != DType::F32) {
+        return Fused::NotApplicable(inputs);
+    }
+    let primitives = inputs
+        .each_ref()
+        .map(|t| t.clone().try_into_primitive::<Autodiff<Flex>>().ok());
+    if primitives.iter().all(Option::is_some) {
+        let primitives = primitives.map(|p| p.expect("all checked above"));
+        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked(primitives)));
+    }
+    let primitives = inputs
+        .each_ref()
+        .map(|t| t.clone().try_into_primitive::<Flex>().ok().map(|p| p.to_contiguous()));
+    if primitives.iter().all(Option::is_some) {
+        let primitives = primitives.each_ref().map(|p| p.as_ref().expect("all checked above"));
+        return Fused::Done(Tensor::from_primitive::<Flex>(plain(primitives)));
+    }
+    Fused::NotApplicable(inputs)
+}
+
 /// Puts `op` into the autodiff graph with `output`; `saved` (what its
 /// backward reads) is built only when a parent needs a gradient.
 fn record<Op: Backward<Flex, N>, const N: usize>(
@@ -80,6 +112,16 @@ fn record<Op: Backward<Flex, N>, const N: usize>(
     match op.prepare::<NoCheckpointing>(parents).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(saved(), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// Hands each parent that wants a gradient its own (an op's backward that
+/// computes all its inputs' gradients in one pass).
+fn register_all<S, const N: usize>(ops: Ops<S, N>, grads: &mut Gradients, values: [FlexTensor; N]) {
+    for (parent, value) in ops.parents.into_iter().zip(values) {
+        if let Some(parent) = parent {
+            grads.register::<Flex>(parent.id, value);
+        }
     }
 }
 

@@ -78,34 +78,34 @@ fn scaled_exp_generic(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
-/// `out = softmax(scale · row)`; `out` as long as `row`.
+/// `row ← softmax(row)`, in place (the attention's scores become its
+/// probabilities without a second buffer).
 #[inline(always)]
-fn softmax_generic(row: &[f32], scale: f32, out: &mut [f32]) {
-    let shift = scale * max_generic(row);
+fn softmax_in_place_generic(row: &mut [f32]) {
+    let shift = max_generic(row);
     let mut acc = [0.0f32; LANES];
-    let mut chunks = out.chunks_exact_mut(LANES).zip(row.chunks_exact(LANES));
-    for (o, x) in &mut chunks {
-        for ((o, &x), a) in o.iter_mut().zip(x).zip(acc.iter_mut()) {
-            *o = exp(scale * x - shift);
-            *a += *o;
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for x in &mut chunks {
+        for (x, a) in x.iter_mut().zip(acc.iter_mut()) {
+            *x = exp(*x - shift);
+            *a += *x;
         }
     }
-    let done = row.len() - row.len() % LANES;
     let mut sum: f32 = acc.iter().sum();
-    for (o, &x) in out[done..].iter_mut().zip(&row[done..]) {
-        *o = exp(scale * x - shift);
-        sum += *o;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - shift);
+        sum += *x;
     }
     let inverse = 1.0 / sum;
-    for o in out.iter_mut() {
-        *o *= inverse;
+    for x in row.iter_mut() {
+        *x *= inverse;
     }
 }
 
-/// Gradient of `softmax(scale · x)` given its output `p` and the incoming
-/// gradient `g`: `out = scale · p ⊙ (g - ⟨g, p⟩)`.
+/// The gradient through a row softmax, in place: given its output `p` and
+/// the incoming gradient `g`, `g ← scale · p ⊙ (g - ⟨g, p⟩)`.
 #[inline(always)]
-fn softmax_backward_generic(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
+fn softmax_backward_in_place_generic(p: &[f32], g: &mut [f32], scale: f32) {
     let mut acc = [0.0f32; LANES];
     let mut chunks = p.chunks_exact(LANES).zip(g.chunks_exact(LANES));
     for (p, g) in &mut chunks {
@@ -118,8 +118,8 @@ fn softmax_backward_generic(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) {
     for (&p, &g) in p[done..].iter().zip(&g[done..]) {
         dot += p * g;
     }
-    for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
-        *o = scale * p * (g - dot);
+    for (g, &p) in g.iter_mut().zip(p) {
+        *g = scale * p * (*g - dot);
     }
 }
 
@@ -150,6 +150,79 @@ fn swiglu_gate_grad_generic(gate: &[f32], up: &[f32], g: &[f32], out: &mut [f32]
 fn swiglu_up_grad_generic(gate: &[f32], g: &[f32], out: &mut [f32]) {
     for ((o, &a), &g) in out.iter_mut().zip(gate).zip(g) {
         *o = g * a * sigmoid(a);
+    }
+}
+
+/// `out = x · inv ⊙ w` with `inv = 1 / sqrt(mean(x²) + eps)`; returns `inv`.
+#[inline(always)]
+fn rms_norm_generic(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a += x * x;
+        }
+    }
+    let mut squares: f32 = acc.iter().sum();
+    for &x in tail {
+        squares += x * x;
+    }
+    let inv = 1.0 / (squares / x.len() as f32 + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = x * inv * w;
+    }
+    inv
+}
+
+/// The gradient through [`rms_norm_generic`] given the incoming `g`:
+/// `dx = inv · (g ⊙ w) - x · inv³ · ⟨g ⊙ w, x⟩ / d`, and `dw += g ⊙ x · inv`.
+#[inline(always)]
+fn rms_norm_backward_generic(x: &[f32], w: &[f32], g: &[f32], inv: f32, dx: &mut [f32], dw: &mut [f32]) {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x
+        .chunks_exact(LANES)
+        .zip(g.chunks_exact(LANES))
+        .zip(w.chunks_exact(LANES));
+    for ((x, g), w) in &mut chunks {
+        for (((a, &x), &g), &w) in acc.iter_mut().zip(x).zip(g).zip(w) {
+            *a += g * w * x;
+        }
+    }
+    let done = x.len() - x.len() % LANES;
+    let mut dot: f32 = acc.iter().sum();
+    for ((&x, &g), &w) in x[done..].iter().zip(&g[done..]).zip(&w[done..]) {
+        dot += g * w * x;
+    }
+    let along_x = inv * inv * inv * dot / x.len() as f32;
+    for ((((dx, dw), &x), &g), &w) in dx.iter_mut().zip(dw.iter_mut()).zip(x).zip(g).zip(w) {
+        *dx = inv * g * w - x * along_x;
+        *dw += g * x * inv;
+    }
+}
+
+/// Rotary embedding of one head in HF's half-split layout:
+/// `out = x ⊙ cos + rotate_half(x) ⊙ sin`, `rotate_half(x) = [-x₂, x₁]`.
+#[inline(always)]
+fn rope_generic(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = x.len() / 2;
+    let (x1, x2) = x.split_at(half);
+    let (out1, out2) = out.split_at_mut(half);
+    for j in 0..half {
+        out1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+        out2[j] = x2[j] * cos[half + j] + x1[j] * sin[half + j];
+    }
+}
+
+/// The gradient through [`rope_generic`] given the incoming `g`.
+#[inline(always)]
+fn rope_backward_generic(g: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = g.len() / 2;
+    let (g1, g2) = g.split_at(half);
+    let (out1, out2) = out.split_at_mut(half);
+    for j in 0..half {
+        out1[j] = g1[j] * cos[j] + g2[j] * sin[half + j];
+        out2[j] = g2[j] * cos[half + j] - g1[j] * sin[j];
     }
 }
 
@@ -194,12 +267,28 @@ dispatch!(
     fn row_scaled_exp(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> () = scaled_exp_generic
 );
 dispatch!(
-    /// `out = softmax(scale · row)`.
-    fn row_softmax(row: &[f32], scale: f32, out: &mut [f32]) -> () = softmax_generic
+    /// `row ← softmax(row)`.
+    fn row_softmax_in_place(row: &mut [f32]) -> () = softmax_in_place_generic
 );
 dispatch!(
-    /// `out = scale · p ⊙ (g - ⟨g, p⟩)`, the gradient through a row softmax.
-    fn row_softmax_backward(p: &[f32], g: &[f32], scale: f32, out: &mut [f32]) -> () = softmax_backward_generic
+    /// `g ← scale · p ⊙ (g - ⟨g, p⟩)`, the gradient through a row softmax.
+    fn row_softmax_backward_in_place(p: &[f32], g: &mut [f32], scale: f32) -> () = softmax_backward_in_place_generic
+);
+dispatch!(
+    /// `out = x / rms(x) ⊙ w`, returning `1 / rms(x)`.
+    fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 = rms_norm_generic
+);
+dispatch!(
+    /// `dx` and `dw +=` through [`rms_norm_row`].
+    fn rms_norm_row_backward(x: &[f32], w: &[f32], g: &[f32], inv: f32, dx: &mut [f32], dw: &mut [f32]) -> () = rms_norm_backward_generic
+);
+dispatch!(
+    /// Rotary embedding of one head.
+    fn rope_head(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) -> () = rope_generic
+);
+dispatch!(
+    /// The gradient through [`rope_head`].
+    fn rope_head_backward(g: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) -> () = rope_backward_generic
 );
 dispatch!(
     /// `out = silu(gate) ⊙ up`.
@@ -249,20 +338,20 @@ mod tests {
                 let want = 0.5 * ((x - m) as f64).exp();
                 assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "len {len}");
             }
-            // Softmax of 0.3·row and its gradient against f64 by hand.
+            // Softmax of the row and its gradient (scaled by 0.3) against f64 by hand.
             let scale = 0.3;
-            let weights: Vec<f64> = row.iter().map(|&x| (scale as f64 * (x - m) as f64).exp()).collect();
+            let weights: Vec<f64> = row.iter().map(|&x| ((x - m) as f64).exp()).collect();
             let total: f64 = weights.iter().sum();
             let want: Vec<f64> = weights.iter().map(|w| w / total).collect();
-            let mut p = vec![0.0; len];
-            row_softmax(&row, scale, &mut p);
+            let mut p = row.clone();
+            row_softmax_in_place(&mut p);
             for (got, want) in p.iter().zip(&want) {
                 assert!((*got as f64 - want).abs() < 1e-6, "len {len}: {got} vs {want}");
             }
             let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
             let dot: f64 = want.iter().zip(&g).map(|(p, &g)| p * g as f64).sum();
-            let mut grad = vec![0.0; len];
-            row_softmax_backward(&p, &g, scale, &mut grad);
+            let mut grad = g.clone();
+            row_softmax_backward_in_place(&p, &mut grad, scale);
             for i in 0..len {
                 let want = scale as f64 * want[i] * (g[i] as f64 - dot);
                 assert!(

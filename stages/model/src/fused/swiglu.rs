@@ -2,42 +2,30 @@
 //! in one more, in chunks over the rayon pool (burn composes it from a
 //! sigmoid, two products and, in the backward, a recomputed sigmoid).
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{binary, Backward, Ops};
-use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{swiglu as swiglu_kernel, swiglu_gate_grad, swiglu_up_grad};
-use super::{f32s, flex_tensor, record, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, record, Fused, Tracked};
 
 /// Elements per rayon task: large enough to amortise the task, small
 /// enough to split a layer's activations over the threads.
 const CHUNK: usize = 1 << 14;
 
 /// `silu(gate) ⊙ up` for two tensors of the same shape.
-pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Fused<Tensor<3>, (Tensor<3>, Tensor<3>)> {
-    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
-        return Fused::NotApplicable((gate, up));
+pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Fused<Tensor<3>, [Tensor<3>; 2]> {
+    if gate.dims() != up.dims() {
+        return Fused::NotApplicable([gate, up]);
     }
-    if let (Ok(a), Ok(b)) = (
-        gate.clone().try_into_primitive::<Autodiff<Flex>>(),
-        up.clone().try_into_primitive::<Autodiff<Flex>>(),
-    ) {
-        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked_swiglu(a, b)));
-    }
-    if let (Ok(a), Ok(b)) = (
-        gate.clone().try_into_primitive::<Flex>(),
-        up.clone().try_into_primitive::<Flex>(),
-    ) {
-        return Fused::Done(Tensor::from_primitive::<Flex>(forward(
-            &a.to_contiguous(),
-            &b.to_contiguous(),
-        )));
-    }
-    Fused::NotApplicable((gate, up))
+    on_flex_all(
+        [gate, up],
+        |[gate, up]| tracked_swiglu(gate, up),
+        |[gate, up]| forward(gate, up),
+    )
 }
 
 fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {

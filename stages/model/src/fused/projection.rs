@@ -1,0 +1,188 @@
+//! The projection `x · Wᵀ` (HF's `[out, in]` weight layout) as one matrix
+//! product forward and one per input backward, written straight into
+//! buffers this module allocates.
+//!
+//! Why: burn-flex's matmul allocates its output zero-filled as bytes, then
+//! copies it once more to align it, before the product writes it a third
+//! time; and burn's backward of `x · transpose(W)` goes through transposed
+//! views. About a tenth of a training step of the bench's d256 model was
+//! that memset and memcopy.
+
+use burn::tensor::{DType, Tensor};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{binary, Backward, Ops};
+use burn_flex::{Flex, FlexTensor};
+
+use super::matrix::{product, View};
+use super::{f32s, flex_tensor, on_flex_all, record, Fused, Tracked};
+
+/// `x [rows, in] · weight [out, in]ᵀ → [rows, out]`.
+pub fn project(x: Tensor<2>, weight: Tensor<2>) -> Fused<Tensor<2>, [Tensor<2>; 2]> {
+    let ([_, inner], [_, weight_inner]) = (x.dims(), weight.dims());
+    if inner != weight_inner || weight.dtype() != DType::F32 {
+        return Fused::NotApplicable([x, weight]);
+    }
+    on_flex_all(
+        [x, weight],
+        |[x, weight]| tracked_project(x, weight),
+        |[x, weight]| forward(x, weight),
+    )
+}
+
+fn dims(tensor: &FlexTensor) -> [usize; 2] {
+    let shape = tensor.layout().shape();
+    [shape[0], shape[1]]
+}
+
+fn forward(x: &FlexTensor, weight: &FlexTensor) -> FlexTensor {
+    let ([rows, inner], [out, _]) = (dims(x), dims(weight));
+    let y = product(
+        rows,
+        out,
+        inner,
+        View::rows(f32s(x), inner),
+        View::transposed(f32s(weight), inner),
+    );
+    flex_tensor(y, [rows, out])
+}
+
+#[derive(Debug)]
+struct Projection;
+
+#[derive(Debug, Clone)]
+struct Saved {
+    x: FlexTensor,
+    weight: FlexTensor,
+}
+
+impl Backward<Flex, 2> for Projection {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let Saved { x, weight } = ops.state;
+        let ([rows, inner], [out, _]) = (dims(&x), dims(&weight));
+        binary::<Flex, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            // ∂x = ∂y · W
+            |grad| {
+                let grad = grad.to_contiguous();
+                let dx = product(
+                    rows,
+                    inner,
+                    out,
+                    View::rows(f32s(&grad), out),
+                    View::rows(f32s(&weight), inner),
+                );
+                flex_tensor(dx, [rows, inner])
+            },
+            // ∂W = ∂yᵀ · x
+            |grad| {
+                let grad = grad.to_contiguous();
+                let dw = product(
+                    out,
+                    inner,
+                    rows,
+                    View::transposed(f32s(&grad), out),
+                    View::rows(f32s(&x), inner),
+                );
+                flex_tensor(dw, [out, inner])
+            },
+        );
+    }
+}
+
+fn tracked_project(x: Tracked, weight: Tracked) -> Tracked {
+    let (x, x_guard) = x.into_parts();
+    let (weight, weight_guard) = weight.into_parts();
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let output = forward(&x, &weight);
+    record(Projection, [x_guard, weight_guard], output, || Saved { x, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn values(tensor: Tensor<2>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn close(name: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{name}: {g} vs {w}");
+        }
+    }
+
+    /// Shapes on both sides of the threshold where gemm splits over threads.
+    #[test]
+    fn equals_matmul_with_the_transpose_in_value_and_both_gradients() {
+        for (rows, inner, out) in [(5, 7, 3), (300, 200, 190)] {
+            let device = Device::flex();
+            let ad = device.clone().autodiff();
+            let x: Vec<f32> = (0..rows * inner)
+                .map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.02)
+                .collect();
+            let w: Vec<f32> = (0..out * inner)
+                .map(|i| ((i * 131 % 53) as f32 - 26.0) * 0.03)
+                .collect();
+            let upstream: Vec<f32> = (0..rows * out).map(|i| ((i * 31 % 13) as f32 - 6.0) * 0.1).collect();
+            let run = |fused: bool| {
+                let a = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, inner]), &ad).require_grad();
+                let b = Tensor::<2>::from_data(TensorData::new(w.clone(), [out, inner]), &ad).require_grad();
+                let y = if fused {
+                    project(a.clone(), b.clone()).done()
+                } else {
+                    a.clone().matmul(b.clone().transpose())
+                };
+                let weights = Tensor::<2>::from_data(TensorData::new(upstream.clone(), [rows, out]), &ad);
+                let grads = (y.clone() * weights).sum().backward();
+                (
+                    values(y),
+                    values(a.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
+                )
+            };
+            let fused = run(true);
+            let composed = run(false);
+            close("value", &fused.0, &composed.0);
+            close("d x", &fused.1, &composed.1);
+            close("d weight", &fused.2, &composed.2);
+
+            let plain = project(
+                Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, inner]), &device),
+                Tensor::<2>::from_data(TensorData::new(w.clone(), [out, inner]), &device),
+            );
+            assert_eq!(values(plain.done()), fused.0);
+        }
+    }
+
+    /// A frozen weight (no gradient asked) still passes the gradient to `x`,
+    /// and a transposed (non-contiguous) input is read correctly.
+    #[test]
+    fn frozen_weight_and_strided_input() {
+        let ad = Device::flex().autodiff();
+        let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let w: Vec<f32> = (0..8).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let xt = Tensor::<2>::from_data(TensorData::new(x, [4, 3]), &ad).require_grad();
+        let weight = Tensor::<2>::from_data(TensorData::new(w, [2, 4]), &ad);
+        // x = xtᵀ is [3, 4], a strided view.
+        let y = project(xt.clone().transpose(), weight.clone()).done();
+        let want = xt.clone().transpose().matmul(weight.clone().transpose());
+        close("value", &values(y.clone()), &values(want));
+        let grads = y.sum().backward();
+        assert!(weight.grad(&grads).is_none());
+        // ∂(Σ y)/∂xt[i, r] = Σ_o W[o, i]
+        let want_dx: Vec<f32> = (0..12)
+            .map(|j| {
+                let i = j / 3;
+                (1.0 - i as f32 * 0.25) + (1.0 - (4 + i) as f32 * 0.25)
+            })
+            .collect();
+        close("d x", &values(xt.grad(&grads).unwrap()), &want_dx);
+    }
+}
