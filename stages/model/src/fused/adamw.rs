@@ -15,6 +15,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::into_owned;
+
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
@@ -102,12 +104,12 @@ impl AdamW {
     ) -> (Tensor<D>, AdamWState<D>) {
         let flex = |t: Tensor<D>| t.try_into_primitive::<Flex>().expect("checked by `fuses`");
         let shape = tensor.shape();
-        let (mut theta, grad) = (owned(flex(tensor)), flex(grad).to_contiguous());
+        let (mut theta, grad) = (into_owned(flex(tensor)), flex(grad).to_contiguous());
         let (time, mut moment_1, mut moment_2) = match state {
             Some(s) => (
                 s.momentum.time + 1,
-                owned(flex(s.momentum.moment_1)),
-                owned(flex(s.momentum.moment_2)),
+                into_owned(flex(s.momentum.moment_1)),
+                into_owned(flex(s.momentum.moment_2)),
             ),
             None => {
                 let zeros = || FlexTensor::from_data(TensorData::zeros::<f32, _>(shape.clone()));
@@ -143,22 +145,6 @@ impl AdamW {
         let momentum = AdaptiveMomentumState::new(time, tensor(moment_1), tensor(moment_2));
         (tensor(theta), AdamWState::new(momentum))
     }
-}
-
-/// A contiguous tensor this function alone holds (copied when shared or a
-/// view), so the update can write into it.
-fn owned(mut tensor: FlexTensor) -> FlexTensor {
-    let len = tensor.layout().shape().num_elements();
-    let whole = tensor.is_contiguous() && tensor.layout().start_offset() == 0;
-    if whole
-        && tensor
-            .try_storage_mut::<f32>()
-            .is_some_and(|values| values.len() == len)
-    {
-        return tensor;
-    }
-    let values = tensor.to_contiguous().as_slice::<f32>().expect("contiguous").to_vec();
-    FlexTensor::from_data(TensorData::new(values, tensor.layout().shape().clone()))
 }
 
 /// The scalars of one step, in the order burn applies them.

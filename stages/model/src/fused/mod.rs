@@ -125,6 +125,22 @@ fn register_all<S, const N: usize>(ops: Ops<S, N>, grads: &mut Gradients, values
     }
 }
 
+/// A contiguous f32 tensor the caller alone holds (copied when shared or a
+/// view), so an op can write its result into it.
+fn into_owned(mut tensor: FlexTensor) -> FlexTensor {
+    let len = tensor.layout().shape().num_elements();
+    let whole = tensor.is_contiguous() && tensor.layout().start_offset() == 0;
+    if whole
+        && tensor
+            .try_storage_mut::<f32>()
+            .is_some_and(|values| values.len() == len)
+    {
+        return tensor;
+    }
+    let values = f32s(&tensor.to_contiguous()).to_vec();
+    flex_tensor(values, tensor.layout().shape().clone())
+}
+
 /// The values of a contiguous f32 flex tensor.
 fn f32s(tensor: &FlexTensor) -> &[f32] {
     tensor

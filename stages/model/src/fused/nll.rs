@@ -11,8 +11,8 @@ use burn_autodiff::ops::{unary, Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::row_kernels::{row_max, row_scaled_exp, row_sum_exp};
-use super::{f32s, flex_tensor, on_flex, record, Fused, Tracked};
+use super::row_kernels::{row_max, row_scaled_exp_in_place, row_sum_exp};
+use super::{f32s, flex_tensor, into_owned, on_flex, record, Fused, Tracked};
 
 /// `logits [b, t, v]`, `targets [b, t]` → NLL `[b, t]` where the fused path applies.
 pub fn try_token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tensor<2>, Tensor<3>> {
@@ -69,22 +69,28 @@ impl Backward<Flex, 1> for TokenNll {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let saved = ops.state;
+        let Saved {
+            logits,
+            targets,
+            lse,
+            vocab,
+        } = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = grad.to_contiguous();
             let per_row = f32s(&grad);
-            let logits = f32s(&saved.logits);
-            let mut out = vec![0.0f32; logits.len()];
-            out.par_chunks_mut(saved.vocab)
-                .zip(logits.par_chunks(saved.vocab))
+            // Nothing reads the logits after this: their buffer becomes the gradient.
+            let mut out = into_owned(logits);
+            out.try_storage_mut::<f32>()
+                .expect("owned")
+                .par_chunks_mut(vocab)
                 .enumerate()
-                .for_each(|(i, (out, row))| {
+                .for_each(|(i, row)| {
                     // d nll / d logit_j = softmax_j - [j = target].
                     let g = per_row[i];
-                    row_scaled_exp(row, saved.lse[i], g, out);
-                    out[saved.targets[i]] -= g;
+                    row_scaled_exp_in_place(row, lse[i], g);
+                    row[targets[i]] -= g;
                 });
-            flex_tensor(out, saved.logits.layout().shape().clone())
+            out
         });
     }
 }

@@ -70,11 +70,11 @@ fn sum_exp_generic(row: &[f32], shift: f32) -> f32 {
     s
 }
 
-/// `out[j] = scale · exp(row[j] - shift)`.
+/// `row[j] ← scale · exp(row[j] - shift)`.
 #[inline(always)]
-fn scaled_exp_generic(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = scale * exp(x - shift);
+fn scaled_exp_in_place_generic(row: &mut [f32], shift: f32, scale: f32) {
+    for x in row.iter_mut() {
+        *x = scale * exp(*x - shift);
     }
 }
 
@@ -136,20 +136,16 @@ fn swiglu_generic(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out = g ⊙ up ⊙ silu'(gate)`, silu'(a) = σ(a)·(1 + a·(1 - σ(a))).
+/// Both gradients of `silu(gate) ⊙ up` given the incoming `g`, written over
+/// the inputs: `gate ← g ⊙ up ⊙ silu'(gate)`, silu'(a) = σ(a)·(1 + a·(1 - σ(a))),
+/// and `up ← g ⊙ silu(gate)`.
 #[inline(always)]
-fn swiglu_gate_grad_generic(gate: &[f32], up: &[f32], g: &[f32], out: &mut [f32]) {
-    for (((o, &a), &b), &g) in out.iter_mut().zip(gate).zip(up).zip(g) {
-        let s = sigmoid(a);
-        *o = g * b * s * (1.0 + a * (1.0 - s));
-    }
-}
-
-/// `out = g ⊙ silu(gate)`.
-#[inline(always)]
-fn swiglu_up_grad_generic(gate: &[f32], g: &[f32], out: &mut [f32]) {
-    for ((o, &a), &g) in out.iter_mut().zip(gate).zip(g) {
-        *o = g * a * sigmoid(a);
+fn swiglu_backward_in_place_generic(gate: &mut [f32], up: &mut [f32], g: &[f32]) {
+    for ((a, b), &g) in gate.iter_mut().zip(up.iter_mut()).zip(g) {
+        let s = sigmoid(*a);
+        let d_gate = g * *b * s * (1.0 + *a * (1.0 - s));
+        *b = g * *a * s;
+        *a = d_gate;
     }
 }
 
@@ -263,8 +259,8 @@ dispatch!(
     fn row_sum_exp(row: &[f32], shift: f32) -> f32 = sum_exp_generic
 );
 dispatch!(
-    /// `out = scale · exp(row - shift)`.
-    fn row_scaled_exp(row: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> () = scaled_exp_generic
+    /// `row ← scale · exp(row - shift)`.
+    fn row_scaled_exp_in_place(row: &mut [f32], shift: f32, scale: f32) -> () = scaled_exp_in_place_generic
 );
 dispatch!(
     /// `row ← softmax(row)`.
@@ -295,12 +291,8 @@ dispatch!(
     fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) -> () = swiglu_generic
 );
 dispatch!(
-    /// The gradient of `silu(gate) ⊙ up` with respect to `gate`.
-    fn swiglu_gate_grad(gate: &[f32], up: &[f32], g: &[f32], out: &mut [f32]) -> () = swiglu_gate_grad_generic
-);
-dispatch!(
-    /// The gradient of `silu(gate) ⊙ up` with respect to `up`.
-    fn swiglu_up_grad(gate: &[f32], g: &[f32], out: &mut [f32]) -> () = swiglu_up_grad_generic
+    /// Both gradients of `silu(gate) ⊙ up`, over the inputs.
+    fn swiglu_backward_in_place(gate: &mut [f32], up: &mut [f32], g: &[f32]) -> () = swiglu_backward_in_place_generic
 );
 
 #[cfg(test)]
@@ -332,8 +324,8 @@ mod tests {
             let want: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
             let got = row_sum_exp(&row, m) as f64;
             assert!((got - want).abs() / want < 1e-6, "len {len}: {got} vs {want}");
-            let mut out = vec![0.0; len];
-            row_scaled_exp(&row, m, 0.5, &mut out);
+            let mut out = row.clone();
+            row_scaled_exp_in_place(&mut out, m, 0.5);
             for (o, &x) in out.iter().zip(&row) {
                 let want = 0.5 * ((x - m) as f64).exp();
                 assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "len {len}");

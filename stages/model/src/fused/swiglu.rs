@@ -5,12 +5,12 @@
 use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{binary, Backward, Ops};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::row_kernels::{swiglu as swiglu_kernel, swiglu_gate_grad, swiglu_up_grad};
-use super::{f32s, flex_tensor, on_flex_all, record, Fused, Tracked};
+use super::row_kernels::{swiglu as swiglu_kernel, swiglu_backward_in_place};
+use super::{f32s, flex_tensor, into_owned, on_flex_all, record, register_all, Fused, Tracked};
 
 /// Elements per rayon task: large enough to amortise the task, small
 /// enough to split a layer's activations over the threads.
@@ -49,30 +49,24 @@ impl Backward<Flex, 2> for SwiGlu {
     type State = Saved;
 
     fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let Saved { gate, up } = ops.state;
-        let shape = gate.layout().shape().clone();
-        binary::<Flex, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |grad| {
-                let grad = grad.to_contiguous();
-                let mut out = vec![0.0f32; f32s(&gate).len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(f32s(&gate).par_chunks(CHUNK))
-                    .zip(f32s(&up).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
-                    .for_each(|((out, a), (b, g))| swiglu_gate_grad(a, b, g, out));
-                flex_tensor(out, shape.clone())
-            },
-            |grad| {
-                let grad = grad.to_contiguous();
-                let mut out = vec![0.0f32; f32s(&gate).len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(f32s(&gate).par_chunks(CHUNK).zip(f32s(&grad).par_chunks(CHUNK)))
-                    .for_each(|(out, (a, g))| swiglu_up_grad(a, g, out));
-                flex_tensor(out, shape.clone())
-            },
-        );
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let Ops { parents, node, state } = ops;
+        // Nothing reads gate and up after this: their buffers become the gradients.
+        let (mut gate, mut up) = (into_owned(state.gate), into_owned(state.up));
+        {
+            let a = gate.try_storage_mut::<f32>().expect("owned");
+            let b = up.try_storage_mut::<f32>().expect("owned");
+            a.par_chunks_mut(CHUNK)
+                .zip(b.par_chunks_mut(CHUNK))
+                .zip(f32s(&grad).par_chunks(CHUNK))
+                .for_each(|((a, b), g)| swiglu_backward_in_place(a, b, g));
+        }
+        let ops = Ops {
+            parents,
+            node,
+            state: (),
+        };
+        register_all(ops, grads, [gate, up]);
     }
 }
 
