@@ -1,6 +1,8 @@
-//! Per-position negative log-likelihood `logsumexp(logits) - logits[target]`:
-//! the forward reads each row twice (max, then Σ exp), the backward writes
-//! `g · (softmax - onehot)` in one pass.
+//! Per-position negative log-likelihood `logsumexp(logits) - logits[target]`.
+//! Training: the forward turns each row of logits into `exp(logit - max)`
+//! in place (the logits are not needed again) and the backward scales that
+//! into `g · (softmax - onehot)`, so `exp` runs once per logit. Evaluation
+//! reads the logits twice (max, then Σ exp) and writes nothing.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use burn_autodiff::ops::{unary, Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::row_kernels::{row_max, row_scaled_exp_in_place, row_sum_exp};
+use super::row_kernels::{row_exp_in_place, row_max, row_sum_exp};
 use super::{f32s, flex_tensor, into_owned, on_flex, record, Fused, Tracked};
 
 /// `logits [b, t, v]`, `targets [b, t]` → NLL `[b, t]` where the fused path applies.
@@ -20,7 +22,7 @@ pub fn try_token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tenso
     on_flex(
         logits,
         |tracked| tracked_nll(tracked, target_ids(targets, vocab), [b, t]),
-        |plain| flex_tensor(forward(plain, &target_ids(targets, vocab), vocab).0, [b, t]),
+        |plain| flex_tensor(forward(plain, &target_ids(targets, vocab), vocab), [b, t]),
     )
 }
 
@@ -41,15 +43,30 @@ fn target_ids(targets: &Tensor<2, Int>, vocab: usize) -> Arc<[usize]> {
     ids.into()
 }
 
-/// NLL per row and the row's log-sum-exp (kept for the backward pass).
-fn forward(logits: &FlexTensor, targets: &[usize], vocab: usize) -> (Vec<f32>, Vec<f32>) {
+/// NLL per row, the logits left as they are.
+fn forward(logits: &FlexTensor, targets: &[usize], vocab: usize) -> Vec<f32> {
     f32s(logits)
         .par_chunks(vocab)
         .zip(targets.par_iter())
         .map(|(row, &target)| {
             let max = row_max(row);
-            let lse = max + row_sum_exp(row, max).ln();
-            (lse - row[target], lse)
+            max + row_sum_exp(row, max).ln() - row[target]
+        })
+        .collect()
+}
+
+/// NLL per row and each row's Σ exp(logit - max), the logits replaced by
+/// `exp(logit - max)` (the softmax numerators the backward pass scales).
+fn forward_into_numerators(logits: &mut FlexTensor, targets: &[usize], vocab: usize) -> (Vec<f32>, Vec<f32>) {
+    logits
+        .try_storage_mut::<f32>()
+        .expect("owned")
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let (max, target_logit) = (row_max(row), row[target]);
+            let sum = row_exp_in_place(row, max);
+            (max + sum.ln() - target_logit, sum)
         })
         .unzip()
 }
@@ -59,9 +76,9 @@ struct TokenNll;
 
 #[derive(Debug, Clone)]
 struct Saved {
-    logits: FlexTensor,
+    numerators: FlexTensor,
+    sums: Arc<[f32]>,
     targets: Arc<[usize]>,
-    lse: Arc<[f32]>,
     vocab: usize,
 }
 
@@ -70,16 +87,16 @@ impl Backward<Flex, 1> for TokenNll {
 
     fn backward(self, ops: Ops<Saved, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let Saved {
-            logits,
+            numerators,
+            sums,
             targets,
-            lse,
             vocab,
         } = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let grad = grad.to_contiguous();
             let per_row = f32s(&grad);
-            // Nothing reads the logits after this: their buffer becomes the gradient.
-            let mut out = into_owned(logits);
+            // Nothing reads the numerators after this: their buffer becomes the gradient.
+            let mut out = into_owned(numerators);
             out.try_storage_mut::<f32>()
                 .expect("owned")
                 .par_chunks_mut(vocab)
@@ -87,7 +104,8 @@ impl Backward<Flex, 1> for TokenNll {
                 .for_each(|(i, row)| {
                     // d nll / d logit_j = softmax_j - [j = target].
                     let g = per_row[i];
-                    row_scaled_exp_in_place(row, lse[i], g);
+                    let scale = g / sums[i];
+                    row.iter_mut().for_each(|x| *x *= scale);
                     row[targets[i]] -= g;
                 });
             out
@@ -97,13 +115,13 @@ impl Backward<Flex, 1> for TokenNll {
 
 fn tracked_nll(logits: Tracked, targets: Arc<[usize]>, [b, t]: [usize; 2]) -> Tracked {
     let (primitive, guard) = logits.into_parts();
-    let logits = primitive.to_contiguous();
-    let vocab = logits.layout().shape()[2];
-    let (nll, lse) = forward(&logits, &targets, vocab);
+    let vocab = primitive.layout().shape()[2];
+    let mut numerators = into_owned(primitive);
+    let (nll, sums) = forward_into_numerators(&mut numerators, &targets, vocab);
     record(TokenNll, [guard], flex_tensor(nll, [b, t]), || Saved {
-        logits,
+        numerators,
+        sums: sums.into(),
         targets,
-        lse: lse.into(),
         vocab,
     })
 }

@@ -70,19 +70,9 @@ fn sum_exp_generic(row: &[f32], shift: f32) -> f32 {
     s
 }
 
-/// `row[j] ← scale · exp(row[j] - shift)`.
+/// `row ← exp(row - shift)`, returning the sum of the new values.
 #[inline(always)]
-fn scaled_exp_in_place_generic(row: &mut [f32], shift: f32, scale: f32) {
-    for x in row.iter_mut() {
-        *x = scale * exp(*x - shift);
-    }
-}
-
-/// `row ← softmax(row)`, in place (the attention's scores become its
-/// probabilities without a second buffer).
-#[inline(always)]
-fn softmax_in_place_generic(row: &mut [f32]) {
-    let shift = max_generic(row);
+fn exp_in_place_generic(row: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for x in &mut chunks {
@@ -96,6 +86,14 @@ fn softmax_in_place_generic(row: &mut [f32]) {
         *x = exp(*x - shift);
         sum += *x;
     }
+    sum
+}
+
+/// `row ← softmax(row)`, in place (the attention's scores become its
+/// probabilities without a second buffer).
+#[inline(always)]
+fn softmax_in_place_generic(row: &mut [f32]) {
+    let sum = exp_in_place_generic(row, max_generic(row));
     let inverse = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inverse;
@@ -259,8 +257,8 @@ dispatch!(
     fn row_sum_exp(row: &[f32], shift: f32) -> f32 = sum_exp_generic
 );
 dispatch!(
-    /// `row ← scale · exp(row - shift)`.
-    fn row_scaled_exp_in_place(row: &mut [f32], shift: f32, scale: f32) -> () = scaled_exp_in_place_generic
+    /// `row ← exp(row - shift)`, returning Σ row.
+    fn row_exp_in_place(row: &mut [f32], shift: f32) -> f32 = exp_in_place_generic
 );
 dispatch!(
     /// `row ← softmax(row)`.
@@ -325,9 +323,10 @@ mod tests {
             let got = row_sum_exp(&row, m) as f64;
             assert!((got - want).abs() / want < 1e-6, "len {len}: {got} vs {want}");
             let mut out = row.clone();
-            row_scaled_exp_in_place(&mut out, m, 0.5);
+            let sum = row_exp_in_place(&mut out, m) as f64;
+            assert!((sum - want).abs() / want < 1e-6, "len {len}: {sum} vs {want}");
             for (o, &x) in out.iter().zip(&row) {
-                let want = 0.5 * ((x - m) as f64).exp();
+                let want = ((x - m) as f64).exp();
                 assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "len {len}");
             }
             // Softmax of the row and its gradient (scaled by 0.3) against f64 by hand.
