@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::matrix::{product_into, Dst, View, Write};
 use super::row_kernels::{row_softmax_backward_in_place, row_softmax_in_place};
-use super::{f32s, flex_tensor, on_flex_all, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
 
 /// `q [batch, t, heads, head_dim]`, `k` and `v` `[batch, past + t,
 /// kv_heads, head_dim]` → `[batch, t, heads, head_dim]`; query i (at
@@ -334,8 +334,7 @@ impl Backward<Flex, 3> for CausalAttention {
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let d_out = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let values = backward(&ops.state, &d_out);
-        register_all(ops, grads, values);
+        register_all(parent_ids(&ops), grads, backward(&ops.state, &d_out));
     }
 }
 

@@ -23,7 +23,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn_autodiff::{Autodiff, NodeId};
 use burn_backend::tensor::FloatTensor;
 use burn_flex::{Flex, FlexTensor};
 
@@ -115,12 +115,17 @@ fn record<Op: Backward<Flex, N>, const N: usize>(
     }
 }
 
-/// Hands each parent that wants a gradient its own (an op's backward that
+/// The ids of an op's parents, `None` where a parent wants no gradient.
+fn parent_ids<S, const N: usize>(ops: &Ops<S, N>) -> [Option<NodeId>; N] {
+    ops.parents.each_ref().map(|parent| parent.as_ref().map(|node| node.id))
+}
+
+/// Hands each parent that wants a gradient its own (for a backward that
 /// computes all its inputs' gradients in one pass).
-fn register_all<S, const N: usize>(ops: Ops<S, N>, grads: &mut Gradients, values: [FlexTensor; N]) {
-    for (parent, value) in ops.parents.into_iter().zip(values) {
-        if let Some(parent) = parent {
-            grads.register::<Flex>(parent.id, value);
+fn register_all<const N: usize>(parents: [Option<NodeId>; N], grads: &mut Gradients, values: [FlexTensor; N]) {
+    for (parent, value) in parents.into_iter().zip(values) {
+        if let Some(id) = parent {
+            grads.register::<Flex>(id, value);
         }
     }
 }

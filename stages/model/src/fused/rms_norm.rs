@@ -12,7 +12,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{rms_norm_row, rms_norm_row_backward};
-use super::{f32s, flex_tensor, on_flex_all, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
 
 /// Rows per rayon task; the weight gradient is summed per task, then over
 /// the tasks in order, so it does not depend on the thread count.
@@ -81,7 +81,11 @@ impl Backward<Flex, 2> for RmsNorm {
             dw.iter_mut().zip(partial).for_each(|(total, p)| *total += p);
         }
         let (x_shape, w_shape) = (x.layout().shape().clone(), weight.layout().shape().clone());
-        register_all(ops, grads, [flex_tensor(dx, x_shape), flex_tensor(dw, w_shape)]);
+        register_all(
+            parent_ids(&ops),
+            grads,
+            [flex_tensor(dx, x_shape), flex_tensor(dw, w_shape)],
+        );
     }
 }
 

@@ -10,7 +10,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{swiglu as swiglu_kernel, swiglu_backward_in_place};
-use super::{f32s, flex_tensor, into_owned, on_flex_all, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, into_owned, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
 
 /// Elements per rayon task: large enough to amortise the task, small
 /// enough to split a layer's activations over the threads.
@@ -50,9 +50,9 @@ impl Backward<Flex, 2> for SwiGlu {
 
     fn backward(self, ops: Ops<Saved, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let Ops { parents, node, state } = ops;
+        let parents = parent_ids(&ops);
         // Nothing reads gate and up after this: their buffers become the gradients.
-        let (mut gate, mut up) = (into_owned(state.gate), into_owned(state.up));
+        let (mut gate, mut up) = (into_owned(ops.state.gate), into_owned(ops.state.up));
         {
             let a = gate.try_storage_mut::<f32>().expect("owned");
             let b = up.try_storage_mut::<f32>().expect("owned");
@@ -61,12 +61,7 @@ impl Backward<Flex, 2> for SwiGlu {
                 .zip(f32s(&grad).par_chunks(CHUNK))
                 .for_each(|((a, b), g)| swiglu_backward_in_place(a, b, g));
         }
-        let ops = Ops {
-            parents,
-            node,
-            state: (),
-        };
-        register_all(ops, grads, [gate, up]);
+        register_all(parents, grads, [gate, up]);
     }
 }
 
