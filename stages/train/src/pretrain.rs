@@ -43,8 +43,8 @@ impl StageKind for Pretrain {
         "pretrain"
     }
     fn code_version(&self) -> &'static str {
-        // 4: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
-        "4"
+        // 5: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
+        "5"
     }
     fn summary(&self) -> &'static str {
         "further-pretrain a LLaMA on a token stream (AdamW, warmup + decay, per-language validation)"

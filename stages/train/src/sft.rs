@@ -182,8 +182,8 @@ impl StageKind for Sft {
         "sft"
     }
     fn code_version(&self) -> &'static str {
-        // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
-        "3"
+        // 4: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
+        "4"
     }
     fn summary(&self) -> &'static str {
         "instruction-tune a LLaMA (alpaca/bactrian/belle templates, loss on responses only)"
