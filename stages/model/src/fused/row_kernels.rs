@@ -51,23 +51,31 @@ fn max_generic(row: &[f32]) -> f32 {
     m
 }
 
-/// Σ exp(x - shift) over the row, accumulated in LANES partial sums (a
-/// fixed order, so the result does not depend on threads).
+/// Σ term(row₀[j], row₁[j], …) over equally long rows: LANES partial sums,
+/// then the tail in order. A fixed order, so the result does not depend on
+/// threads, in the shape the compiler vectorises.
 #[inline(always)]
-fn sum_exp_generic(row: &[f32], shift: f32) -> f32 {
+fn lane_sum<const K: usize>(rows: [&[f32]; K], term: impl Fn([f32; K]) -> f32) -> f32 {
+    let len = rows[0].len();
+    let full = len - len % LANES;
     let mut acc = [0.0f32; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += exp(x - shift);
+    for start in (0..full).step_by(LANES) {
+        let chunks: [&[f32; LANES]; K] = rows.map(|row| row[start..start + LANES].try_into().expect("LANES values"));
+        for (lane, a) in acc.iter_mut().enumerate() {
+            *a += term(chunks.map(|chunk| chunk[lane]));
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for &x in tail {
-        s += exp(x - shift);
+    let mut sum: f32 = acc.iter().sum();
+    for j in full..len {
+        sum += term(rows.map(|row| row[j]));
     }
-    s
+    sum
+}
+
+/// Σ exp(x - shift) over the row.
+#[inline(always)]
+fn sum_exp_generic(row: &[f32], shift: f32) -> f32 {
+    lane_sum([row], |[x]| exp(x - shift))
 }
 
 /// `row ← exp(row - shift)`, returning the sum of the new values.
@@ -104,18 +112,7 @@ fn softmax_in_place_generic(row: &mut [f32]) {
 /// the incoming gradient `g`, `g ← scale · p ⊙ (g - ⟨g, p⟩)`.
 #[inline(always)]
 fn softmax_backward_in_place_generic(p: &[f32], g: &mut [f32], scale: f32) {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = p.chunks_exact(LANES).zip(g.chunks_exact(LANES));
-    for (p, g) in &mut chunks {
-        for ((&p, &g), a) in p.iter().zip(g).zip(acc.iter_mut()) {
-            *a += p * g;
-        }
-    }
-    let done = p.len() - p.len() % LANES;
-    let mut dot: f32 = acc.iter().sum();
-    for (&p, &g) in p[done..].iter().zip(&g[done..]) {
-        dot += p * g;
-    }
+    let dot = lane_sum([p, g], |[p, g]| p * g);
     for (g, &p) in g.iter_mut().zip(p) {
         *g = scale * p * (*g - dot);
     }
@@ -150,18 +147,7 @@ fn swiglu_backward_in_place_generic(gate: &mut [f32], up: &mut [f32], g: &[f32])
 /// `out = x · inv ⊙ w` with `inv = 1 / sqrt(mean(x²) + eps)`; returns `inv`.
 #[inline(always)]
 fn rms_norm_generic(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += x * x;
-        }
-    }
-    let mut squares: f32 = acc.iter().sum();
-    for &x in tail {
-        squares += x * x;
-    }
+    let squares = lane_sum([x], |[x]| x * x);
     let inv = 1.0 / (squares / x.len() as f32 + eps).sqrt();
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
         *o = x * inv * w;
@@ -173,21 +159,7 @@ fn rms_norm_generic(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> f32 {
 /// `dx = inv · (g ⊙ w) - x · inv³ · ⟨g ⊙ w, x⟩ / d`, and `dw += g ⊙ x · inv`.
 #[inline(always)]
 fn rms_norm_backward_generic(x: &[f32], w: &[f32], g: &[f32], inv: f32, dx: &mut [f32], dw: &mut [f32]) {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = x
-        .chunks_exact(LANES)
-        .zip(g.chunks_exact(LANES))
-        .zip(w.chunks_exact(LANES));
-    for ((x, g), w) in &mut chunks {
-        for (((a, &x), &g), &w) in acc.iter_mut().zip(x).zip(g).zip(w) {
-            *a += g * w * x;
-        }
-    }
-    let done = x.len() - x.len() % LANES;
-    let mut dot: f32 = acc.iter().sum();
-    for ((&x, &g), &w) in x[done..].iter().zip(&g[done..]).zip(&w[done..]) {
-        dot += g * w * x;
-    }
+    let dot = lane_sum([x, g, w], |[x, g, w]| g * w * x);
     let along_x = inv * inv * inv * dot / x.len() as f32;
     for ((((dx, dw), &x), &g), &w) in dx.iter_mut().zip(dw.iter_mut()).zip(x).zip(g).zip(w) {
         *dx = inv * g * w - x * along_x;
