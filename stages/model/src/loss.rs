@@ -53,7 +53,8 @@ mod tests {
     }
 
     /// The fused kernel against burn's own ops: loss and gradient, with and
-    /// without autodiff, on logits wide enough for the vector loops' tails.
+    /// without autodiff, on logits wide enough for the vector loops' tails;
+    /// logits the caller keeps are left as they were.
     #[test]
     fn the_fused_kernel_equals_log_softmax_in_value_and_gradient() {
         let device = Device::flex();
@@ -65,16 +66,33 @@ mod tests {
         let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
         let weights = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 1.0, 1.0, 0.5, 0.0], [b, t]), &device);
         let ad = device.clone().autodiff();
-        let run = |fused: bool| {
-            let logits = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &ad).require_grad();
-            let nll = if fused {
-                try_token_nll(logits.clone(), &targets.clone().to_device(&ad)).done()
-            } else {
-                composed_nll(logits.clone(), targets.clone().to_device(&ad))
+        // `Owned`: the kernel holds the only reference to the logits (as in
+        // training) and works in their buffer. `Shared`: the caller keeps
+        // them, and they must stay as they were.
+        enum Path {
+            Composed,
+            Owned,
+            Shared,
+        }
+        let run = |path: Path| {
+            let leaf = Tensor::<3>::from_data(TensorData::new(values.clone(), [b, t, v]), &ad).require_grad();
+            let logits = leaf.clone() * 1.0;
+            let targets = targets.clone().to_device(&ad);
+            let mut kept = None;
+            let nll = match path {
+                Path::Composed => composed_nll(logits, targets),
+                Path::Owned => try_token_nll(logits, &targets).done(),
+                Path::Shared => {
+                    kept = Some(logits.clone());
+                    try_token_nll(logits, &targets).done()
+                }
             };
             let loss = (nll.clone() * weights.clone().to_device(&ad)).sum();
             let grads = loss.backward();
-            let grad = logits
+            if let Some(logits) = kept {
+                assert_eq!(logits.into_data().try_to_vec::<f32>().unwrap(), values);
+            }
+            let grad = leaf
                 .grad(&grads)
                 .expect("logits get a gradient")
                 .into_data()
@@ -82,8 +100,9 @@ mod tests {
                 .unwrap();
             (nll.into_data().try_to_vec::<f32>().unwrap(), grad)
         };
-        let (fused, fused_grad) = run(true);
-        let (composed, composed_grad) = run(false);
+        assert_eq!(run(Path::Shared), run(Path::Owned));
+        let (fused, fused_grad) = run(Path::Owned);
+        let (composed, composed_grad) = run(Path::Composed);
         for (f, c) in fused.iter().zip(&composed) {
             assert!((f - c).abs() < 2e-6 * c.abs().max(1.0), "{f} vs {c}");
         }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::matrix::{product_into, Dst, View, Write};
 use super::row_kernels::{row_softmax_backward_in_place, row_softmax_in_place};
-use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused};
 
 /// `q [batch, t, heads, head_dim]`, `k` and `v` `[batch, past + t,
 /// kv_heads, head_dim]` → `[batch, t, heads, head_dim]`; query i (at
@@ -50,7 +50,16 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) ->
     };
     on_flex_all(
         [q, k, v],
-        |[q, k, v]| tracked_attention(q, k, v, shape),
+        |[q, k, v], guards| {
+            let (output, probabilities) = forward(&q, &k, &v, shape);
+            record(CausalAttention, guards, output, || Saved {
+                q,
+                k,
+                v,
+                probabilities,
+                shape,
+            })
+        },
         |[q, k, v]| forward(q, k, v, shape).0,
     )
 }
@@ -336,21 +345,6 @@ impl Backward<Flex, 3> for CausalAttention {
         let d_out = grads.consume::<Flex>(&ops.node).to_contiguous();
         register_all(parent_ids(&ops), grads, backward(&ops.state, &d_out));
     }
-}
-
-fn tracked_attention(q: Tracked, k: Tracked, v: Tracked, shape: Shape) -> Tracked {
-    let (q, q_guard) = q.into_parts();
-    let (k, k_guard) = k.into_parts();
-    let (v, v_guard) = v.into_parts();
-    let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
-    let (output, probabilities) = forward(&q, &k, &v, shape);
-    record(CausalAttention, [q_guard, k_guard, v_guard], output, || Saved {
-        q,
-        k,
-        v,
-        probabilities,
-        shape,
-    })
 }
 
 #[cfg(test)]

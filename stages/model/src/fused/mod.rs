@@ -42,6 +42,13 @@ impl<Output, Input> Fused<Output, Input> {
         }
     }
 
+    fn map_input<Other>(self, f: impl FnOnce(Input) -> Other) -> Fused<Output, Other> {
+        match self {
+            Fused::Done(output) => Fused::Done(output),
+            Fused::NotApplicable(input) => Fused::NotApplicable(f(input)),
+        }
+    }
+
     /// The fused result; panics where the op did not apply (tests that must
     /// exercise the kernel, not the composed fallback).
     #[cfg(test)]
@@ -56,40 +63,43 @@ impl<Output, Input> Fused<Output, Input> {
 /// A float tensor that autodiff tracks, on `flex`.
 type Tracked = FloatTensor<Autodiff<Flex>>;
 
-/// Runs `tracked` on the autodiff primitive of an f32 flex tensor, `plain`
-/// on the contiguous primitive of an untracked one, or hands the input back.
+/// [`on_flex_all`] for an op of one tensor.
 fn on_flex<const D: usize, const E: usize>(
     input: Tensor<D>,
-    tracked: impl FnOnce(Tracked) -> Tracked,
+    tracked: impl FnOnce(FlexTensor, NodeGuard) -> Tracked,
     plain: impl FnOnce(&FlexTensor) -> FlexTensor,
 ) -> Fused<Tensor<E>, Tensor<D>> {
-    if input.dtype() != DType::F32 {
-        return Fused::NotApplicable(input);
-    }
-    if let Ok(primitive) = input.clone().try_into_primitive::<Autodiff<Flex>>() {
-        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked(primitive)));
-    }
-    if let Ok(primitive) = input.clone().try_into_primitive::<Flex>() {
-        return Fused::Done(Tensor::from_primitive::<Flex>(plain(&primitive.to_contiguous())));
-    }
-    Fused::NotApplicable(input)
+    on_flex_all(
+        [input],
+        |[input], [guard]| tracked(input, guard),
+        |[input]| plain(input),
+    )
+    .map_input(|[input]| input)
 }
 
-/// [`on_flex`] for an op of several tensors.
+/// Runs `tracked` on the contiguous primitives of f32 flex tensors that
+/// autodiff tracks, with their graph nodes; `plain` on the contiguous
+/// primitives of untracked ones; or hands the inputs back.
 fn on_flex_all<const N: usize, const D: usize, const E: usize>(
     inputs: [Tensor<D>; N],
-    tracked: impl FnOnce([Tracked; N]) -> Tracked,
+    tracked: impl FnOnce([FlexTensor; N], [NodeGuard; N]) -> Tracked,
     plain: impl FnOnce([&FlexTensor; N]) -> FlexTensor,
 ) -> Fused<Tensor<E>, [Tensor<D>; N]> {
     if inputs.iter().any(|t| t.dtype() != DType::F32) {
         return Fused::NotApplicable(inputs);
     }
-    let primitives = inputs
-        .each_ref()
-        .map(|t| t.clone().try_into_primitive::<Autodiff<Flex>>().ok());
-    if primitives.iter().all(Option::is_some) {
-        let primitives = primitives.map(|p| p.expect("all checked above"));
-        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(tracked(primitives)));
+    let tracked_by_autodiff = |t: &Tensor<D>| t.clone().try_into_primitive::<Autodiff<Flex>>().is_ok();
+    if inputs.iter().all(tracked_by_autodiff) {
+        // By value: a clone kept here would share the buffers that the ops
+        // which write into their inputs need to hold alone.
+        let parts = inputs.map(|t| {
+            t.try_into_primitive::<Autodiff<Flex>>()
+                .expect("checked above")
+                .into_parts()
+        });
+        let (primitives, guards) = unzip(parts);
+        let output = tracked(primitives.map(contiguous), guards);
+        return Fused::Done(Tensor::from_primitive::<Autodiff<Flex>>(output));
     }
     let primitives = inputs
         .each_ref()
@@ -99,6 +109,23 @@ fn on_flex_all<const N: usize, const D: usize, const E: usize>(
         return Fused::Done(Tensor::from_primitive::<Flex>(plain(primitives)));
     }
     Fused::NotApplicable(inputs)
+}
+
+fn unzip<A, B, const N: usize>(pairs: [(A, B); N]) -> ([A; N], [B; N]) {
+    let mut pairs = pairs.map(|(a, b)| (Some(a), Some(b)));
+    let a = std::array::from_fn(|i| pairs[i].0.take().expect("each taken once"));
+    let b = std::array::from_fn(|i| pairs[i].1.take().expect("each taken once"));
+    (a, b)
+}
+
+/// The tensor itself when contiguous (so an op that holds the only
+/// reference may write into it), else a contiguous copy.
+fn contiguous(tensor: FlexTensor) -> FlexTensor {
+    if tensor.is_contiguous() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    }
 }
 
 /// Puts `op` into the autodiff graph with `output`; `saved` (what its

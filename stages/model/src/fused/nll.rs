@@ -9,7 +9,7 @@ use std::sync::Arc;
 use burn::tensor::{Int, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{unary, Backward, Ops};
+use burn_autodiff::ops::{unary, Backward, NodeGuard, Ops};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
@@ -21,7 +21,7 @@ pub fn try_token_nll(logits: Tensor<3>, targets: &Tensor<2, Int>) -> Fused<Tenso
     let [b, t, vocab] = logits.dims();
     on_flex(
         logits,
-        |tracked| tracked_nll(tracked, target_ids(targets, vocab), [b, t]),
+        |logits, guard| tracked_nll(logits, guard, target_ids(targets, vocab), [b, t]),
         |plain| flex_tensor(forward(plain, &target_ids(targets, vocab), vocab), [b, t]),
     )
 }
@@ -113,10 +113,9 @@ impl Backward<Flex, 1> for TokenNll {
     }
 }
 
-fn tracked_nll(logits: Tracked, targets: Arc<[usize]>, [b, t]: [usize; 2]) -> Tracked {
-    let (primitive, guard) = logits.into_parts();
-    let vocab = primitive.layout().shape()[2];
-    let mut numerators = into_owned(primitive);
+fn tracked_nll(logits: FlexTensor, guard: NodeGuard, targets: Arc<[usize]>, [b, t]: [usize; 2]) -> Tracked {
+    let vocab = logits.layout().shape()[2];
+    let mut numerators = into_owned(logits);
     let (nll, sums) = forward_into_numerators(&mut numerators, &targets, vocab);
     record(TokenNll, [guard], flex_tensor(nll, [b, t]), || Saved {
         numerators,

@@ -8,24 +8,27 @@
 //! views. About a tenth of a training step of the bench's d256 model was
 //! that memset and memcopy.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{binary, Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 
 use super::matrix::{product, View};
-use super::{f32s, flex_tensor, on_flex_all, record, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, record, Fused};
 
 /// `x [rows, in] · weight [out, in]ᵀ → [rows, out]`.
 pub fn project(x: Tensor<2>, weight: Tensor<2>) -> Fused<Tensor<2>, [Tensor<2>; 2]> {
     let ([_, inner], [_, weight_inner]) = (x.dims(), weight.dims());
-    if inner != weight_inner || weight.dtype() != DType::F32 {
+    if inner != weight_inner {
         return Fused::NotApplicable([x, weight]);
     }
     on_flex_all(
         [x, weight],
-        |[x, weight]| tracked_project(x, weight),
+        |[x, weight], guards| {
+            let output = forward(&x, &weight);
+            record(Projection, guards, output, || Saved { x, weight })
+        },
         |[x, weight]| forward(x, weight),
     )
 }
@@ -92,14 +95,6 @@ impl Backward<Flex, 2> for Projection {
             },
         );
     }
-}
-
-fn tracked_project(x: Tracked, weight: Tracked) -> Tracked {
-    let (x, x_guard) = x.into_parts();
-    let (weight, weight_guard) = weight.into_parts();
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let output = forward(&x, &weight);
-    record(Projection, [x_guard, weight_guard], output, || Saved { x, weight })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{rms_norm_row, rms_norm_row_backward};
-use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex_all, parent_ids, record, register_all, Fused};
 
 /// Rows per rayon task; the weight gradient is summed per task, then over
 /// the tasks in order, so it does not depend on the thread count.
@@ -26,7 +26,10 @@ pub fn rms_norm(x: Tensor<3>, weight: Tensor<3>, eps: f32) -> Fused<Tensor<3>, [
     }
     on_flex_all(
         [x, weight],
-        |[x, weight]| tracked_rms_norm(x, weight, eps),
+        |[x, weight], guards| {
+            let (output, inverses) = forward(&x, &weight, eps);
+            record(RmsNorm, guards, output, || Saved { x, weight, inverses })
+        },
         |[x, weight]| forward(x, weight, eps).0,
     )
 }
@@ -87,18 +90,6 @@ impl Backward<Flex, 2> for RmsNorm {
             [flex_tensor(dx, x_shape), flex_tensor(dw, w_shape)],
         );
     }
-}
-
-fn tracked_rms_norm(x: Tracked, weight: Tracked, eps: f32) -> Tracked {
-    let (x, x_guard) = x.into_parts();
-    let (weight, weight_guard) = weight.into_parts();
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let (output, inverses) = forward(&x, &weight, eps);
-    record(RmsNorm, [x_guard, weight_guard], output, || Saved {
-        x,
-        weight,
-        inverses,
-    })
 }
 
 #[cfg(test)]

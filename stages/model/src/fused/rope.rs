@@ -15,7 +15,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{rope_head, rope_head_backward};
-use super::{f32s, flex_tensor, on_flex, record, Fused, Tracked};
+use super::{f32s, flex_tensor, on_flex, record, Fused};
 
 /// Positions per rayon task.
 const POSITIONS: usize = 32;
@@ -47,7 +47,10 @@ pub fn rotate(x: Tensor<4>, tables: &RopeTables, start: usize) -> Fused<Tensor<4
     };
     on_flex(
         x,
-        |tracked| tracked_rotate(tracked, at.clone()),
+        |x, guard| {
+            let output = apply(&x, &at, Direction::Forward);
+            record(Rotate, [guard], output, || at.clone())
+        },
         |plain| apply(plain, &at, Direction::Forward),
     )
 }
@@ -105,12 +108,6 @@ impl Backward<Flex, 1> for Rotate {
             apply(&grad.to_contiguous(), &at, Direction::Backward)
         });
     }
-}
-
-fn tracked_rotate(x: Tracked, at: Placement) -> Tracked {
-    let (x, guard) = x.into_parts();
-    let output = apply(&x.to_contiguous(), &at, Direction::Forward);
-    record(Rotate, [guard], output, || at)
 }
 
 #[cfg(test)]

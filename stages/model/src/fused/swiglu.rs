@@ -10,7 +10,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::row_kernels::{swiglu as swiglu_kernel, swiglu_backward_in_place};
-use super::{f32s, flex_tensor, into_owned, on_flex_all, parent_ids, record, register_all, Fused, Tracked};
+use super::{f32s, flex_tensor, into_owned, on_flex_all, parent_ids, record, register_all, Fused};
 
 /// Elements per rayon task: large enough to amortise the task, small
 /// enough to split a layer's activations over the threads.
@@ -23,7 +23,10 @@ pub fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Fused<Tensor<3>, [Tensor<3>; 2]
     }
     on_flex_all(
         [gate, up],
-        |[gate, up]| tracked_swiglu(gate, up),
+        |[gate, up], guards| {
+            let output = forward(&gate, &up);
+            record(SwiGlu, guards, output, || Saved { gate, up })
+        },
         |[gate, up]| forward(gate, up),
     )
 }
@@ -65,14 +68,6 @@ impl Backward<Flex, 2> for SwiGlu {
     }
 }
 
-fn tracked_swiglu(gate: Tracked, up: Tracked) -> Tracked {
-    let (gate, gate_guard) = gate.into_parts();
-    let (up, up_guard) = up.into_parts();
-    let (gate, up) = (gate.to_contiguous(), up.to_contiguous());
-    let output = forward(&gate, &up);
-    record(SwiGlu, [gate_guard, up_guard], output, || Saved { gate, up })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,24 +87,42 @@ mod tests {
         let gate: Vec<f32> = (0..n).map(|i| ((i * 7919 % 97) as f32 - 48.0) * 0.19).collect();
         let up: Vec<f32> = (0..n).map(|i| ((i * 131 % 53) as f32 - 26.0) * 0.07).collect();
         let upstream: Vec<f32> = (0..n).map(|i| ((i * 31 % 13) as f32 - 6.0) * 0.1).collect();
-        let run = |fused: bool| {
+        // `Composed`: burn's ops. `Owned`: the op holds the only reference to
+        // its inputs (as in the model) and writes the gradients over them.
+        // `Shared`: the caller keeps the inputs, which must stay as they were.
+        enum Path {
+            Composed,
+            Owned,
+            Shared,
+        }
+        let run = |path: Path| {
             let a = Tensor::<3>::from_data(TensorData::new(gate.clone(), shape), &ad).require_grad();
             let b = Tensor::<3>::from_data(TensorData::new(up.clone(), shape), &ad).require_grad();
-            let out = if fused {
-                swiglu(a.clone(), b.clone()).done()
-            } else {
-                silu(a.clone()) * b.clone()
+            let (x, y) = (a.clone() * 1.0, b.clone() * 1.0);
+            let mut kept = None;
+            let out = match path {
+                Path::Composed => silu(x) * y,
+                Path::Owned => swiglu(x, y).done(),
+                Path::Shared => {
+                    kept = Some((x.clone(), y.clone()));
+                    swiglu(x, y).done()
+                }
             };
             let weights = Tensor::<3>::from_data(TensorData::new(upstream.clone(), shape), &ad);
             let grads = (out.clone() * weights).sum().backward();
+            if let Some((x, y)) = kept {
+                assert_eq!(values(x), gate, "the caller's gate is untouched");
+                assert_eq!(values(y), up, "the caller's up is untouched");
+            }
             (
                 values(out),
                 values(a.grad(&grads).unwrap()),
                 values(b.grad(&grads).unwrap()),
             )
         };
-        let fused = run(true);
-        let composed = run(false);
+        let composed = run(Path::Composed);
+        let fused = run(Path::Owned);
+        assert_eq!(run(Path::Shared), fused);
         for (name, got, want) in [
             ("value", &fused.0, &composed.0),
             ("d gate", &fused.1, &composed.1),
