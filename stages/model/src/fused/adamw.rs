@@ -69,7 +69,7 @@ impl Optimizer for AdamW {
         grad: Tensor<D>,
         state: Option<AdamWState<D>>,
     ) -> (Tensor<D>, Option<AdamWState<D>>) {
-        if self.fuses(&tensor, &grad, state.as_ref()) {
+        if fuses(&tensor, &grad, state.as_ref()) {
             let (tensor, state) = self.fused_step(lr, tensor, grad, state);
             (tensor, Some(state))
         } else {
@@ -83,18 +83,6 @@ impl Optimizer for AdamW {
 }
 
 impl AdamW {
-    /// Whether the fused update applies: f32 tensors on `flex`, no AMSGrad state.
-    fn fuses<const D: usize>(&self, tensor: &Tensor<D>, grad: &Tensor<D>, state: Option<&AdamWState<D>>) -> bool {
-        let on_flex_f32 = |t: &Tensor<D>| t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok();
-        on_flex_f32(tensor)
-            && on_flex_f32(grad)
-            && state.is_none_or(|s| {
-                s.momentum.max_moment_2.is_none()
-                    && on_flex_f32(&s.momentum.moment_1)
-                    && on_flex_f32(&s.momentum.moment_2)
-            })
-    }
-
     fn fused_step<const D: usize>(
         &self,
         lr: f64,
@@ -145,6 +133,16 @@ impl AdamW {
         let momentum = AdaptiveMomentumState::new(time, tensor(moment_1), tensor(moment_2));
         (tensor(theta), AdamWState::new(momentum))
     }
+}
+
+/// Whether the fused update applies: f32 tensors on `flex`, no AMSGrad state.
+fn fuses<const D: usize>(tensor: &Tensor<D>, grad: &Tensor<D>, state: Option<&AdamWState<D>>) -> bool {
+    let on_flex_f32 = |t: &Tensor<D>| t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok();
+    on_flex_f32(tensor)
+        && on_flex_f32(grad)
+        && state.is_none_or(|s| {
+            s.momentum.max_moment_2.is_none() && on_flex_f32(&s.momentum.moment_1) && on_flex_f32(&s.momentum.moment_2)
+        })
 }
 
 /// The scalars of one step, in the order burn applies them.

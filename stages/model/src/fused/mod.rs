@@ -111,11 +111,17 @@ fn on_flex_all<const N: usize, const D: usize, const E: usize>(
     Fused::NotApplicable(inputs)
 }
 
+/// `[(a, b); N]` → `([a; N], [b; N])`.
 fn unzip<A, B, const N: usize>(pairs: [(A, B); N]) -> ([A; N], [B; N]) {
-    let mut pairs = pairs.map(|(a, b)| (Some(a), Some(b)));
-    let a = std::array::from_fn(|i| pairs[i].0.take().expect("each taken once"));
-    let b = std::array::from_fn(|i| pairs[i].1.take().expect("each taken once"));
-    (a, b)
+    let mut seconds = Vec::with_capacity(N);
+    let firsts = pairs.map(|(a, b)| {
+        seconds.push(b);
+        a
+    });
+    let Ok(seconds) = <[B; N]>::try_from(seconds) else {
+        unreachable!("one per pair")
+    };
+    (firsts, seconds)
 }
 
 /// The tensor itself when contiguous (so an op that holds the only
