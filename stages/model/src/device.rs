@@ -19,6 +19,8 @@ pub fn compiled() -> Vec<&'static str> {
     }
     if cfg!(feature = "vulkan") {
         v.push("vulkan");
+    }
+    if cfg!(feature = "wgpu") {
         v.push("wgpu");
     }
     v.push("cpu");
@@ -30,7 +32,7 @@ pub fn compiled() -> Vec<&'static str> {
 /// standard folders that is not lavapipe (a CPU emulation slower than burn's
 /// own CPU backend). Mesa installs manifests for hardware it may not find,
 /// hence the device node.
-fn vulkan_driver_present() -> bool {
+pub fn gpu_driver_present() -> bool {
     if ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
@@ -67,8 +69,11 @@ fn auto_choice() -> String {
     if cfg!(feature = "cuda") {
         return "cuda".into();
     }
-    if cfg!(feature = "vulkan") && vulkan_driver_present() {
+    if cfg!(feature = "vulkan") && gpu_driver_present() {
         return "vulkan".into();
+    }
+    if cfg!(feature = "wgpu") && gpu_driver_present() {
+        return "wgpu".into();
     }
     "cpu".into()
 }
@@ -76,7 +81,7 @@ fn auto_choice() -> String {
 /// Runs one tiny operation on `device`: burn opens GPU adapters lazily and
 /// panics in a worker when none fits, so a missing adapter is found here,
 /// as an error, rather than in the middle of a stage.
-#[cfg(feature = "vulkan")]
+#[cfg(feature = "wgpu")]
 fn probe(device: &Device) -> Result<(), String> {
     let device = device.clone();
     std::panic::catch_unwind(move || {
@@ -85,6 +90,44 @@ fn probe(device: &Device) -> Result<(), String> {
     })
     .map_err(|_| "no adapter could be opened".to_string())
     .and_then(|r| r.map(|_| ()).map_err(|e| format!("{e:?}")))
+}
+
+/// A build with `vulkan` compiles every kernel to SPIR-V with cubecl's own
+/// compiler, whose shared-memory declarations on drivers without
+/// `VK_KHR_workgroup_memory_explicit_layout` are invalid (cubecl-spirv
+/// 0.11.3) and crash Mesa's lavapipe in the first matrix product, killing
+/// the process. Refused up front instead, where no hardware driver is found.
+#[cfg(feature = "wgpu")]
+fn spirv_can_run() -> Result<(), String> {
+    if cfg!(feature = "vulkan") && !gpu_driver_present() {
+        return Err("no hardware Vulkan driver found (no GPU device node, or only Mesa's \
+             software lavapipe, which crashes on the SPIR-V kernels of a `--features vulkan` \
+             build); build with `--features wgpu` alone to run on lavapipe, or set \
+             VK_DRIVER_FILES to your driver's manifest"
+            .into());
+    }
+    Ok(())
+}
+
+/// Device 0 is the best adapter the API offers (a discrete GPU first);
+/// others are discrete GPUs by index.
+#[cfg(feature = "wgpu")]
+fn wgpu_kind(index: usize) -> burn::tensor::DeviceKind {
+    match index {
+        0 => burn::tensor::DeviceKind::DefaultDevice,
+        n => burn::tensor::DeviceKind::DiscreteGpu(n),
+    }
+}
+
+/// `device` once it has run a tiny operation; under `auto`, the CPU when
+/// no adapter opens.
+#[cfg(feature = "wgpu")]
+fn probed(device: Device, wanted: &str, backend: &str, index: usize) -> Result<(Device, String), String> {
+    match probe(&device) {
+        Ok(()) => Ok((device, format!("{wanted}:{index}"))),
+        Err(_) if backend == "auto" => Ok((Device::flex(), "cpu (flex; no usable GPU adapter)".into())),
+        Err(why) => Err(format!("{wanted} device {index}: {why}")),
+    }
 }
 
 /// The device for a request, and the name of the backend chosen.
@@ -107,25 +150,27 @@ pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelErro
             #[allow(unreachable_code)]
             Err(unavailable("babelflow was built without the `cuda` feature"))
         }
-        "wgpu" | "vulkan" => {
+        "wgpu" => {
+            #[cfg(feature = "wgpu")]
+            {
+                spirv_can_run().map_err(|why| unavailable(&why))?;
+                return probed(Device::wgpu(wgpu_kind(index)), &wanted, backend, index)
+                    .map_err(|why| unavailable(&why));
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = index;
+                Err(unavailable(
+                    "babelflow was built without the `wgpu` or `vulkan` feature",
+                ))
+            }
+        }
+        "vulkan" => {
             #[cfg(feature = "vulkan")]
             {
-                // Device 0 is the best adapter the API offers (a discrete
-                // GPU first); others are discrete GPUs by index.
-                let kind = match index {
-                    0 => burn::tensor::DeviceKind::DefaultDevice,
-                    n => burn::tensor::DeviceKind::DiscreteGpu(n),
-                };
-                let device = if wanted == "vulkan" {
-                    Device::vulkan(kind)
-                } else {
-                    Device::wgpu(kind)
-                };
-                return match probe(&device) {
-                    Ok(()) => Ok((device, format!("{wanted}:{index}"))),
-                    Err(_) if backend == "auto" => Ok((Device::flex(), "cpu (flex; no usable Vulkan adapter)".into())),
-                    Err(why) => Err(unavailable(&format!("Vulkan device {index}: {why}"))),
-                };
+                spirv_can_run().map_err(|why| unavailable(&why))?;
+                return probed(Device::vulkan(wgpu_kind(index)), &wanted, backend, index)
+                    .map_err(|why| unavailable(&why));
             }
             #[allow(unreachable_code)]
             {

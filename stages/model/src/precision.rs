@@ -6,7 +6,7 @@
 //! does for LLaMA.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::Llama;
 
@@ -41,6 +41,33 @@ impl Precision {
         }
     }
 
+    /// An error naming the backend when `device` cannot compute in this
+    /// precision (wgpu's WGSL shaders have no bf16, for one); burn would
+    /// otherwise fail inside a kernel compiler on the first operation.
+    pub fn check_device(self, device: &Device, backend: &str) -> Result<(), String> {
+        if device.supports_dtype(self.dtype()) {
+            return Ok(());
+        }
+        let works: Vec<&str> = [Precision::F32, Precision::Bf16, Precision::F16]
+            .into_iter()
+            .filter(|p| device.supports_dtype(p.dtype()))
+            .map(Precision::name)
+            .collect();
+        Err(format!(
+            "precision `{}` is not supported on {backend}; it supports {}",
+            self.name(),
+            works.join(", ")
+        ))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
     /// The model with every weight in this precision.
     pub fn apply(self, model: Llama) -> Llama {
         if self == Precision::F32 {
@@ -65,5 +92,20 @@ pub fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
         x
     } else {
         x.cast(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_computes_in_every_precision() {
+        let device = Device::flex();
+        for name in PRECISIONS {
+            let p = Precision::parse(name).unwrap();
+            assert_eq!(p.name(), *name);
+            assert_eq!(p.check_device(&device, "cpu"), Ok(()));
+        }
     }
 }
