@@ -6,7 +6,7 @@
 #   scripts/pack-gpu-binaries.sh            # strips and gzips into .device/
 #
 # then run this from the repository root there. It prints (and copies to
-# $OUT): the GPU, the model benchmark on Vulkan for the ~100M config, the
+# $OUT): the GPU, the GPU-against-CPU tests, the model benchmark on Vulkan for the ~100M config, the
 # gpu-smoke recipe (pretraining on the GPU), and transformers' check of the
 # GPU-trained and the CPU-trained (quickstart) models.
 set -u
@@ -15,11 +15,15 @@ mkdir -p "$OUT"
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
 icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
-for b in babelflow model-bench; do gunzip -c ".device/$b.gz" >"/tmp/$b" && chmod +x "/tmp/$b"; done
+for b in babelflow model-bench gpu-smoke-tests; do gunzip -c ".device/$b.gz" >"/tmp/$b" && chmod +x "/tmp/$b"; done
 export PATH=/tmp:$PATH PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 ldconfig -p | grep -c libvulkan | sed 's/^/libvulkan entries: /'
+
+echo "== the GPU path against the CPU (logits, cached and batched generation, gradients)"
+(cd stages/model && CARGO_MANIFEST_DIR=$PWD timeout 90 gpu-smoke-tests --nocapture --test-threads 1) 2>&1 |
+  grep -v '^$' | tail -12 | tee "$OUT/gpu-smoke-tests.txt"
 
 echo "== model benchmark, 100m config, vulkan"
 BENCH_DEVICE=vulkan BENCH_CONFIG=100m BENCH_PEAK_GFLOPS=67000 timeout 240 model-bench 2>&1 | tee "$OUT/bench-100m-vulkan.txt"

@@ -5,7 +5,10 @@ set -euo pipefail
 target=${CARGO_TARGET_DIR:-target}/release
 mkdir -p .device
 bench=$(ls -t "$target"/deps/model-* | grep -v '\.d$' | head -1)
-for pair in "babelflow:$target/babelflow" "model-bench:$bench"; do
+# The GPU-against-CPU tests, in a test build (dependencies optimised).
+smoke=$(cargo test -p babelflow-model --features vulkan --test gpu_smoke --no-run 2>&1 |
+  grep -o '/[^ ]*deps/gpu_smoke-[0-9a-f]*' | tail -1)
+for pair in "babelflow:$target/babelflow" "model-bench:$bench" "gpu-smoke-tests:$smoke"; do
   name=${pair%%:*} path=${pair#*:}
   strip -o "/tmp/$name.stripped" "$path"
   gzip -9 -c "/tmp/$name.stripped" >".device/$name.gz"
