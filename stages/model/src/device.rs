@@ -1,8 +1,10 @@
 //! Picking a burn 0.22 `Device` from a recipe's `backend:` / `device:`.
 //!
-//! `cpu` is burn's pure-Rust `flex` backend (in every build). `wgpu` and
-//! `vulkan` need the `vulkan` cargo feature, `cuda` the `cuda` feature (which
-//! downloads an LLVM bundle at build time, so it cannot build offline).
+//! `cpu` is burn's pure-Rust `flex` backend (in every build). `wgpu` needs
+//! the `wgpu` cargo feature (WGSL shaders; `vulkan` implies it, and then
+//! wgpu devices on Vulkan compile to SPIR-V too), `vulkan` the `vulkan`
+//! feature, `cuda` the `cuda` feature (which downloads an LLVM bundle at
+//! build time, so it cannot build offline).
 //! `auto` takes the best one compiled in and present: CUDA, then Vulkan/WGPU
 //! (when a Vulkan driver other than Mesa's software lavapipe is installed),
 //! then CPU; `BURN_DEVICE=cpu|wgpu|vulkan|cuda` overrides what `auto` picks.
@@ -197,6 +199,12 @@ mod tests {
                 err.contains("without the `cuda` feature") && err.contains("cpu"),
                 "{err}"
             );
+        }
+        if !cfg!(feature = "wgpu") {
+            for gpu in ["wgpu", "vulkan"] {
+                let err = select(gpu, 0).err().unwrap().to_string();
+                assert!(err.contains("built without the `"), "{err}");
+            }
         }
         let err = select("tpu", 0).err().unwrap().to_string();
         assert!(err.contains("not a backend"), "{err}");
