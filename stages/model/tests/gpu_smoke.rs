@@ -89,6 +89,7 @@ fn a_forward_pass_on_the_gpu_matches_the_cpu() {
         values(model.forward(ids(&PROMPT, &device), &rope, None))
     };
     let worst = worst_gap(&logits_on("cpu"), &logits_on(GPU));
+    eprintln!("worst logit gap {worst:e}");
     assert!(worst < 1e-3, "{GPU} and CPU logits differ by {worst}");
 }
 
