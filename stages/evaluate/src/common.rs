@@ -57,9 +57,9 @@ impl Loaded {
         // The manifest records the backend `auto` resolved to (the report shows it).
         ctx.note("backend", backend.clone());
         let precision = ctx.params.opt_str("precision")?.unwrap_or("f32").to_string();
-        let dtype = Precision::parse(&precision).map_err(StageError::failed)?;
-        dtype.check_device(&device, &backend).map_err(StageError::failed)?;
-        let model = dtype.apply(model);
+        let held_in = Precision::parse(&precision).map_err(StageError::failed)?;
+        held_in.check_device(&device, &backend).map_err(StageError::failed)?;
+        let model = held_in.apply(model);
         Ok(Loaded {
             config,
             model,
