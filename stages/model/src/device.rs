@@ -29,16 +29,48 @@ pub fn compiled() -> Vec<&'static str> {
     v
 }
 
+/// The names of the Vulkan driver manifests in the loader's standard folders.
+fn driver_manifests() -> Vec<String> {
+    [
+        "/usr/share/vulkan/icd.d",
+        "/etc/vulkan/icd.d",
+        "/usr/local/share/vulkan/icd.d",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flatten()
+    .filter_map(Result::ok)
+    .map(|e| e.file_name().to_string_lossy().to_lowercase())
+    .filter(|name| name.ends_with(".json"))
+    .collect()
+}
+
+fn driver_named_by_env() -> bool {
+    ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// Whether a Vulkan loader and any driver, Mesa's software lavapipe
+/// included, are installed.
+pub fn vulkan_installed() -> bool {
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/libvulkan.so.1",
+        "/usr/lib64/libvulkan.so.1",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
+    loader && (driver_named_by_env() || !driver_manifests().is_empty())
+}
+
 /// Whether a GPU with a Vulkan driver looks present: a driver manifest named
 /// by the loader's variables, or a GPU device node plus a manifest in the
 /// standard folders that is not lavapipe (a CPU emulation slower than burn's
 /// own CPU backend). Mesa installs manifests for hardware it may not find,
 /// hence the device node.
 pub fn gpu_driver_present() -> bool {
-    if ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
-    {
+    if driver_named_by_env() {
         return true;
     }
     let gpu_node = std::path::Path::new("/dev/nvidia0").exists()
@@ -48,19 +80,9 @@ pub fn gpu_driver_present() -> bool {
                 .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
         });
     gpu_node
-        && [
-            "/usr/share/vulkan/icd.d",
-            "/etc/vulkan/icd.d",
-            "/usr/local/share/vulkan/icd.d",
-        ]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .any(|e| {
-            let name = e.file_name().to_string_lossy().to_lowercase();
-            name.ends_with(".json") && !name.contains("lvp") && !name.contains("lavapipe")
-        })
+        && driver_manifests()
+            .iter()
+            .any(|name| !name.contains("lvp") && !name.contains("lavapipe"))
 }
 
 /// What `auto` means in this build on this machine.
@@ -83,7 +105,6 @@ fn auto_choice() -> String {
 /// Runs one tiny operation on `device`: burn opens GPU adapters lazily and
 /// panics in a worker when none fits, so a missing adapter is found here,
 /// as an error, rather than in the middle of a stage.
-#[cfg(feature = "wgpu")]
 fn probe(device: &Device) -> Result<(), String> {
     let device = device.clone();
     std::panic::catch_unwind(move || {
@@ -99,7 +120,6 @@ fn probe(device: &Device) -> Result<(), String> {
 /// `VK_KHR_workgroup_memory_explicit_layout` are invalid (cubecl-spirv
 /// 0.11.3) and crash Mesa's lavapipe in the first matrix product, killing
 /// the process. Refused up front instead, where no hardware driver is found.
-#[cfg(feature = "wgpu")]
 fn spirv_can_run() -> Result<(), String> {
     if cfg!(feature = "vulkan") && !gpu_driver_present() {
         return Err("no hardware Vulkan driver found (no GPU device node, or only Mesa's \
@@ -111,19 +131,31 @@ fn spirv_can_run() -> Result<(), String> {
     Ok(())
 }
 
-/// Device 0 is the best adapter the API offers (a discrete GPU first);
-/// others are discrete GPUs by index.
+/// A wgpu device on any graphics API (`wgpu`) or pinned to Vulkan
+/// (`vulkan`); `None` when this build lacks the feature. Device 0 is the
+/// best adapter the API offers (a discrete GPU first); others are discrete
+/// GPUs by index.
 #[cfg(feature = "wgpu")]
-fn wgpu_kind(index: usize) -> burn::tensor::DeviceKind {
-    match index {
+fn wgpu_device(api: &str, index: usize) -> Option<Device> {
+    let kind = match index {
         0 => burn::tensor::DeviceKind::DefaultDevice,
         n => burn::tensor::DeviceKind::DiscreteGpu(n),
+    };
+    match api {
+        "wgpu" => Some(Device::wgpu(kind)),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Some(Device::vulkan(kind)),
+        _ => None,
     }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device(_api: &str, _index: usize) -> Option<Device> {
+    None
 }
 
 /// `device` once it has run a tiny operation; under `auto`, the CPU when
 /// no adapter opens.
-#[cfg(feature = "wgpu")]
 fn probed(device: Device, wanted: &str, backend: &str, index: usize) -> Result<(Device, String), String> {
     match probe(&device) {
         Ok(()) => Ok((device, format!("{wanted}:{index}"))),
@@ -152,33 +184,11 @@ pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelErro
             #[allow(unreachable_code)]
             Err(unavailable("babelflow was built without the `cuda` feature"))
         }
-        "wgpu" => {
-            #[cfg(feature = "wgpu")]
-            {
-                spirv_can_run().map_err(|why| unavailable(&why))?;
-                return probed(Device::wgpu(wgpu_kind(index)), &wanted, backend, index)
-                    .map_err(|why| unavailable(&why));
-            }
-            #[allow(unreachable_code)]
-            {
-                let _ = index;
-                Err(unavailable(
-                    "babelflow was built without the `wgpu` or `vulkan` feature",
-                ))
-            }
-        }
-        "vulkan" => {
-            #[cfg(feature = "vulkan")]
-            {
-                spirv_can_run().map_err(|why| unavailable(&why))?;
-                return probed(Device::vulkan(wgpu_kind(index)), &wanted, backend, index)
-                    .map_err(|why| unavailable(&why));
-            }
-            #[allow(unreachable_code)]
-            {
-                let _ = index;
-                Err(unavailable("babelflow was built without the `vulkan` feature"))
-            }
+        "wgpu" | "vulkan" => {
+            let device = wgpu_device(&wanted, index)
+                .ok_or_else(|| unavailable(&format!("babelflow was built without the `{wanted}` feature")))?;
+            spirv_can_run().map_err(|why| unavailable(&why))?;
+            probed(device, &wanted, backend, index).map_err(|why| unavailable(&why))
         }
         other => Err(unavailable(&format!(
             "`{other}` is not a backend (cpu, wgpu, vulkan, cuda)"
