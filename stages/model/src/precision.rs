@@ -17,20 +17,16 @@ pub enum Precision {
     F16,
 }
 
-/// The spellings a recipe may use.
+const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::F16];
+
+/// The spellings a recipe may use (each `Precision::name`).
 pub const PRECISIONS: &[&str] = &["f32", "bf16", "f16"];
 
 impl Precision {
     pub fn parse(name: &str) -> Result<Precision, String> {
-        match name {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            "f16" => Ok(Precision::F16),
-            other => Err(format!(
-                "unknown precision `{other}` (one of {})",
-                PRECISIONS.join(", ")
-            )),
-        }
+        ALL.into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| format!("unknown precision `{name}` (one of {})", PRECISIONS.join(", ")))
     }
 
     pub fn dtype(self) -> DType {
@@ -48,7 +44,7 @@ impl Precision {
         if device.supports_dtype(self.dtype()) {
             return Ok(());
         }
-        let works: Vec<&str> = [Precision::F32, Precision::Bf16, Precision::F16]
+        let works: Vec<&str> = ALL
             .into_iter()
             .filter(|p| device.supports_dtype(p.dtype()))
             .map(Precision::name)
@@ -107,5 +103,7 @@ mod tests {
             assert_eq!(p.name(), *name);
             assert_eq!(p.check_device(&device, "cpu"), Ok(()));
         }
+        let err = Precision::parse("fp8").unwrap_err();
+        assert!(err.contains("`fp8`") && err.contains("f32, bf16, f16"), "{err}");
     }
 }
