@@ -24,24 +24,9 @@ use babelflow_model::{device, hf, loss, Llama, LlamaConfig, Rope};
 /// The backend under test: the SPIR-V one when the build has it.
 const GPU: &str = if cfg!(feature = "vulkan") { "vulkan" } else { "wgpu" };
 
-fn vulkan_installed() -> bool {
-    let loader = [
-        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
-        "/usr/lib/libvulkan.so.1",
-        "/usr/lib64/libvulkan.so.1",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).exists());
-    let icd = std::env::var_os("VK_DRIVER_FILES").is_some()
-        || ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-            .iter()
-            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
-    loader && icd
-}
-
 /// Whether this machine can run the backend under test; says why not.
 fn gpu_runs_here(test: &str) -> bool {
-    if !vulkan_installed() {
+    if !device::vulkan_installed() {
         eprintln!("{test}: skipped: no Vulkan loader and driver (install mesa-vulkan-drivers for lavapipe)");
         return false;
     }
@@ -55,12 +40,16 @@ fn gpu_runs_here(test: &str) -> bool {
     true
 }
 
-fn load(backend: &str) -> (Device, LlamaConfig, Llama) {
+fn device_for(backend: &str) -> Device {
     let (device, name) = device::select(backend, 0).unwrap();
     eprintln!("{backend}: {name}");
+    device
+}
+
+/// The tiny GQA fixture on `device`.
+fn load(device: &Device) -> (LlamaConfig, Llama) {
     let fixture = babelflow_stage::testing::package_dir().join("tests/fixtures/tiny-gqa");
-    let (config, model) = hf::load(&fixture, &device).unwrap();
-    (device, config, model)
+    hf::load(&fixture, device).unwrap()
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -84,7 +73,8 @@ fn a_forward_pass_on_the_gpu_matches_the_cpu() {
         return;
     }
     let logits_on = |backend: &str| {
-        let (device, config, model) = load(backend);
+        let device = device_for(backend);
+        let (config, model) = load(&device);
         let rope = Rope::new(&config, PROMPT.len(), &device).unwrap();
         values(model.forward(ids(&PROMPT, &device), &rope, None))
     };
@@ -104,7 +94,8 @@ fn cached_and_batched_generation_on_the_gpu_picks_the_cpus_tokens() {
     };
     let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9, 2, 7], vec![3, 4], vec![8, 6, 2]];
     let run = |backend: &str| {
-        let (device, config, model) = load(backend);
+        let device = device_for(backend);
+        let (config, model) = load(&device);
         let rope = Rope::new(&config, 32, &device).unwrap();
         let alone: Vec<Vec<u32>> = prompts
             .iter()
@@ -124,10 +115,8 @@ fn the_loss_and_its_gradients_on_the_gpu_match_the_cpu() {
         return;
     }
     let run = |backend: &str| {
-        let (device, config, _) = load(backend);
-        let device = device.autodiff();
-        let fixture = babelflow_stage::testing::package_dir().join("tests/fixtures/tiny-gqa");
-        let (_, model) = hf::load(&fixture, &device).unwrap();
+        let device = device_for(backend).autodiff();
+        let (config, model) = load(&device);
         let rope = Rope::new(&config, PROMPT.len(), &device).unwrap();
         let (input, target) = (&PROMPT[..7], &PROMPT[1..]);
         let logits = model.forward(ids(input, &device), &rope, None);
@@ -153,5 +142,23 @@ fn the_loss_and_its_gradients_on_the_gpu_match_the_cpu() {
     assert!(
         gaps.iter().all(|g| *g < 1e-4),
         "{GPU} and CPU disagree (loss, embedding, q, down): {gaps:?}"
+    );
+}
+
+/// WGSL has no bf16: an evaluation asking for it gets an error naming what
+/// the device can do, not a panic inside the shader compiler.
+#[test]
+#[cfg(not(feature = "vulkan"))]
+fn a_precision_the_device_lacks_is_refused_naming_those_it_has() {
+    use babelflow_model::Precision;
+    if !gpu_runs_here("precision") {
+        return;
+    }
+    let device = device_for(GPU);
+    assert_eq!(Precision::F32.check_device(&device, GPU), Ok(()));
+    let err = Precision::Bf16.check_device(&device, GPU).unwrap_err();
+    assert!(
+        err.contains("`bf16` is not supported on wgpu") && err.contains("f32"),
+        "{err}"
     );
 }
