@@ -3,7 +3,7 @@
 //! forward pass, cached and batched generation, and the gradients training
 //! takes. Built only with a GPU feature:
 //!
-//!   cargo test -p babelflow-model --features wgpu --test gpu_smoke -- --nocapture
+//!   cargo test -p babelflow-model --features wgpu --test gpu_smoke --profile gpu-smoke -- --nocapture
 //!
 //! Each test says it skipped, and passes, where no Vulkan loader and driver
 //! are installed. On GPUs the model runs burn's composed operations (the
