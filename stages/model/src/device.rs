@@ -54,13 +54,19 @@ fn driver_named_by_env() -> bool {
 /// Whether a Vulkan loader and any driver, Mesa's software lavapipe
 /// included, are installed.
 pub fn vulkan_installed() -> bool {
-    let loader = [
-        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
-        "/usr/lib/libvulkan.so.1",
-        "/usr/lib64/libvulkan.so.1",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).exists());
+    // Debian-style multiarch folders (`/usr/lib/<triple>-linux-gnu`) as well
+    // as the plain ones, so an arm64 machine is not told it has no loader.
+    let multiarch = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-linux-gnu"))
+        .map(|e| e.path());
+    let loader = ["/usr/lib", "/usr/lib64"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(multiarch)
+        .any(|dir| dir.join("libvulkan.so.1").exists());
     loader && (driver_named_by_env() || !driver_manifests().is_empty())
 }
 
@@ -210,10 +216,11 @@ mod tests {
                 "{err}"
             );
         }
-        if !cfg!(feature = "wgpu") {
-            for gpu in ["wgpu", "vulkan"] {
+        // `vulkan` implies `wgpu`, so a wgpu-only build must still name `vulkan`.
+        for (gpu, compiled_in) in [("wgpu", cfg!(feature = "wgpu")), ("vulkan", cfg!(feature = "vulkan"))] {
+            if !compiled_in {
                 let err = select(gpu, 0).err().unwrap().to_string();
-                assert!(err.contains("built without the `"), "{err}");
+                assert!(err.contains(&format!("built without the `{gpu}` feature")), "{err}");
             }
         }
         let err = select("tpu", 0).err().unwrap().to_string();
