@@ -6,9 +6,10 @@
 #   scripts/pack-gpu-binaries.sh            # strips and gzips into .device/
 #
 # then run this from the repository root there. It prints (and copies to
-# $OUT): the GPU, the GPU-against-CPU tests, the model benchmark on Vulkan for the ~100M config, the
-# gpu-smoke recipe (pretraining on the GPU), and transformers' check of the
-# GPU-trained and the CPU-trained (quickstart) models.
+# $OUT): the GPU, the GPU-against-CPU tests, the model benchmark on Vulkan
+# for the ~100M config, the gpu-smoke recipe (pretraining on the GPU), and
+# transformers' check of the GPU-trained and the CPU-trained (quickstart)
+# models.
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"

@@ -7,7 +7,8 @@ mkdir -p .device
 bench=$(ls -t "$target"/deps/model-* | grep -v '\.d$' | head -1)
 # The GPU-against-CPU tests, in a test build (dependencies optimised).
 smoke=$(cargo test -p babelflow-model --features vulkan --test gpu_smoke --no-run 2>&1 |
-  grep -o '/[^ ]*deps/gpu_smoke-[0-9a-f]*' | tail -1)
+  grep -o '/[^ ]*deps/gpu_smoke-[0-9a-f]*' | tail -1) || true
+[ -n "$smoke" ] || { echo "the gpu_smoke test did not build: cargo test -p babelflow-model --features vulkan --test gpu_smoke --no-run" >&2; exit 1; }
 for pair in "babelflow:$target/babelflow" "model-bench:$bench" "gpu-smoke-tests:$smoke"; do
   name=${pair%%:*} path=${pair#*:}
   strip -o "/tmp/$name.stripped" "$path"
