@@ -19,15 +19,20 @@ fn main() -> ExitCode {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
+    // Colour only for a terminal: escape codes in a log file or a CI
+    // transcript are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour)
         .init();
     match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{e}");
+            // `{:#}`: the error and each cause, on one line, as text.
+            eprintln!("error: {e:#}");
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

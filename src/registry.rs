@@ -7,12 +7,18 @@ use babelflow_stage::StageKind;
 
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn StageKind>>,
+    /// The model backends compiled into this build (`cpu` always), so a
+    /// recipe asking for another is refused at validation.
+    backends: Vec<&'static str>,
 }
 
 impl Registry {
     /// Every kind compiled into babelflow.
     pub fn builtin() -> Self {
-        let mut registry = Registry { kinds: BTreeMap::new() };
+        let mut registry = Registry {
+            kinds: BTreeMap::new(),
+            backends: babelflow_model::device::compiled(),
+        };
         registry.add(Arc::new(babelflow_command::CommandKind));
         for kind in babelflow_corpus::kinds() {
             registry.add(kind);
@@ -41,6 +47,10 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn StageKind>> {
         self.kinds.get(name).cloned()
+    }
+
+    pub fn backends(&self) -> &[&'static str] {
+        &self.backends
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {

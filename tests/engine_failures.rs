@@ -4,10 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ran, reasons, to_run, Project};
+use common::{log_of, ran, reasons, signal, spawn_run, to_run, wait_for, Project};
 
 /// A recipe whose `slow` stage writes half its output, then waits while the
 /// file `hold` exists (the file is not an input, so it does not change the plan).
@@ -22,35 +21,6 @@ stages:
     with:
       run: 'echo partial > "$OUT_OUT"; touch started; while [ -f hold ]; do sleep 0.05; done; echo done >> "$OUT_OUT"'
 "#;
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn_run(p: &Project, extra: &[&str]) -> Child {
-    let mut args = vec!["run", "r.yaml"];
-    args.extend_from_slice(extra);
-    let mut cmd = p.cmd(&args);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn().expect("spawn babelflow")
-}
-
-fn signal(target: &str, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, "--", target])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 fn tmp_entries(p: &Project) -> usize {
     std::fs::read_dir(p.path(".babelflow/tmp"))
@@ -174,7 +144,7 @@ fn a_failure_stops_the_run_unless_keep_going() {
     );
 
     // The log of the failed instance is kept in the store.
-    let log = std::fs::read_to_string(p.path(".babelflow/logs/r/bad.log")).unwrap();
+    let log = std::fs::read_to_string(log_of(&p, "bad")).unwrap();
     assert!(
         log.contains("reading shard 7") && log.contains("shard 7 is corrupt"),
         "{log}"

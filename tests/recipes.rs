@@ -132,6 +132,20 @@ fn plan_accepts_every_shipped_recipe() {
                     args.push("--set".into());
                     args.push(set);
                 }
+                if path.ends_with("gpu-smoke.yaml") && !cfg!(feature = "vulkan") {
+                    // Asking for a backend this build lacks is refused at
+                    // validation, where the recipe says so.
+                    let refused = p.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+                    let stderr = String::from_utf8_lossy(&refused.stderr);
+                    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+                    assert!(
+                        stderr.contains(
+                            "gpu-smoke.yaml:60:14: error: this babelflow was built without the `vulkan` backend"
+                        ),
+                        "{stderr}"
+                    );
+                    args.extend(["--set".into(), "vars.backend=cpu".into()]);
+                }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let out = p.ok(&args);
                 if path.to_string_lossy().contains("llama-beyond-english") {

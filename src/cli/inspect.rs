@@ -39,7 +39,8 @@ fn load_and_plan(
     ExitCode,
 > {
     let pipeline = load(registry, args)?;
-    let store = Store::open(&pipeline.default_store(args.store.as_deref())).map_err(|e| report_error(e.into()))?;
+    // Looking creates nothing: `status --store typo/` must not make a store.
+    let store = Store::at(&pipeline.default_store(args.store.as_deref())).map_err(|e| report_error(e.into()))?;
     let planned = pipeline.plan(&store, &Selection::default()).map_err(report_error)?;
     Ok((pipeline, store, planned))
 }
@@ -49,7 +50,7 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
+    let lock = LockFile::load(&store.lockfile_path(&pipeline.id));
     let mut rows = Vec::new();
     for p in &planned {
         let last = lock.instances.get(&p.name);
@@ -92,7 +93,7 @@ pub fn report(registry: &Registry, args: &RecipeArgs, out: Option<PathBuf>) -> a
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
-    let lock = LockFile::load(&store.lockfile_path(&pipeline.name));
+    let lock = LockFile::load(&store.lockfile_path(&pipeline.id));
     let reports: Vec<_> = planned.iter().filter(|p| p.kind == "report").collect();
     if reports.is_empty() {
         eprintln!("error: the recipe has no stage of kind `report`");
@@ -211,8 +212,13 @@ pub fn kinds(registry: &Registry, only: Option<&str>) -> anyhow::Result<ExitCode
         for p in kind.params() {
             let req = if p.required { "required" } else { "optional" };
             let default = p.default.map(|d| format!(", default {d}")).unwrap_or_default();
+            let range = if p.range.is_unbounded() {
+                String::new()
+            } else {
+                format!(", {}", p.range.describe())
+            };
             println!(
-                "  {:18} {} ({req}{default})\n  {:18} {}",
+                "  {:18} {} ({req}{default}{range})\n  {:18} {}",
                 p.name,
                 p.ty.describe(),
                 "",

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod run;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Recheck every artifact in the store against the file hashes recorded
+    /// when it was made; damaged ones are moved to `damaged/` and rebuilt by
+    /// the next run. (`plan` and `run` check sizes on every run.)
+    Verify {
+        /// Store folder [default: $BABELFLOW_STORE, else ./.babelflow].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Only report; leave damaged artifacts where they are.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the stage kinds this build knows, with their parameters.
     Kinds {
         /// Show one kind in full.
@@ -151,6 +163,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),
         Command::Report { recipe, out } => inspect::report(&registry, &recipe, out),
         Command::Gc { store, dry_run } => inspect::gc(store, dry_run),
+        Command::Verify { store, dry_run } => verify::verify(store, dry_run),
         Command::Kinds { kind } => inspect::kinds(&registry, kind.as_deref()),
     }
 }

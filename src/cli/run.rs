@@ -125,7 +125,7 @@ pub fn plan(
         Err(code) => return Ok(code),
     };
     let store_dir = pipeline.default_store(args.store.as_deref());
-    let store = match Store::open(&store_dir) {
+    let store = match Store::at(&store_dir) {
         Ok(s) => s,
         Err(e) => return Ok(report(e.into())),
     };

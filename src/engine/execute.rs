@@ -14,7 +14,7 @@ use serde_json::json;
 use super::plan::PlannedInstance;
 use crate::recipe::expand::Source;
 use crate::recipe::Instance;
-use crate::store::Store;
+use crate::store::{RecipeId, Store};
 
 /// Everything a worker needs to run one instance, owned so it can cross threads.
 pub struct Job {
@@ -63,6 +63,29 @@ pub fn partial_fingerprint(planned: &str, missing: &[String]) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
+/// A stage's error in the user's terms: a path into another instance's
+/// artifact becomes `instance:output/...` (the recipe's own reference
+/// syntax) and one into this instance's temporary folder `instance:...`,
+/// so no message makes the user decode a fingerprint.
+fn readable(message: &str, job: &Job, temp: &std::path::Path, store: &Store) -> String {
+    let mut text = message.to_string();
+    let mut named: Vec<(String, String)> = job
+        .producers
+        .values()
+        .filter_map(|p| Some((p.dir.as_ref()?.display().to_string(), p.name.clone())))
+        .collect();
+    named.push((temp.display().to_string(), job.instance.name.clone()));
+    named.push((
+        store.resume_dir(&job.planned.fingerprint).display().to_string(),
+        format!("{} (resume folder)", job.instance.name),
+    ));
+    for (dir, name) in named {
+        text = text.replace(&format!("{dir}/"), &format!("{name}:"));
+        text = text.replace(&dir, &name);
+    }
+    text
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -73,7 +96,7 @@ pub fn now_unix() -> u64 {
 pub fn execute(
     job: &Job,
     store: &Store,
-    recipe: &str,
+    recipe: &RecipeId,
     base_dir: &std::path::Path,
     cancel: &CancelFlag,
     progress: &dyn ProgressSink,
@@ -90,7 +113,7 @@ pub fn execute(
 fn build(
     job: &Job,
     store: &Store,
-    recipe: &str,
+    recipe: &RecipeId,
     base_dir: &std::path::Path,
     cancel: &CancelFlag,
     progress: &dyn ProgressSink,
@@ -102,6 +125,11 @@ fn build(
     let temp = store.new_temp(planned_fp).map_err(store_err)?;
     let result = (|| {
         let resume = store.resume_dir(planned_fp);
+        if job.planned.forced && resume.exists() {
+            // `--force` means from scratch: a checkpoint of an earlier
+            // attempt (even a broken one) must not be resumed.
+            std::fs::remove_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
+        }
         std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
         let log_path = store.log_path(recipe, &inst.name);
         if let Some(parent) = log_path.parent() {
@@ -177,6 +205,12 @@ fn build(
                     .unwrap_or_else(|| "unknown panic".into());
                 Err(StageError::failed(format!("the stage panicked: {message}")))
             });
+        // The error as it leaves the stage, for the terminal, the lock file
+        // and the report: secrets redacted, store paths named by instance.
+        let ran = ran.map_err(|e| match e {
+            StageError::Cancelled => StageError::Cancelled,
+            other => StageError::Failed(readable(&ctx.redact(&other.to_string()), job, &temp, store)),
+        });
         if let Err(e) = &ran {
             ctx.log_file_only(&format!("error: {e}"));
         }
@@ -188,9 +222,13 @@ fn build(
                 )));
             }
         }
+        let notes = ctx.take_notes();
+        drop(ctx);
+        std::fs::copy(&log_path, temp.join("log.txt")).map_err(|e| StageError::io(&log_path, e))?;
+        let files = crate::store::integrity::record(&temp).map_err(|e| StageError::io(&temp, e))?;
         let manifest = json!({
             "babelflow_version": env!("CARGO_PKG_VERSION"),
-            "recipe": recipe,
+            "recipe": recipe.name,
             "instance": inst.name,
             "kind": inst.kind.name(),
             "code_version": inst.kind.code_version(),
@@ -203,14 +241,13 @@ fn build(
             "threads": job.threads,
             "finished_at": now_unix(),
             "duration_s": started.elapsed().as_secs_f64(),
-            "notes": ctx.take_notes(),
+            "notes": notes,
+            "files": files,
             "partial": (!missing.is_empty()).then(|| json!({
                 "planned_fingerprint": job.planned.fingerprint,
                 "missing": missing.iter().map(|m| json!({"input": m.input, "instance": m.instance, "why": m.why})).collect::<Vec<_>>(),
             })),
         });
-        drop(ctx);
-        std::fs::copy(&log_path, temp.join("log.txt")).map_err(|e| StageError::io(&log_path, e))?;
         let manifest_path = temp.join("manifest.json");
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| StageError::failed(e.to_string()))?;
         std::fs::write(&manifest_path, text).map_err(|e| StageError::io(&manifest_path, e))?;

@@ -16,7 +16,7 @@ use crate::graph::Graph;
 use crate::recipe::{expand, RecipeSource};
 use crate::registry::Registry;
 use crate::store::lockfile::{LockEntry, LockFile};
-use crate::store::{FileIndex, Store, StoreError};
+use crate::store::{FileIndex, RecipeId, Store, StoreError};
 pub use plan::{Action, PlannedInstance, Selection};
 pub use scheduler::Outcome;
 
@@ -36,6 +36,8 @@ pub enum EngineError {
 pub struct Pipeline {
     pub source: RecipeSource,
     pub name: String,
+    /// How the store knows this recipe (lock file, logs).
+    pub id: RecipeId,
     pub graph: Graph,
 }
 
@@ -54,7 +56,13 @@ impl Pipeline {
             return Err(diags);
         }
         let name = source.name();
-        Ok(Pipeline { source, name, graph })
+        let id = RecipeId::new(&name, &source.path);
+        Ok(Pipeline {
+            source,
+            name,
+            id,
+            graph,
+        })
     }
 
     /// The store folder: `--store`, else `BABELFLOW_STORE`, else `.babelflow/` beside the recipe.
@@ -86,10 +94,13 @@ impl Pipeline {
         self.check_selection(&selection.only)?;
         self.check_selection(&selection.force)?;
         let files = FileIndex::load(&store.file_index_path());
-        let lock = LockFile::load(&store.lockfile_path(&self.name));
+        let lock = LockFile::load(&store.lockfile_path(&self.id));
         let planned = plan::plan(&self.graph, store, &files, &lock, &self.source.dir, selection)?;
-        // The index is only a cache: failing to save it costs speed, not correctness.
-        let _ = files.save();
+        // The index is only a cache: failing to save it costs speed, not
+        // correctness. A store that does not exist yet is not made by looking.
+        if store.exists() {
+            let _ = files.save();
+        }
         Ok(planned)
     }
 
@@ -108,10 +119,10 @@ impl Pipeline {
         })?;
         store.clean_temp()?;
         let planned = self.plan(&store, selection)?;
-        let lock_path = store.lockfile_path(&self.name);
+        let lock_path = store.lockfile_path(&self.id);
         let lockfile = Mutex::new(LockFile::load(&lock_path));
         if let Ok(mut l) = lockfile.lock() {
-            l.recipe = self.source.path.display().to_string();
+            l.recipe = self.id.path.display().to_string();
         }
         let mut on_done = |i: usize, p: &PlannedInstance, outcome: &Outcome| {
             let inst = &self.graph.instances[i];
@@ -150,7 +161,11 @@ impl Pipeline {
                 );
                 // Saved after every instance so a killed run keeps what finished.
                 if let Err(e) = l.save(&lock_path) {
-                    tracing::warn!("cannot write {}: {e}", lock_path.display());
+                    tracing::warn!(
+                        "cannot save the lock file {}: {e}; the results in the store are safe, but the next \
+                         `plan` may explain less well why instances run",
+                        lock_path.display()
+                    );
                 }
             }
         };
@@ -158,7 +173,7 @@ impl Pipeline {
             &self.graph,
             &planned,
             &store,
-            &self.name,
+            &self.id,
             &self.source.dir,
             options,
             cancel,

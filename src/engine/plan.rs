@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::graph::Graph;
 use crate::recipe::expand::Source;
 use crate::store::lockfile::{LockEntry, LockFile, LockInput};
-use crate::store::{FileIndex, Store};
+use crate::store::{integrity, FileIndex, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,6 +36,9 @@ pub struct PlannedInstance {
     pub needs: Vec<String>,
     #[serde(skip)]
     pub inputs: BTreeMap<String, Vec<LockInput>>,
+    /// `--force`d: runs from scratch (an earlier attempt's checkpoint is dropped).
+    #[serde(skip)]
+    pub forced: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,24 +136,38 @@ pub fn plan(
         fingerprints[i] = fingerprint.clone();
 
         let forced = matches(graph, i, &selection.force);
+        let resumable = || inst.kind.resume_point(&store.resume_dir(&fingerprint));
+        let damage = || {
+            store
+                .has_artifact(&fingerprint)
+                .then(|| integrity::quick_damage(&store.artifact_dir(&fingerprint)))
+                .flatten()
+        };
         let (action, reasons) = if !selected[i] {
             (Action::Skip, vec!["not selected by --only".to_string()])
         } else if forced {
-            (Action::Run, vec!["forced".to_string()])
+            let mut reasons = vec!["forced".to_string()];
+            reasons.extend(resumable().map(|r| format!("from scratch: {r} is dropped")));
+            (Action::Run, reasons)
+        } else if let Some(why) = damage() {
+            (Action::Run, vec![format!("artifact damaged ({why}); rebuilding")])
         } else if store.has_artifact(&fingerprint) {
             (Action::Cached, Vec::new())
         } else {
             let previous = lock.instances.get(&inst.name);
-            (
-                Action::Run,
-                why(
-                    previous,
-                    inst.kind.code_version(),
-                    inst.params.as_map(),
-                    &inputs,
-                    &fingerprint,
-                ),
-            )
+            let mut reasons = why(
+                previous,
+                inst.kind.code_version(),
+                inst.params.as_map(),
+                &inputs,
+                &fingerprint,
+            );
+            if let Some(point) = resumable() {
+                // "no earlier run" is wrong when one left a checkpoint.
+                reasons.retain(|r| !r.starts_with("output missing"));
+                reasons.push(format!("resumes from {point}"));
+            }
+            (Action::Run, reasons)
         };
         planned[i] = Some(PlannedInstance {
             name: inst.name.clone(),
@@ -161,6 +178,7 @@ pub fn plan(
             reasons,
             needs: graph.deps[i].iter().map(|&d| graph.instances[d].name.clone()).collect(),
             inputs,
+            forced: forced && selected[i],
         });
     }
     Ok(planned.into_iter().flatten().collect())

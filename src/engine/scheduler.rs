@@ -18,7 +18,7 @@ use super::execute::{execute, Job, JobResult, Producer};
 use super::plan::{Action, PlannedInstance};
 use super::progress::Progress;
 use crate::graph::Graph;
-use crate::store::Store;
+use crate::store::{RecipeId, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -84,7 +84,7 @@ pub fn run(
     graph: &Graph,
     planned: &[PlannedInstance],
     store: &Arc<Store>,
-    recipe: &str,
+    recipe: &RecipeId,
     base_dir: &std::path::Path,
     options: &SchedulerOptions,
     cancel: &CancelFlag,

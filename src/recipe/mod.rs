@@ -2,8 +2,12 @@
 //! `foreach`/`matrix` stages into checked instances (see [`expand`]).
 
 pub mod expand;
+mod fanout;
 mod interpolate;
+mod needs;
 mod overrides;
+mod params;
+pub mod schema;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +16,31 @@ use crate::diagnostics::{Diagnostic, Diagnostics, Location};
 pub use expand::{InputBinding, Instance, Resources};
 pub use overrides::Override;
 use yaml::{Node, Span};
+
+/// The recipe's text: UTF-8, with a leading byte-order mark dropped (some
+/// Windows editors write one; it is not part of the first key). Invalid
+/// UTF-8 is reported at its line, column and byte offset.
+fn decode(bytes: &[u8]) -> Result<String, (Span, String)> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(e) => {
+            let offset = e.valid_up_to();
+            let before = &bytes[..offset];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            // Valid up to `offset`, so the line so far decodes.
+            let col = std::str::from_utf8(&before[line_start..]).map_or(1, |s| s.chars().count() + 1);
+            Err((
+                Span { line, col },
+                format!(
+                    "the recipe is not UTF-8: byte 0x{:02X} at byte offset {offset} cannot start a character (save the file as UTF-8)",
+                    bytes[offset]
+                ),
+            ))
+        }
+    }
+}
 
 /// A recipe file read into a spanned tree, overrides applied.
 #[derive(Debug, Clone)]
@@ -28,21 +57,28 @@ impl RecipeSource {
     /// Reads and parses a recipe. I/O and YAML syntax errors come back as
     /// diagnostics, like every other recipe problem.
     pub fn load(path: &Path, sets: &[String]) -> Result<RecipeSource, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let at = |span: Span, message: String| {
             Diagnostics(vec![Diagnostic {
                 location: Location::File {
                     path: path.to_path_buf(),
-                    span: Span { line: 1, col: 1 },
+                    span,
                 },
-                message: format!("cannot read the recipe: {e}"),
+                message,
                 help: None,
                 source_line: None,
             }])
-        })?;
+        };
+        let bytes =
+            std::fs::read(path).map_err(|e| at(Span { line: 1, col: 1 }, format!("cannot read the recipe: {e}")))?;
+        let text = decode(&bytes).map_err(|(span, message)| at(span, message))?;
         Self::from_text(path, text, sets)
     }
 
     pub fn from_text(path: &Path, text: String, sets: &[String]) -> Result<RecipeSource, Diagnostics> {
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let dir = path
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
@@ -69,25 +105,28 @@ impl RecipeSource {
             return Err(diags);
         }
         for (i, text) in sets.iter().enumerate() {
-            match Override::parse(i + 1, text) {
+            let parsed = Override::parse(i + 1, text)
+                .map_err(|message| (message, None))
+                .and_then(|o| overrides::check_path(&source.root, &o).map(|()| o));
+            match parsed {
                 Ok(o) => source.overrides.push(o),
-                Err(message) => diags.push(Diagnostic {
+                Err((message, help)) => diags.push(Diagnostic {
                     location: Location::Override {
                         index: i + 1,
                         text: text.clone(),
                     },
                     message,
-                    help: Some("write --set path.to.key=value, e.g. --set stages.train.with.lr=1e-4".into()),
+                    help: help
+                        .or_else(|| Some("write --set path.to.key=value, e.g. --set stages.train.with.lr=1e-4".into())),
                     source_line: None,
                 }),
             }
         }
-        overrides::apply_global(&mut source.root, &source.overrides);
-        if diags.is_empty() {
-            Ok(source)
-        } else {
-            Err(diags)
+        if !diags.is_empty() {
+            return Err(diags);
         }
+        overrides::apply_global(&mut source.root, &source.overrides);
+        Ok(source)
     }
 
     /// A diagnostic at a span of this recipe (or of a `--set`, see [`overrides`]).

@@ -7,7 +7,9 @@
 //! Overridden nodes get a span with line 0 and the override's number as
 //! column, so errors about them point at the `--set` rather than the file.
 
+use super::schema::{DEFAULT_KEYS, RECIPE_KEYS, STAGE_KEYS};
 use super::yaml::{self, Node, NodeKind, Span};
+use crate::diagnostics::did_you_mean;
 
 #[derive(Debug, Clone)]
 pub struct Override {
@@ -59,6 +61,86 @@ fn respan(node: &mut Node, span: Span) {
             respan(k, span);
             respan(v, span);
         }),
+    }
+}
+
+/// Why an override's path names nothing the recipe could have: a
+/// misspelt variable, stage or key would otherwise be set beside the real
+/// one and silently change nothing. Checked against the recipe as written,
+/// before any override is applied; instance labels (`stages.X@sw`) are
+/// checked during expansion, where the instances are known.
+pub fn check_path(root: &Node, o: &Override) -> Result<(), (String, Option<String>)> {
+    let keys_of = |node: Option<&Node>| -> Vec<String> {
+        node.and_then(Node::as_map)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(k, _)| k.as_str().map(str::to_string))
+            .collect()
+    };
+    let unknown = |what: String, wrong: &str, known: &[String]| {
+        let help = did_you_mean(wrong, known.iter().map(String::as_str))
+            .or_else(|| (!known.is_empty()).then(|| format!("it has: {}", known.join(", "))));
+        Err((what, help))
+    };
+    let owned = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    let top = o.path[0].as_str();
+    if !RECIPE_KEYS.contains(&top) {
+        return unknown(
+            format!("a recipe has no top-level key `{top}`"),
+            top,
+            &owned(RECIPE_KEYS),
+        );
+    }
+    let second = o.path.get(1).map(String::as_str);
+    match (top, second) {
+        ("name" | "description", Some(_)) => Err((format!("`{top}` is a single value; write --set {top}=VALUE"), None)),
+        ("vars", Some(var)) => {
+            let vars = root.get("vars");
+            let known = keys_of(vars);
+            if !known.iter().any(|k| k == var) {
+                return unknown(format!("the recipe has no variable `{var}`"), var, &known);
+            }
+            check_inside(vars.and_then(|v| v.get(var)), &o.path[..2], &o.path[2..])
+        }
+        ("defaults", Some(key)) if !DEFAULT_KEYS.contains(&key) => {
+            unknown(format!("`defaults` has no key `{key}`"), key, &owned(DEFAULT_KEYS))
+        }
+        ("stages", Some(target)) => {
+            let stage = target.split_once('@').map_or(target, |(s, _)| s);
+            let stages = root.get("stages");
+            let known = keys_of(stages);
+            if !known.iter().any(|k| k == stage) {
+                return unknown(format!("the recipe has no stage `{stage}`"), stage, &known);
+            }
+            match o.path.get(2).map(String::as_str) {
+                Some(key) if !STAGE_KEYS.contains(&key) => {
+                    unknown(format!("a stage has no key `{key}`"), key, &owned(STAGE_KEYS))
+                }
+                // Parameter, input and resource names are checked against
+                // the kind when the stage is expanded, at this override.
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Below an existing variable, every step must go through a mapping: a
+/// list or a scalar on the way would otherwise be replaced by a mapping.
+fn check_inside(node: Option<&Node>, done: &[String], rest: &[String]) -> Result<(), (String, Option<String>)> {
+    let (Some(node), Some(_)) = (node, rest.first()) else {
+        return Ok(());
+    };
+    match &node.kind {
+        NodeKind::Map(_) => check_inside(node.get(&rest[0]), &[done, &rest[..1]].concat(), &rest[1..]),
+        _ => Err((
+            format!(
+                "`{}` is {}, not a mapping: set it whole",
+                done.join("."),
+                node.describe()
+            ),
+            Some(format!("e.g. --set '{}=[a, b]'", done.join("."))),
+        )),
     }
 }
 

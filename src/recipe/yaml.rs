@@ -151,9 +151,19 @@ pub struct SyntaxError {
 pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(source);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        span: Span::from_marker(*e.marker()),
-        message: e.info().to_string(),
+    parser.load(&mut builder, false).map_err(|e| {
+        let span = Span::from_marker(*e.marker());
+        let message = e.info().to_string();
+        if message.contains("tab") {
+            // yaml-rust2 marks where the token it was reading began (for a
+            // plain scalar, the line above) or just past the tab: point at
+            // the tab itself.
+            return SyntaxError {
+                span: locate_tab(source, span).unwrap_or(span),
+                message: format!("a tab, where YAML indents with spaces only ({message})"),
+            };
+        }
+        SyntaxError { span, message }
     })?;
     if let Some(error) = builder.error {
         return Err(error);
@@ -162,6 +172,21 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
         kind: NodeKind::Map(Vec::new()),
         span: Span { line: 1, col: 1 },
     }))
+}
+
+/// The first tab on `near`'s line, else on a later line.
+fn locate_tab(source: &str, near: Span) -> Option<Span> {
+    source
+        .lines()
+        .enumerate()
+        .skip(near.line.saturating_sub(1))
+        .find_map(|(i, line)| {
+            let col = line.chars().position(|c| c == '\t')?;
+            Some(Span {
+                line: i + 1,
+                col: col + 1,
+            })
+        })
 }
 
 enum Frame {
@@ -329,6 +354,21 @@ mod tests {
         assert_eq!(root.get("a").unwrap().to_value(), serde_json::json!("1"));
         assert_eq!(root.get("b").unwrap().to_value(), serde_json::json!(1e-4));
         assert_eq!(root.get("c").unwrap().to_value(), serde_json::json!("yes"));
+    }
+
+    #[test]
+    fn tab_errors_point_at_the_tab() {
+        // (text, line:col of the tab)
+        let cases = [
+            ("a:\n  b: c\n\td: e\n", "3:1"),
+            ("a:\n\tb: c\n", "2:1"),
+            ("a:\n  b:\n  \t c: d\n", "3:3"),
+        ];
+        for (text, at) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.span.to_string(), at, "{text:?}: {}", err.message);
+            assert!(err.message.starts_with("a tab, where YAML"), "{}", err.message);
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! artifacts/<fingerprint>/   finished outputs + manifest.json + log.txt
 //! tmp/                       outputs being built; renamed into artifacts/ when complete
 //! resume/<fingerprint>/      checkpoints of unfinished instances (survive kill -9)
-//! logs/<recipe>/<instance>.log   the latest attempt's log
-//! recipes/<recipe>.lock.yaml what each instance last ran with (like dvc.lock)
+//! logs/<recipe key>/<instance>.log   the latest attempt's log
+//! recipes/<recipe key>.lock.yaml what each instance last ran with (like dvc.lock)
 //! index/files.json           (path, size, mtime) → content hash
 //! cache/<kind>/              results a kind reuses by content across runs (judge replies)
 //! lock                       held by the run that writes the store
@@ -16,6 +16,7 @@
 //! run (holding the lock) deletes.
 
 mod file_index;
+pub mod integrity;
 pub mod lockfile;
 
 use std::fs::{self, File};
@@ -48,6 +49,33 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// A recipe as the store knows it. Lock files and logs are keyed by the
+/// recipe's name *and* its file's path: two recipes that share a `name:`
+/// in one store keep apart, so `gc` never mistakes one's artifacts for
+/// the other's leftovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeId {
+    pub name: String,
+    /// The recipe file, canonical (absolute, links resolved).
+    pub path: PathBuf,
+    /// `<name>-<8 hex digits of blake3(path)>`, file-system safe.
+    pub key: String,
+}
+
+impl RecipeId {
+    pub fn new(name: &str, path: &Path) -> RecipeId {
+        let path = fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        let hash = blake3::hash(path.to_string_lossy().as_bytes()).to_hex();
+        RecipeId {
+            name: name.to_string(),
+            key: format!("{}-{}", sanitize(name), &hash[..8]),
+            path,
+        }
+    }
+}
+
 /// Held while a run may write; dropping it releases the lock.
 pub struct StoreLock {
     _file: File,
@@ -56,16 +84,41 @@ pub struct StoreLock {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
-    /// Opens (creating if needed) a store at `root`.
+    /// Opens (creating if needed) a store at `root`, for a command that writes.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let root = &std::path::absolute(root).map_err(io_err(root))?;
+        let store = Store::at(root)?;
+        let root = &store.root;
         for sub in ["artifacts", "tmp", "resume", "logs", "recipes", "index", "cache"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        Ok(Store {
-            root: root.to_path_buf(),
-        })
+        // A store is never source: git skips a folder whose .gitignore says
+        // `*` (as Python's venv does), backup tools one with CACHEDIR.TAG.
+        for (name, text) in [
+            (".gitignore", "# written by babelflow: a store is not source\n*\n"),
+            (
+                "CACHEDIR.TAG",
+                "Signature: 8a477f597d28d172789f06886806bc55\n# a babelflow store: https://bford.info/cachedir/\n",
+            ),
+        ] {
+            let p = root.join(name);
+            if !p.exists() {
+                write_atomic(&p, text.as_bytes()).map_err(io_err(&p))?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store at `root` as it is, creating nothing: for the commands that
+    /// only look (`plan`, `status`, `report`). A missing store reads as empty.
+    pub fn at(root: &Path) -> Result<Store, StoreError> {
+        let root = std::path::absolute(root).map_err(io_err(root))?;
+        Ok(Store { root })
+    }
+
+    /// True when the folder exists (something has run here).
+    pub fn exists(&self) -> bool {
+        self.root.join("artifacts").is_dir()
     }
 
     pub fn root(&self) -> &Path {
@@ -125,6 +178,22 @@ impl Store {
         self.artifact_dir(fingerprint).join("manifest.json").is_file()
     }
 
+    /// Where `verify` sets damaged artifacts aside (kept, never deleted).
+    pub fn damaged_dir(&self) -> PathBuf {
+        self.root.join("damaged")
+    }
+
+    /// Moves a damaged artifact out of `artifacts/`, so the next run
+    /// rebuilds it; returns where it went.
+    pub fn set_aside(&self, fingerprint: &str) -> Result<PathBuf, StoreError> {
+        let from = self.artifact_dir(fingerprint);
+        let dir = self.damaged_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let to = dir.join(format!("{fingerprint}.{}", now_secs()));
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        Ok(to)
+    }
+
     /// A fresh folder to build an artifact in.
     pub fn new_temp(&self, fingerprint: &str) -> Result<PathBuf, StoreError> {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -164,17 +233,15 @@ impl Store {
         self.root.join("resume").join(fingerprint)
     }
 
-    pub fn log_path(&self, recipe: &str, instance: &str) -> PathBuf {
+    pub fn log_path(&self, recipe: &RecipeId, instance: &str) -> PathBuf {
         self.root
             .join("logs")
-            .join(sanitize(recipe))
+            .join(&recipe.key)
             .join(format!("{}.log", sanitize(instance)))
     }
 
-    pub fn lockfile_path(&self, recipe: &str) -> PathBuf {
-        self.root
-            .join("recipes")
-            .join(format!("{}.lock.yaml", sanitize(recipe)))
+    pub fn lockfile_path(&self, recipe: &RecipeId) -> PathBuf {
+        self.root.join("recipes").join(format!("{}.lock.yaml", recipe.key))
     }
 
     pub fn file_index_path(&self) -> PathBuf {
@@ -225,13 +292,24 @@ pub fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// Writes a file atomically: to a sibling temp file, then renamed over.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes a file atomically: to a sibling temp file, then renamed over. On
+/// failure (a full disk) the temp file is removed and the old file stays.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!(
         "tmp.{}.{}",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
     ));
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }

@@ -3,8 +3,9 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -156,3 +157,47 @@ pub const LANGS13: [&str; 13] = [
 ];
 
 pub mod browser;
+
+/// The store's log of an instance of the project's one recipe
+/// (`logs/<recipe key>/<instance>.log`; the key holds the recipe's path).
+pub fn log_of(p: &Project, instance: &str) -> PathBuf {
+    let logs = p.path(".babelflow/logs");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&logs)
+        .unwrap_or_else(|e| panic!("{}: {e}", logs.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(format!("{instance}.log")))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(found.len(), 1, "one log of {instance} under {}", logs.display());
+    found.remove(0)
+}
+
+/// Waits (up to 30 s) until `path` exists.
+pub fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `babelflow run r.yaml EXTRA...` in the background, in its own process
+/// group (so a signal reaches it as a terminal's Ctrl-C would).
+pub fn spawn_run(p: &Project, extra: &[&str]) -> Child {
+    let mut args = vec!["run", "r.yaml"];
+    args.extend_from_slice(extra);
+    let mut cmd = p.cmd(&args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().expect("spawn babelflow")
+}
+
+/// `kill SIG -- TARGET` (a pid, or `-pgid` for a group).
+pub fn signal(target: &str, sig: &str) {
+    let status = Command::new("kill").args([sig, "--", target]).status().unwrap();
+    assert!(status.success());
+}

@@ -124,7 +124,11 @@ pub struct StageContext<'a> {
     progress: &'a dyn ProgressSink,
     log: Mutex<Option<File>>,
     notes: Mutex<serde_json::Map<String, serde_json::Value>>,
+    secrets: Mutex<Vec<String>>,
 }
+
+/// What a secret is replaced with wherever babelflow writes text.
+pub const REDACTED: &str = "[REDACTED]";
 
 impl<'a> StageContext<'a> {
     #[allow(clippy::too_many_arguments)]
@@ -157,7 +161,41 @@ impl<'a> StageContext<'a> {
             progress,
             log: Mutex::new(log),
             notes: Mutex::new(Default::default()),
+            secrets: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Declares a value (an API key) that must never be written: from now on
+    /// it is replaced by `[REDACTED]` in this instance's log, progress and
+    /// notes, and the engine does the same to its error before the error
+    /// reaches the terminal, the lock file or a report. Whatever a server
+    /// echoes back, the key does not land in the store.
+    pub fn add_secret(&self, value: &str) {
+        // Too short to be a key, and replacing it would garble every line.
+        if value.len() < 4 {
+            return;
+        }
+        if let Ok(mut secrets) = self.secrets.lock() {
+            let escaped = serde_json::to_string(value).unwrap_or_default();
+            let escaped = escaped.trim_matches('"').to_string();
+            for form in [value.to_string(), escaped] {
+                if !secrets.contains(&form) {
+                    secrets.push(form);
+                }
+            }
+            // Longest first, so a key that contains another is replaced whole.
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// `text` with every declared secret replaced.
+    pub fn redact(&self, text: &str) -> String {
+        let Ok(secrets) = self.secrets.lock() else {
+            return text.to_string();
+        };
+        secrets
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
     }
 
     /// Path of a declared output inside the temporary output folder.
@@ -212,17 +250,26 @@ impl<'a> StageContext<'a> {
     }
 
     pub fn progress(&self, done: u64, total: Option<u64>, message: &str) {
-        self.progress.update(done, total, message);
+        self.progress.update(done, total, &self.redact(message));
     }
 
     /// Writes a line to this instance's log file in the store and to `tracing`.
     pub fn log(&self, message: &str) {
+        let message = self.redact(message);
         tracing::info!(instance = self.instance, "{message}");
-        self.log_file_only(message);
+        self.log_file_only(&message);
+    }
+
+    /// Writes a warning the user sees on the terminal (and in the log).
+    pub fn warn(&self, message: &str) {
+        let message = self.redact(message);
+        tracing::warn!(instance = self.instance, "{message}");
+        self.log_file_only(&format!("warning: {message}"));
     }
 
     /// Writes raw text (a child's output, say) to the instance log only.
     pub fn log_file_only(&self, message: &str) {
+        let message = self.redact(message);
         if let Ok(mut guard) = self.log.lock() {
             if let Some(file) = guard.as_mut() {
                 let _ = writeln!(file, "{message}");
@@ -233,8 +280,12 @@ impl<'a> StageContext<'a> {
     /// Records a fact about this run (rows written, device used) in the
     /// artifact's manifest, for `status` and the report.
     pub fn note(&self, key: &str, value: impl Into<serde_json::Value>) {
+        let value = match value.into() {
+            serde_json::Value::String(s) => serde_json::Value::String(self.redact(&s)),
+            other => other,
+        };
         if let Ok(mut notes) = self.notes.lock() {
-            notes.insert(key.to_string(), value.into());
+            notes.insert(key.to_string(), value);
         }
     }
 

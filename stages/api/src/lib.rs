@@ -13,9 +13,10 @@ pub mod testing;
 
 pub use context::{
     CancelFlag, DeviceRequest, InputItem, Inputs, MissingInput, ProgressSink, StageContext, Upstream, UpstreamOutcome,
+    REDACTED,
 };
 pub use error::StageError;
-pub use params::{ParamSpec, ParamType, Params};
+pub use params::{ParamSpec, ParamType, Params, Range};
 
 /// A named input slot of a stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +68,13 @@ pub trait StageKind: Send + Sync {
     /// run before anything executes. Messages name the offending field.
     fn check(&self, _params: &Params) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// What a run would resume from, if this kind left something resumable
+    /// in `resume_dir` ("the checkpoint at step 40"): `plan` says so instead
+    /// of "no earlier run". Read only; never fails.
+    fn resume_point(&self, _resume_dir: &std::path::Path) -> Option<String> {
+        None
     }
 
     /// Reads `ctx.inputs`, writes each declared output under `ctx.out_dir`.

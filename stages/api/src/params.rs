@@ -96,6 +96,59 @@ fn describe_value(value: &Value) -> String {
     }
 }
 
+/// The numbers a numeric parameter may take; checked at validation, so a
+/// negative learning rate is refused before anything runs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Range {
+    pub min: Option<f64>,
+    /// `min` itself is not allowed (a learning rate must be above 0).
+    pub min_exclusive: bool,
+    pub max: Option<f64>,
+    pub max_exclusive: bool,
+}
+
+impl Range {
+    /// Why `value` is outside, if it is.
+    pub fn check(&self, value: f64) -> Result<(), String> {
+        let low = match self.min {
+            Some(m) if self.min_exclusive && value <= m => true,
+            Some(m) => value < m,
+            None => false,
+        };
+        let high = match self.max {
+            Some(m) if self.max_exclusive && value >= m => true,
+            Some(m) => value > m,
+            None => false,
+        };
+        if low || high || value.is_nan() {
+            Err(format!("must be {}, found {value}", self.describe()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// "above 0", "at least 0", "from 0 to 1", "at least 0 and below 1".
+    pub fn describe(&self) -> String {
+        match (self.min, self.max) {
+            (Some(a), None) if self.min_exclusive => format!("above {a}"),
+            (Some(a), None) => format!("at least {a}"),
+            (None, Some(b)) if self.max_exclusive => format!("below {b}"),
+            (None, Some(b)) => format!("at most {b}"),
+            (Some(a), Some(b)) if !self.min_exclusive && !self.max_exclusive => format!("from {a} to {b}"),
+            (Some(a), Some(b)) => format!(
+                "{} {a} and {} {b}",
+                if self.min_exclusive { "above" } else { "at least" },
+                if self.max_exclusive { "below" } else { "at most" }
+            ),
+            (None, None) => "any number".into(),
+        }
+    }
+
+    pub fn is_unbounded(&self) -> bool {
+        self.min.is_none() && self.max.is_none()
+    }
+}
+
 /// Declaration of one parameter of a stage kind.
 #[derive(Debug, Clone, Copy)]
 pub struct ParamSpec {
@@ -105,9 +158,57 @@ pub struct ParamSpec {
     pub default: Option<&'static str>,
     pub required: bool,
     pub doc: &'static str,
+    /// For numbers: what values are allowed.
+    pub range: Range,
 }
 
 impl ParamSpec {
+    /// Above 0 (learning rates, sizes, counts).
+    pub const fn positive(mut self) -> Self {
+        self.range.min = Some(0.0);
+        self.range.min_exclusive = true;
+        self
+    }
+
+    /// 0 or more (weight decay, warmup steps, "0: off" settings).
+    pub const fn non_negative(mut self) -> Self {
+        self.range.min = Some(0.0);
+        self.range.min_exclusive = false;
+        self
+    }
+
+    /// From `min` to `max`, both included (thresholds, fractions).
+    pub const fn between(mut self, min: f64, max: f64) -> Self {
+        self.range = Range {
+            min: Some(min),
+            min_exclusive: false,
+            max: Some(max),
+            max_exclusive: false,
+        };
+        self
+    }
+
+    /// At least `min` and below `max` (Adam's betas).
+    pub const fn from_below(mut self, min: f64, max: f64) -> Self {
+        self.range = Range {
+            min: Some(min),
+            min_exclusive: false,
+            max: Some(max),
+            max_exclusive: true,
+        };
+        self
+    }
+
+    /// Type, then range: why `value` is not acceptable, or the value as the
+    /// stage will read it.
+    pub fn check(&self, value: &Value) -> Result<Value, String> {
+        let value = self.ty.coerce(value)?;
+        if let Some(n) = value.as_f64() {
+            self.range.check(n)?;
+        }
+        Ok(value)
+    }
+
     pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
         ParamSpec {
             name,
@@ -115,6 +216,12 @@ impl ParamSpec {
             default: None,
             required: true,
             doc,
+            range: Range {
+                min: None,
+                min_exclusive: false,
+                max: None,
+                max_exclusive: false,
+            },
         }
     }
     pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
@@ -124,6 +231,12 @@ impl ParamSpec {
             default: None,
             required: false,
             doc,
+            range: Range {
+                min: None,
+                min_exclusive: false,
+                max: None,
+                max_exclusive: false,
+            },
         }
     }
     pub const fn with_default(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> Self {
@@ -133,6 +246,12 @@ impl ParamSpec {
             default: Some(default),
             required: false,
             doc,
+            range: Range {
+                min: None,
+                min_exclusive: false,
+                max: None,
+                max_exclusive: false,
+            },
         }
     }
 }

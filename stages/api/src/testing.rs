@@ -22,10 +22,7 @@ pub fn params_for(specs: &[ParamSpec], params: Value) -> Result<Params, String> 
     for spec in specs {
         match map.get(spec.name) {
             Some(v) => {
-                let v = spec
-                    .ty
-                    .coerce(v)
-                    .map_err(|e| format!("parameter `{}`: {e}", spec.name))?;
+                let v = spec.check(v).map_err(|e| format!("parameter `{}`: {e}", spec.name))?;
                 map.insert(spec.name.to_string(), v);
             }
             None => {

@@ -22,13 +22,15 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "run",
         ParamType::Str,
-        "shell command line, run with `sh -ec` in the recipe's folder",
+        "shell command line, run with `sh -ec` in the recipe's folder; it reads input <name> from $IN_<NAME> \
+         (space-separated paths; $IN_<NAME>_0, _1, … one each) and must write output <name> to $OUT_<NAME> \
+         (all in $OUT_DIR); names upper-cased, `-` → `_`",
     ),
     ParamSpec::with_default(
         "outputs",
         ParamType::StrList,
         r#"["out"]"#,
-        "names of the outputs the command writes (files or folders)",
+        "names of the outputs the command writes (files or folders), each to $OUT_<NAME>",
     ),
     ParamSpec::optional("env", ParamType::StrMap, "extra environment variables"),
 ];
@@ -44,7 +46,7 @@ impl StageKind for CommandKind {
         "1"
     }
     fn summary(&self) -> &'static str {
-        "run an external program with declared inputs and outputs"
+        "run an external program: inputs in $IN_<NAME>, outputs written to $OUT_<NAME>"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS

@@ -80,14 +80,16 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Int,
         "1",
         "drop documents shorter than this (characters, after cleaning)",
-    ),
-    ParamSpec::optional("max_chars", ParamType::Int, "drop documents longer than this"),
+    )
+    .non_negative(),
+    ParamSpec::optional("max_chars", ParamType::Int, "drop documents longer than this").positive(),
     ParamSpec::with_default("dedup", ParamType::Bool, "true", "drop exact duplicates"),
     ParamSpec::optional(
         "near_dup_threshold",
         ParamType::Float,
         "drop near-duplicates (MinHash over 5-grams) at or above this Jaccard similarity, e.g. 0.8",
-    ),
+    )
+    .between(0.0, 1.0),
     ParamSpec::with_default(
         "langid",
         ParamType::Bool,
@@ -99,7 +101,8 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Float,
         "0.5",
         "minimum identifier confidence to keep a document",
-    ),
+    )
+    .between(0.0, 1.0),
     ParamSpec::with_default(
         "strict",
         ParamType::Bool,
@@ -111,6 +114,22 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Bool,
         "false",
         "skip and count malformed records and missing text fields instead of failing",
+    ),
+    ParamSpec::with_default(
+        "max_doc_chars",
+        ParamType::Int,
+        "1000000",
+        "split documents longer than this (characters, after cleaning) at the last paragraph break, line break or \
+         space before the limit, into parts `<id>#1`, `<id>#2`, …; bounds the memory of train-tokenizer and \
+         tokenize whatever the input (0: never split)",
+    )
+    .non_negative(),
+    ParamSpec::with_default(
+        "allow_empty",
+        ParamType::Bool,
+        "false",
+        "let the stage succeed (with a warning) when no document is left; by default that is an error here, \
+         not a puzzle at `mix` or `pretrain`",
     ),
 ];
 
@@ -135,6 +154,9 @@ pub struct IngestStats {
     documents_out: u64,
     chars_out: u64,
     dropped: BTreeMap<String, u64>,
+    /// Documents longer than `max_doc_chars`, and the parts they became.
+    split_documents: u64,
+    split_parts: u64,
     languages: BTreeMap<String, LangCount>,
 }
 
@@ -149,7 +171,8 @@ impl StageKind for Ingest {
     fn code_version(&self) -> &'static str {
         // 2: near-duplicate shingles hashed with FNV-1a + SplitMix64 instead of blake3.
         // 3: one-permutation MinHash over a rolling 5-character window.
-        "3"
+        // 4: documents over max_doc_chars are split; an empty result is an error.
+        "4"
     }
     fn summary(&self) -> &'static str {
         "pretraining text (text, JSONL, CSV, Parquet; .gz/.zst) → clean corpus Parquet + stats.json"
@@ -173,11 +196,6 @@ impl StageKind for Ingest {
                     format!("the language identifier (whatlang) has no model for `{code}`; set langid: false for this corpus"),
                 )),
                 _ => {}
-            }
-        }
-        if let Ok(Some(t)) = params.opt_f64("near_dup_threshold") {
-            if !(0.0..=1.0).contains(&t) {
-                problems.push(("near_dup_threshold".into(), "must be between 0 and 1".into()));
             }
         }
         problems
@@ -217,6 +235,8 @@ impl StageKind for Ingest {
         let mut near = p.opt_f64("near_dup_threshold")?.map(NearDedup::new);
         let langid = p.bool("langid")?.then(LangId::default);
         let min_confidence = p.f64("langid_min_confidence")?;
+        let max_doc_chars = p.usize("max_doc_chars")?;
+        let allow_empty = p.bool("allow_empty")?;
 
         let paths: Vec<PathBuf> = ctx.input("files").iter().map(|i| i.path.clone()).collect();
         let files = expand_paths(&paths)?;
@@ -320,16 +340,38 @@ impl StageKind for Ingest {
                         other => other.to_string(),
                     })
                     .unwrap_or_else(|| format!("{source}:{}", record.line));
-                writer.push(&[&id, &doc_lang, &text, &source])?;
-                stats.documents_out += 1;
+                let parts = split_long(&text, max_doc_chars);
+                if parts.len() > 1 {
+                    stats.split_documents += 1;
+                    stats.split_parts += parts.len() as u64;
+                }
+                for (k, part) in parts.iter().enumerate() {
+                    let part_id = if parts.len() > 1 {
+                        format!("{id}#{}", k + 1)
+                    } else {
+                        id.clone()
+                    };
+                    writer.push(&[&part_id, &doc_lang, part, &source])?;
+                }
+                stats.documents_out += parts.len() as u64;
                 stats.chars_out += n_chars as u64;
                 let per_lang = stats.languages.entry(doc_lang).or_default();
-                per_lang.documents += 1;
+                per_lang.documents += parts.len() as u64;
                 per_lang.chars += n_chars as u64;
                 Ok(())
             })?;
         }
         let rows = writer.finish()?;
+        if rows == 0 {
+            let why = empty_reason(&stats, &paths);
+            if !allow_empty {
+                return Err(StageError::failed(format!(
+                    "{why}; an empty corpus would only fail later, at `mix` or `pretrain` (set allow_empty: true to \
+                     accept it)"
+                )));
+            }
+            ctx.warn(&format!("the corpus is empty: {why} (allow_empty: true)"));
+        }
         ctx.progress(files.len() as u64, Some(files.len() as u64), "done");
         ctx.write_json("stats.json", &stats)?;
         ctx.note("documents", rows);
@@ -339,5 +381,79 @@ impl StageKind for Ingest {
             stats.files, stats.documents_out, stats.documents_in, stats.dropped
         ));
         Ok(())
+    }
+}
+
+/// Why an ingest kept nothing, in the user's terms.
+fn empty_reason(stats: &IngestStats, inputs: &[PathBuf]) -> String {
+    if stats.files == 0 {
+        let shown: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        return format!("no input file was found in {}", shown.join(", "));
+    }
+    if stats.documents_in == 0 {
+        return format!("the {} input file(s) hold no document", stats.files);
+    }
+    let dropped: Vec<String> = stats.dropped.iter().map(|(why, n)| format!("{n} {why}")).collect();
+    format!(
+        "no document is left: all {} read from {} file(s) were dropped ({})",
+        stats.documents_in,
+        stats.files,
+        dropped.join(", ")
+    )
+}
+
+/// `text` cut into parts of at most `max_chars` characters, each ending
+/// before the last paragraph break, else line break, else space, within
+/// the limit (a hard cut where there is none); the whitespace at a cut is
+/// dropped. `max_chars == 0` never cuts.
+pub fn split_long(text: &str, max_chars: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while max_chars > 0 && rest.chars().count() > max_chars {
+        let limit = rest.char_indices().nth(max_chars).map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..limit];
+        let cut = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| window.rfind(sep).filter(|&at| at > 0).map(|at| (at, sep.len())));
+        let (end, skip) = cut.unwrap_or((limit, 0));
+        parts.push(&rest[..end]);
+        rest = rest[end + skip..].trim_start();
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(rest);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_long;
+
+    #[test]
+    fn long_documents_split_at_the_best_boundary_within_the_limit() {
+        // (text, limit, parts)
+        let cases: &[(&str, usize, &[&str])] = &[
+            ("short", 10, &["short"]),
+            ("short", 0, &["short"]),
+            ("aaaa bbbb\n\ncccc dddd", 14, &["aaaa bbbb", "cccc dddd"]),
+            // A line break wins over a later space: parts end where the text has its seams.
+            ("aaaa\nbbbb cccc", 12, &["aaaa", "bbbb cccc"]),
+            ("aaaa bbbb cccc", 10, &["aaaa bbbb", "cccc"]),
+            ("abcdefghij", 4, &["abcd", "efgh", "ij"]),
+            ("ééééé ééé", 6, &["ééééé", "ééé"]),
+        ];
+        for (text, limit, want) in cases {
+            assert_eq!(split_long(text, *limit), *want, "{text:?} at {limit}");
+        }
+    }
+
+    #[test]
+    fn parts_are_never_longer_than_the_limit_and_lose_only_cut_whitespace() {
+        let text = "word ".repeat(1000) + &"x".repeat(30);
+        let parts = split_long(&text, 97);
+        assert!(parts.iter().all(|p| p.chars().count() <= 97));
+        let joined: String = parts.concat();
+        let original: String = text.split_whitespace().collect();
+        assert_eq!(joined.replace(' ', ""), original);
     }
 }

@@ -7,6 +7,7 @@ mod dedup;
 mod ingest;
 mod instructions;
 pub mod langid;
+pub mod parquet_in;
 mod read;
 mod split;
 pub mod table;

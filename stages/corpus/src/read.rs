@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, StringArray};
 use babelflow_stage::StageError;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 /// How a file's content is cut into records.
@@ -274,21 +273,21 @@ fn read_parquet(
     path: &Path,
     each: &mut dyn FnMut(Result<Record, RecordError>) -> Result<(), StageError>,
 ) -> Result<(), StageError> {
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(4096).build())
+    let reader = crate::parquet_in::open(path, 4096)
         .map_err(|e| StageError::input(path, None, format!("not a readable Parquet file: {e}")))?;
     let mut row = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| StageError::input(path, Some(row + 1), format!("Parquet read error: {e}")))?;
         let schema = batch.schema();
-        // Only string columns are mapped; others are ignored.
-        let columns: Vec<(String, &StringArray)> = schema
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .filter_map(|(f, c)| c.as_any().downcast_ref::<StringArray>().map(|s| (f.name().clone(), s)))
-            .collect();
+        // Only text columns (any string layout) are mapped; others are ignored.
+        let mut columns: Vec<(String, StringArray)> = Vec::new();
+        for (f, c) in schema.fields().iter().zip(batch.columns()) {
+            let text = crate::parquet_in::to_utf8(c)
+                .map_err(|e| StageError::input(path, Some(row + 1), format!("column `{}`: {e}", f.name())))?;
+            if let Some(text) = text {
+                columns.push((f.name().clone(), text));
+            }
+        }
         for r in 0..batch.num_rows() {
             row += 1;
             let fields = columns

@@ -7,9 +7,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow_array::{Array, BooleanArray, RecordBatch, RecordBatchReader};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -97,13 +96,9 @@ impl StageKind for Split {
         let (validation, test) = (ctx.params.f64("validation")?, ctx.params.f64("test")?);
         let salt = ctx.params.str("salt")?;
         let input: &Path = &ctx.single_input("table")?.path;
-        let file = File::open(input).map_err(|e| StageError::io(input, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        let reader = crate::parquet_in::open(input, 1024)
             .map_err(|e| StageError::input(input, None, format!("not a Parquet file: {e}")))?;
-        let schema = builder.schema().clone();
-        let reader = builder
-            .build()
-            .map_err(|e| StageError::input(input, None, e.to_string()))?;
+        let schema = reader.schema();
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
             .build();
@@ -122,8 +117,11 @@ impl StageKind for Split {
             let batch: RecordBatch = batch.map_err(|e| StageError::input(input, None, e.to_string()))?;
             let ids = batch
                 .column_by_name("id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| StageError::input(input, None, "the table has no string column `id` to split by"))?;
+                .map(crate::parquet_in::to_utf8)
+                .transpose()
+                .map_err(|e| StageError::input(input, None, format!("column `id`: {e}")))?
+                .flatten()
+                .ok_or_else(|| StageError::input(input, None, "the table has no text column `id` to split by"))?;
             let sides: Vec<usize> = (0..ids.len())
                 .map(|r| side(position(salt, ids.value(r)), validation, test))
                 .collect();

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use babelflow_stage::StageError;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -105,9 +104,11 @@ pub struct Document {
 }
 
 /// One batch of a Parquet artifact, able to say which file and which
-/// artifact it expected when a column is missing.
+/// artifact it expected when a column is missing. Its text columns are
+/// read as `Utf8` whatever layout the writer chose (see `parquet_in`).
 pub struct TableBatch<'a> {
     pub batch: RecordBatch,
+    texts: std::collections::HashMap<String, StringArray>,
     path: &'a Path,
     expected: &'a str,
 }
@@ -120,10 +121,12 @@ impl TableBatch<'_> {
     /// A string column, or an error naming the file, the column and the
     /// artifact it should have been.
     pub fn text(&self, name: &str) -> Result<&StringArray, StageError> {
-        self.batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| self.error(format!("no text column `{name}`")))
+        self.texts
+            .get(name)
+            .ok_or_else(|| match self.batch.schema().field_with_name(name) {
+                Ok(field) => self.error(format!("column `{name}` holds {}, not text", field.data_type())),
+                Err(_) => self.error(format!("no text column `{name}`")),
+            })
     }
 
     /// An error about this file, saying what it was expected to be.
@@ -148,13 +151,31 @@ pub fn for_each_batch(
     expected: &str,
     each: &mut dyn FnMut(&TableBatch) -> Result<(), StageError>,
 ) -> Result<(), StageError> {
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(1024).build())
+    if !path.is_file() {
+        return Err(StageError::input(
+            path,
+            None,
+            format!("no such file (expected {expected})"),
+        ));
+    }
+    let reader = crate::parquet_in::open(path, 1024)
         .map_err(|e| StageError::input(path, None, format!("not a Parquet file: {e} (expected {expected})")))?;
     for batch in reader {
         let batch = batch.map_err(|e| StageError::input(path, None, format!("Parquet read error: {e}")))?;
-        each(&TableBatch { batch, path, expected })?;
+        let mut texts = std::collections::HashMap::new();
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            let text = crate::parquet_in::to_utf8(column)
+                .map_err(|e| StageError::input(path, None, format!("column `{}`: {e}", field.name())))?;
+            if let Some(text) = text {
+                texts.insert(field.name().clone(), text);
+            }
+        }
+        each(&TableBatch {
+            batch,
+            texts,
+            path,
+            expected,
+        })?;
     }
     Ok(())
 }

@@ -187,3 +187,57 @@ fn langid_for_a_language_the_identifier_lacks_is_refused_before_running() {
     assert_eq!(problems[0].0, "lang");
     assert!(problems[0].1.contains("no model for `sw`"));
 }
+
+/// Writes a Parquet file whose `text` column has the given Arrow layout, as
+/// polars (LargeUtf8, Utf8View), pandas (dictionary) or a binary-only
+/// writer would.
+fn parquet_with_layout(dir: &Path, name: &str, text: arrow_array::ArrayRef) -> PathBuf {
+    use std::sync::Arc;
+    let n = text.len();
+    let ids: arrow_array::ArrayRef = Arc::new(arrow_array::Int64Array::from((0..n as i64).collect::<Vec<_>>()));
+    let batch = arrow_array::RecordBatch::try_from_iter([("id", ids), ("text", text)]).unwrap();
+    let path = dir.join(name);
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    path
+}
+
+#[test]
+fn parquet_text_in_every_arrow_layout_is_ingested() {
+    use arrow_array::types::Int32Type;
+    use arrow_array::{BinaryArray, DictionaryArray, LargeStringArray, StringArray, StringViewArray};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..200).map(|i| format!("document number {i} in a layout")).collect();
+    let strs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    let layouts: Vec<(&str, arrow_array::ArrayRef)> = vec![
+        ("utf8", Arc::new(StringArray::from(strs.clone()))),
+        ("large_utf8", Arc::new(LargeStringArray::from(strs.clone()))),
+        ("utf8_view", Arc::new(StringViewArray::from(strs.clone()))),
+        (
+            "dictionary",
+            Arc::new(strs.iter().copied().collect::<DictionaryArray<Int32Type>>()),
+        ),
+        (
+            "binary",
+            Arc::new(BinaryArray::from(strs.iter().map(|s| s.as_bytes()).collect::<Vec<_>>())),
+        ),
+    ];
+    for (layout, column) in layouts {
+        let file = parquet_with_layout(dir.path(), &format!("{layout}.parquet"), column);
+        let (docs, stats, _) = run(json!({"lang": "en"}), &[&file]).unwrap_or_else(|e| panic!("{layout}: {e}"));
+        assert_eq!(docs.len(), 200, "{layout}: {stats}");
+        assert_eq!(docs[7].text, "document number 7 in a layout", "{layout}");
+        // And the corpus artifact reads back through the same readers.
+        let (_, _, out) = run(json!({"lang": "en"}), &[&file]).unwrap();
+        let mut again = 0;
+        read_corpus(&out.path.join("corpus.parquet"), &mut |_| {
+            again += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(again, 200, "{layout}");
+    }
+}

@@ -106,8 +106,9 @@ pub fn read_questions(path: &std::path::Path) -> Result<Vec<Question>, StageErro
             .and_then(|c| c.as_list_opt::<i32>())
             .ok_or_else(|| b.error("no list column `choices`"))?;
         for r in 0..b.num_rows() {
-            let list = choices.value(r);
-            let list = list.as_string::<i32>();
+            let list = babelflow_corpus::parquet_in::to_utf8(&choices.value(r))
+                .map_err(|e| b.error(format!("column `choices`: {e}")))?
+                .ok_or_else(|| b.error("column `choices` is not a list of text"))?;
             let q = Question {
                 id: id.value(r).into(),
                 lang: lang.value(r).into(),

@@ -43,14 +43,22 @@ const PARAMS: &[ParamSpec] = &[
         r#""OPENAI_API_KEY""#,
         "environment variable holding the API key (unset: no Authorization header)",
     ),
-    ParamSpec::with_default("timeout_s", ParamType::Float, "60.0", "seconds per request"),
-    ParamSpec::with_default("max_retries", ParamType::Int, "5", "retries of a failed request"),
+    ParamSpec::with_default("timeout_s", ParamType::Float, "60.0", "seconds per request").positive(),
+    ParamSpec::with_default("max_retries", ParamType::Int, "5", "retries of a failed request").non_negative(),
     ParamSpec::with_default(
         "backoff_s",
         ParamType::Float,
         "1.0",
         "first retry delay, doubled each time",
-    ),
+    )
+    .non_negative(),
+    ParamSpec::with_default(
+        "max_unparseable",
+        ParamType::Float,
+        "0.2",
+        "fail when more than this fraction of replies has no five scores (a judge that does not follow the format)",
+    )
+    .between(0.0, 1.0),
 ];
 
 const INPUTS: &[InputSpec] = &[InputSpec {
@@ -161,6 +169,26 @@ impl Client {
     /// The assistant message's text, after retries; `Err` says why the
     /// last attempt failed.
     pub fn complete(&self, prompt: &str, cancelled: &dyn Fn() -> bool) -> Result<String, String> {
+        // Whatever the server sends back (a 401 body may echo the key),
+        // the key never leaves this client in a message or a reply.
+        self.attempt_all(prompt, cancelled)
+            .map(|reply| self.redact(&reply))
+            .map_err(|e| self.redact(&e))
+    }
+
+    /// `text` with the API key (and its JSON-escaped form) replaced.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.key {
+            Some(key) if key.len() >= 4 => {
+                let escaped = serde_json::to_string(key).unwrap_or_default();
+                text.replace(key.as_str(), babelflow_stage::REDACTED)
+                    .replace(escaped.trim_matches('"'), babelflow_stage::REDACTED)
+            }
+            _ => text.to_string(),
+        }
+    }
+
+    fn attempt_all(&self, prompt: &str, cancelled: &dyn Fn() -> bool) -> Result<String, String> {
         let body = json!({
             "model": self.model,
             "temperature": 0,
@@ -170,7 +198,14 @@ impl Client {
         let mut last_error = String::new();
         for attempt in 0..=self.max_retries {
             if attempt > 0 {
-                std::thread::sleep(delay);
+                // In slices, so Ctrl-C during a long `Retry-After` stops at once.
+                let until = std::time::Instant::now() + delay;
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    if cancelled() {
+                        return Err("cancelled".into());
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                }
                 delay *= 2;
             }
             if cancelled() {
@@ -254,7 +289,8 @@ impl StageKind for Judge {
         "judge"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: the API key is redacted from replies; too many unparseable replies fail the stage.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "LLM-Eval scores (0–3 on five criteria, and AVG) of generated answers from a judge model over an OpenAI-compatible API"
@@ -279,15 +315,15 @@ impl StageKind for Judge {
                 problems.push(("base_url".into(), format!("`{url}` is not an http(s) URL")));
             }
         }
-        if params.f64("timeout_s").is_ok_and(|t| t <= 0.0) {
-            problems.push(("timeout_s".into(), "must be positive".into()));
-        }
         problems
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let key = std::env::var(p.str("api_key_env")?).ok().filter(|k| !k.is_empty());
+        if let Some(key) = &key {
+            ctx.add_secret(key);
+        }
         let client = Client::new(
             p.str("base_url")?,
             p.str("model")?,
@@ -319,7 +355,7 @@ impl StageKind for Judge {
             unparseable: u64,
         }
         let mut tallies = BTreeMap::<String, Tally>::new();
-        let (mut asked, mut cached) = (0u64, 0u64);
+        let (mut asked, mut cached, mut unparseable) = (0u64, 0u64, 0u64);
         let total = answers.len() as u64;
         for (done, a) in answers.iter().enumerate() {
             ctx.check_cancelled()?;
@@ -327,10 +363,14 @@ impl StageKind for Judge {
             let reply = match cache.get(&client, &prompt) {
                 Some(r) => {
                     cached += 1;
-                    r
+                    // Cached by an older babelflow, before replies were redacted.
+                    client.redact(&r)
                 }
                 None => {
                     let r = client.complete(&prompt, &|| ctx.cancel.is_cancelled()).map_err(|e| {
+                        if ctx.cancel.is_cancelled() {
+                            return StageError::Cancelled;
+                        }
                         StageError::failed(format!(
                             "judging answer {} ({}): {e}; the {done} replies before it are cached",
                             a.id, a.lang
@@ -358,6 +398,7 @@ impl StageKind for Judge {
                 }
                 None => {
                     t.unparseable += 1;
+                    unparseable += 1;
                     vec![String::new(); 6]
                         .into_iter()
                         .chain(["unparseable".to_string()])
@@ -371,6 +412,27 @@ impl StageKind for Judge {
             ctx.progress(done as u64 + 1, Some(total), "judged");
         }
         table.finish()?;
+        let limit = p.f64("max_unparseable")?;
+        if total > 0 && unparseable as f64 > limit * total as f64 {
+            let example = answers
+                .iter()
+                .find_map(|a| {
+                    let prompt = judge_prompt(&a.instruction, &a.input, &a.reference, &a.response);
+                    cache.get(&client, &prompt).filter(|r| parse_verdict(r).is_none())
+                })
+                .map(|r| r.chars().take(200).collect::<String>())
+                .unwrap_or_default();
+            return Err(StageError::failed(format!(
+                "{unparseable} of {total} judge replies have no five scores (more than max_unparseable = {limit}); \
+                 the judge does not follow the asked format (first such reply: {example:?}); the replies are cached, \
+                 so a rerun with another `model` or a higher max_unparseable asks nothing twice"
+            )));
+        }
+        if unparseable > 0 {
+            ctx.warn(&format!(
+                "{unparseable} of {total} judge replies had no five scores and are left out of the averages"
+            ));
+        }
 
         let mut metrics = EvalMetrics::default();
         let mut stats = serde_json::Map::new();

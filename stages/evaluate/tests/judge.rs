@@ -120,7 +120,7 @@ fn judge_scores_retries_caches_and_flags_unparseable_verdicts() {
     let gens = generations(dir.path());
     std::env::set_var("BABELFLOW_TEST_JUDGE_KEY", "sk-test-secret");
     let params = json!({"base_url": server.url, "model": "judge-1", "api_key_env": "BABELFLOW_TEST_JUDGE_KEY",
-                        "timeout_s": 0.5, "max_retries": 3, "backoff_s": 0.01});
+                        "timeout_s": 0.5, "max_retries": 3, "backoff_s": 0.01, "max_unparseable": 0.5});
     let out = run(
         dir.path(),
         "judge",

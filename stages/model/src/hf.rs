@@ -62,37 +62,177 @@ fn to_f32(view: &TensorView, name: &str, file: &Path) -> Result<Vec<f32>, ModelE
     })
 }
 
+/// The weight files of a checkpoint folder: `model.safetensors`, or the
+/// shards `model.safetensors.index.json` names, each checked to exist; and
+/// the index's tensor → shard map, when there is one.
+pub fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>), ModelError> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        return Ok((vec![single], BTreeMap::new()));
+    }
+    if !index.is_file() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
+        });
+    }
+    let bad = |message: String| ModelError::Weights {
+        path: index.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&index).map_err(io(&index))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| bad("no `weight_map` (tensor name → shard file)".into()))?;
+    let mut weight_map = BTreeMap::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
+        weight_map.insert(tensor.clone(), shard.to_string());
+    }
+    let mut shards: Vec<&String> = weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut files = Vec::new();
+    for shard in shards {
+        let file = dir.join(shard);
+        if !file.is_file() {
+            return Err(bad(format!("names shard `{shard}`, which is not in {}", dir.display())));
+        }
+        files.push(file);
+    }
+    Ok((files, weight_map))
+}
+
+/// Every tensor a `LlamaForCausalLM` with this config has, with its shape.
+pub fn expected_tensors(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, hd, h, kv, inter, v) = (
+        config.hidden_size,
+        config.head_dim(),
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![d]),
+            ("self_attn.q_proj.weight", vec![h * hd, d]),
+            ("self_attn.k_proj.weight", vec![kv * hd, d]),
+            ("self_attn.v_proj.weight", vec![kv * hd, d]),
+            ("self_attn.o_proj.weight", vec![d, h * hd]),
+            ("post_attention_layernorm.weight", vec![d]),
+            ("mlp.gate_proj.weight", vec![inter, d]),
+            ("mlp.up_proj.weight", vec![inter, d]),
+            ("mlp.down_proj.weight", vec![d, inter]),
+        ] {
+            out.push((format!("{p}.{name}"), shape));
+        }
+    }
+    out.push(("model.norm.weight".into(), vec![d]));
+    if !config.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    out
+}
+
+/// Checks a checkpoint folder from the safetensors headers alone (no
+/// weights are read, so a 7B checkpoint is checked in milliseconds): the
+/// index against the shards, every tensor the config implies present with
+/// its shape and a readable dtype, nothing else but rotary tables. Returns
+/// the weight files and the tensor count.
+pub fn check_checkpoint(dir: &Path, config: &LlamaConfig) -> Result<(Vec<PathBuf>, usize), ModelError> {
+    let (files, weight_map) = weight_files(dir)?;
+    let mut found: BTreeMap<String, (Vec<usize>, Dtype, PathBuf)> = BTreeMap::new();
+    for file in &files {
+        let handle = std::fs::File::open(file).map_err(io(file))?;
+        // SAFETY: read while the map lives; the headers are all we touch.
+        let map = unsafe { memmap2::Mmap::map(&handle) }.map_err(io(file))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::Weights {
+            path: file.clone(),
+            message: format!("not a safetensors file: {e}"),
+        })?;
+        for (name, view) in st.tensors() {
+            found.insert(name, (view.shape().to_vec(), view.dtype(), file.clone()));
+        }
+    }
+    let index = dir.join("model.safetensors.index.json");
+    for (tensor, shard) in &weight_map {
+        let holder = found
+            .get(tensor)
+            .map(|(_, _, f)| f.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        if holder.as_deref() != Some(shard.as_str()) {
+            return Err(ModelError::Weights {
+                path: index,
+                message: format!(
+                    "says tensor `{tensor}` is in `{shard}`, {}",
+                    match holder {
+                        Some(other) => format!("but it is in `{other}`"),
+                        None => "which does not hold it".into(),
+                    }
+                ),
+            });
+        }
+    }
+    let expected = expected_tensors(config);
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|(name, _)| !found.contains_key(name))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(ModelError::Weights {
+            path: dir.to_path_buf(),
+            message: format!(
+                "tensor `{first}` is missing ({} of the {} tensors config.json implies are in none of {})",
+                missing.len(),
+                expected.len(),
+                files
+                    .iter()
+                    .map(|f| f.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    for (name, shape) in &expected {
+        let (got, dtype, file) = &found[name];
+        if got != shape {
+            return Err(ModelError::Weights {
+                path: file.clone(),
+                message: format!("tensor `{name}` has shape {got:?}; config.json implies {shape:?}"),
+            });
+        }
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(ModelError::Weights {
+                path: file.clone(),
+                message: format!("tensor `{name}` has dtype {dtype:?}; babelflow reads f32, f16 and bf16"),
+            });
+        }
+    }
+    let known: std::collections::BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let tied_head = |n: &str| config.tie_word_embeddings && n == "lm_head.weight";
+    if let Some(extra) = found
+        .keys()
+        .find(|n| !known.contains(n.as_str()) && !n.ends_with("rotary_emb.inv_freq") && !tied_head(n))
+    {
+        return Err(ModelError::Weights {
+            path: found[extra].2.clone(),
+            message: format!("unexpected tensor `{extra}` (not part of LlamaForCausalLM with this config.json)"),
+        });
+    }
+    Ok((files, found.len()))
+}
+
 impl Weights {
     /// Reads `model.safetensors`, or every shard listed in `model.safetensors.index.json`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(io(&index))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
-                path: index.clone(),
-                message: format!("not JSON: {e}"),
-            })?;
-            let mut shards: Vec<String> = v["weight_map"]
-                .as_object()
-                .ok_or_else(|| ModelError::Weights {
-                    path: index.clone(),
-                    message: "no `weight_map`".into(),
-                })?
-                .values()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else {
-            return Err(ModelError::Weights {
-                path: dir.to_path_buf(),
-                message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
-            });
-        };
+        let (files, _) = weight_files(dir)?;
         let mut tensors = HashMap::new();
         for file in &files {
             let bytes = std::fs::read(file).map_err(io(file))?;

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
-use safetensors::SafeTensors;
 
 use crate::config::LlamaConfig;
 use crate::hf::{self, DiskDtype};
@@ -25,52 +24,13 @@ fn model_err(e: crate::ModelError) -> StageError {
     StageError::failed(e.to_string())
 }
 
-/// Checks names and shapes from the safetensors headers alone (no weights
-/// are read into memory), so importing a 7B checkpoint is cheap.
-fn check_headers(dir: &Path, config: &LlamaConfig) -> Result<usize, StageError> {
-    let mut found = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| StageError::io(dir, e))? {
-        let path = entry.map_err(|e| StageError::io(dir, e))?.path();
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            let file = std::fs::File::open(&path).map_err(|e| StageError::io(&path, e))?;
-            // SAFETY: the checkpoint is only read while this map lives.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| StageError::io(&path, e))?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| StageError::input(&path, None, format!("not a safetensors file: {e}")))?;
-            for name in st.names() {
-                if name == "model.embed_tokens.weight" {
-                    let shape = st.tensor(name).map(|t| t.shape().to_vec()).unwrap_or_default();
-                    if shape != [config.vocab_size, config.hidden_size] {
-                        return Err(StageError::input(
-                            &path,
-                            None,
-                            format!(
-                                "embed_tokens has shape {shape:?}; config.json implies [{}, {}]",
-                                config.vocab_size, config.hidden_size
-                            ),
-                        ));
-                    }
-                }
-            }
-            found += st.len();
-        }
-    }
-    if found == 0 {
-        return Err(StageError::input(
-            dir,
-            None,
-            "no .safetensors weights in this folder (PyTorch .bin checkpoints: convert them to safetensors first)",
-        ));
-    }
-    Ok(found)
-}
-
-/// Hard-links when the store is on the same disk (a 13 GB checkpoint costs
-/// nothing), copies otherwise.
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), StageError> {
-    if std::fs::hard_link(from, to).is_ok() {
-        return Ok(());
-    }
+/// Copies a file of the user's into the store. Never a hard link: that
+/// shares the inode, so editing the checkpoint in place would change the
+/// cached artifact behind babelflow's back. `std::fs::copy` uses
+/// `copy_file_range` on Linux, which on Btrfs, XFS (reflink=1) and NFS 4.2
+/// clones extents instead of copying bytes: a 13 GB checkpoint then costs
+/// no space until one side changes, and elsewhere it is a plain copy.
+fn copy_in(from: &Path, to: &Path) -> Result<(), StageError> {
     std::fs::copy(from, to).map(|_| ()).map_err(|e| StageError::io(from, e))
 }
 
@@ -88,7 +48,8 @@ impl StageKind for ImportModel {
         "import-model"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: files are copied (or reflinked), never hard-linked; only the weight files the checkpoint uses.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "bring an HF LLaMA checkpoint folder into the store, checked"
@@ -113,18 +74,18 @@ impl StageKind for ImportModel {
             ));
         }
         let config = LlamaConfig::load(&dir.join("config.json")).map_err(model_err)?;
-        let tensors = check_headers(dir, &config)?;
+        let (weights, tensors) = hf::check_checkpoint(dir, &config).map_err(model_err)?;
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(|e| StageError::io(&out, e))?;
-        for entry in std::fs::read_dir(dir).map_err(|e| StageError::io(dir, e))? {
-            let path = entry.map_err(|e| StageError::io(dir, e))?.path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if CARRIED.contains(&name.as_str()) || name.ends_with(".safetensors") {
-                link_or_copy(&path, &out.join(&name))?;
-            }
+        let carried = CARRIED.iter().map(|name| dir.join(name)).filter(|p| p.is_file());
+        let mut copied: Vec<std::path::PathBuf> = weights.into_iter().chain(carried).collect();
+        copied.sort();
+        copied.dedup();
+        for (n, path) in copied.iter().enumerate() {
+            ctx.check_cancelled()?;
+            ctx.progress(n as u64, Some(copied.len() as u64), "copying the checkpoint");
+            let name = path.file_name().unwrap_or_default();
+            copy_in(path, &out.join(name))?;
         }
         ctx.note("tensors", tensors);
         ctx.note("layers", config.num_hidden_layers);
@@ -210,6 +171,14 @@ impl StageKind for InitModel {
         let p = ctx.params;
         let tok_path = &ctx.single_input("tokenizer")?.path;
         let tok = tokenizer_facts(tok_path)?;
+        if tok.bos.is_none() || tok.eos.is_none() {
+            ctx.warn(&format!(
+                "{}: no {} token found (looked for <s>, <|begin_of_text|>, <bos> / </s>, <|end_of_text|>, <eos>, \
+                 <|endoftext|>); config.json leaves it unset",
+                tok_path.display(),
+                if tok.bos.is_none() { "BOS" } else { "EOS" }
+            ));
+        }
         let d = p.usize("hidden_size")?;
         let mut config = LlamaConfig::tiny(
             tok.vocab_size,
@@ -249,41 +218,67 @@ pub struct TokenizerFacts {
 }
 
 /// Vocabulary size and BOS/EOS ids from a tokenizer.json, without the
-/// tokenizers crate (the model crate stays free of it).
+/// tokenizers crate (the model crate stays free of it). Anything that is not
+/// an HF tokenizer (no `model` with a vocabulary) is refused, naming the
+/// file and what is missing: a model sized from it would be useless.
 pub fn tokenizer_facts(path: &Path) -> Result<TokenizerFacts, StageError> {
+    let bad = |message: String| StageError::input(path, None, message);
     let text = std::fs::read_to_string(path).map_err(|e| StageError::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| StageError::input(path, None, format!("not a tokenizer.json: {e}")))?;
-    let mut max_id = v["model"]["vocab"]
-        .as_object()
-        .map(|m| m.values().filter_map(|x| x.as_u64()).max().unwrap_or(0))
-        .unwrap_or(0);
-    let mut find = |names: &[&str]| -> Option<u32> {
-        for t in v["added_tokens"].as_array().into_iter().flatten() {
-            if let Some(id) = t["id"].as_u64() {
-                max_id = max_id.max(id);
-                if names.contains(&t["content"].as_str().unwrap_or("")) {
-                    return Some(id as u32);
-                }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
+    let Some(model) = v.get("model").filter(|m| m.is_object()) else {
+        let keys: Vec<&str> = v
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        return Err(bad(format!(
+            "not an HF tokenizer.json: it has no `model` (its keys: {}); give the tokenizer.json of \
+             `train-tokenizer`, `extend-vocab` or a model folder",
+            if keys.is_empty() {
+                "none".to_string()
+            } else {
+                keys.join(", ")
             }
-        }
-        names
-            .iter()
-            .find_map(|n| v["model"]["vocab"][n].as_u64())
-            .map(|id| id as u32)
+        )));
     };
-    let bos = find(&["<s>", "<|begin_of_text|>", "<bos>"]);
-    let eos = find(&["</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"]);
-    let vocab_size = v["added_tokens"]
+    // BPE, WordPiece and WordLevel map pieces to ids; Unigram lists pieces in id order.
+    let vocab: Vec<(String, u64)> = match &model["vocab"] {
+        serde_json::Value::Object(m) => m.iter().filter_map(|(k, id)| Some((k.clone(), id.as_u64()?))).collect(),
+        serde_json::Value::Array(pieces) => pieces
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| Some((p.get(0)?.as_str()?.to_string(), id as u64)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if vocab.is_empty() {
+        return Err(bad(format!(
+            "not a usable tokenizer.json: `model.vocab` is missing or empty (model type {})",
+            model["type"].as_str().unwrap_or("not given")
+        )));
+    }
+    let added: Vec<(String, u64)> = v["added_tokens"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|t| t["id"].as_u64())
-        .chain(std::iter::once(max_id))
-        .max()
-        .unwrap_or(0) as usize
-        + 1;
-    Ok(TokenizerFacts { vocab_size, bos, eos })
+        .filter_map(|t| Some((t["content"].as_str()?.to_string(), t["id"].as_u64()?)))
+        .collect();
+    let find = |names: &[&str]| -> Option<u32> {
+        names.iter().find_map(|n| {
+            added
+                .iter()
+                .chain(&vocab)
+                .find(|(piece, _)| piece == n)
+                .map(|(_, id)| *id as u32)
+        })
+    };
+    let bos = find(&["<s>", "<|begin_of_text|>", "<bos>"]);
+    let eos = find(&["</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"]);
+    let max_id = added.iter().chain(&vocab).map(|(_, id)| *id).max().unwrap_or(0);
+    Ok(TokenizerFacts {
+        vocab_size: max_id as usize + 1,
+        bos,
+        eos,
+    })
 }
 
 /// Parameters of a LLaMA with this config.

@@ -6,7 +6,8 @@
 //!   cargo test -p babelflow-model --features wgpu --test gpu_smoke --profile gpu-smoke -- --nocapture
 //!
 //! Each test says it skipped, and passes, where no Vulkan loader and driver
-//! are installed. On GPUs the model runs burn's composed operations (the
+//! are installed, except under `CI=true`, where that is a failure (CI
+//! installs Mesa's lavapipe). On GPUs the model runs burn's composed operations (the
 //! fused kernels are CPU-only), so this is the check of that path.
 //!
 //! With `--features vulkan` the tests run on cubecl's SPIR-V compiler, and
@@ -27,6 +28,12 @@ const GPU: &str = if cfg!(feature = "vulkan") { "vulkan" } else { "wgpu" };
 /// Whether this machine can run the backend under test; says why not.
 fn gpu_runs_here(test: &str) -> bool {
     if !device::vulkan_installed() {
+        // CI installs lavapipe (.ci/run): there, a skip would hide that the
+        // GPU path never ran.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: no Vulkan loader and driver, and CI must run this test (.ci/run installs mesa-vulkan-drivers)"
+        );
         eprintln!("{test}: skipped: no Vulkan loader and driver (install mesa-vulkan-drivers for lavapipe)");
         return false;
     }

@@ -8,7 +8,6 @@ use std::path::Path;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, UInt64Type};
 use babelflow_stage::{InputItem, StageError};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use plotters::prelude::*;
 
 use crate::{source_name, stats_of};
@@ -131,18 +130,16 @@ pub type MetricRow = (u64, u64, String, String, f64);
 /// The rows of a training metrics.parquet.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, StageError> {
     let bad = |m: String| StageError::input(path, None, m);
-    let file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+    let reader = babelflow_corpus::parquet_in::open(path, 8192).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let column = |n: &str| batch.column_by_name(n).ok_or_else(|| bad(format!("no column `{n}`")));
         let step = column("step")?.as_primitive_opt::<UInt64Type>().cloned();
         let tokens = column("tokens")?.as_primitive_opt::<UInt64Type>().cloned();
-        let metric = column("metric")?.as_string_opt::<i32>().cloned();
-        let lang = column("lang")?.as_string_opt::<i32>().cloned();
+        let text = |n: &str| column(n).map(|c| babelflow_corpus::parquet_in::to_utf8(c).ok().flatten());
+        let metric = text("metric")?;
+        let lang = text("lang")?;
         let value = column("value")?.as_primitive_opt::<Float64Type>().cloned();
         let (Some(step), Some(tokens), Some(metric), Some(lang), Some(value)) = (step, tokens, metric, lang, value)
         else {

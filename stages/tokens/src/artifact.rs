@@ -23,7 +23,6 @@ use std::sync::Arc;
 use arrow_array::{Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use babelflow_stage::StageError;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -289,9 +288,7 @@ impl IndexWriter {
 }
 
 pub fn read_index(path: &Path) -> Result<Vec<DocEntry>, StageError> {
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
+    let reader = babelflow_corpus::parquet_in::open(path, 8192)
         .map_err(|e| StageError::input(path, None, format!("not a token index: {e}")))?;
     let mut out = Vec::new();
     for batch in reader {
@@ -306,7 +303,7 @@ pub fn read_index(path: &Path) -> Result<Vec<DocEntry>, StageError> {
         let s = |name: &str| {
             batch
                 .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                .and_then(|c| babelflow_corpus::parquet_in::to_utf8(c).ok().flatten())
                 .ok_or_else(|| missing(name))
         };
         let u = |name: &str| {

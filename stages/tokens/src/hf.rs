@@ -34,7 +34,8 @@ impl LoadedTokenizer {
     /// The tokenizer a model is read with: the one bound by the recipe, else
     /// the `tokenizer.json` in the model folder. Returns its path too.
     pub fn for_model(model_dir: &Path, bound: Option<&Path>) -> Result<(std::path::PathBuf, Self), StageError> {
-        let path = bound.map_or_else(|| model_dir.join("tokenizer.json"), Path::to_path_buf);
+        let own = model_dir.join("tokenizer.json");
+        let path = bound.map_or_else(|| own.clone(), Path::to_path_buf);
         if !path.is_file() {
             return Err(StageError::input(
                 model_dir,
@@ -43,6 +44,9 @@ impl LoadedTokenizer {
             ));
         }
         let tokenizer = Self::load(&path)?;
+        if bound.is_some() && own.is_file() {
+            ensure_model_reads(model_dir, &tokenizer.hash, &path, "the bound tokenizer")?;
+        }
         Ok((path, tokenizer))
     }
 
@@ -92,6 +96,39 @@ impl LoadedTokenizer {
 pub fn is_byte_piece(token: &str) -> bool {
     let b = token.as_bytes();
     b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
+}
+
+/// Refuses ids made by another tokenizer than the one a model folder ships
+/// (`model_dir/tokenizer.json`, compared by blake3 of the file, which is what
+/// a token artifact's header records). Same vocabulary size is not enough:
+/// the model would learn or be scored on ids that mean other pieces, and
+/// would ship a tokenizer that does not match what it learnt. A folder
+/// without a tokenizer.json cannot be checked and passes.
+pub fn ensure_model_reads(
+    model_dir: &Path,
+    ids_hash: &[u8; 32],
+    ids_path: &Path,
+    what: &str,
+) -> Result<(), StageError> {
+    let own = model_dir.join("tokenizer.json");
+    let Ok(bytes) = std::fs::read(&own) else {
+        return Ok(());
+    };
+    let model_hash = *blake3::hash(&bytes).as_bytes();
+    if &model_hash == ids_hash {
+        return Ok(());
+    }
+    Err(StageError::input(
+        ids_path,
+        None,
+        format!(
+            "{what} come from another tokenizer than the model's (tokenizer blake3 {}… here, {}… in the model's \
+             tokenizer.json): tokenize with the tokenizer the model ships, or give the model that tokenizer \
+             (`init-model`, `resize-vocab`)",
+            &hex(ids_hash)[..12],
+            &hex(&model_hash)[..12]
+        ),
+    ))
 }
 
 pub fn hex(hash: &[u8; 32]) -> String {

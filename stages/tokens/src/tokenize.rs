@@ -60,13 +60,16 @@ impl Pipeline<'_> {
 
     fn read(&self, out: crossbeam_channel::Sender<Vec<Document>>) -> Result<(), StageError> {
         let mut batch = Vec::with_capacity(self.batch_docs);
+        let mut bytes = 0usize;
         // Set when the encoder hung up (it failed, or the writer did): the
         // reader stops, and the error to report is theirs.
         let mut hung_up = false;
         for item in self.ctx.input("corpus") {
             let read = read_corpus(&item.path, &mut |doc| {
+                bytes += doc.text.len();
                 batch.push(doc);
-                if batch.len() >= self.batch_docs {
+                if batch.len() >= self.batch_docs || bytes >= BATCH_BYTES {
+                    bytes = 0;
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(self.batch_docs));
                     if out.send(full).is_err() {
                         hung_up = true;
@@ -183,8 +186,15 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Int,
         "1024",
         "documents encoded per parallel batch (bounds memory)",
-    ),
+    )
+    .positive(),
 ];
+
+/// A batch is also cut at this much text: the tokenizers crate keeps about
+/// a hundred bytes per byte of text while it encodes (offsets, alignments,
+/// a string per token), so a batch of long documents must stay small.
+/// `ingest` splits documents at `max_doc_chars` for the same reason.
+const BATCH_BYTES: usize = 8 << 20;
 
 const INPUTS: &[InputSpec] = &[
     InputSpec {

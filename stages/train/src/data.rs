@@ -11,6 +11,7 @@ use std::path::Path;
 
 pub struct Windows {
     tokens: TokenFile,
+    path: std::path::PathBuf,
     seq_len: usize,
     count: usize,
     /// The language most of the stream is in (for validation labels).
@@ -52,6 +53,7 @@ impl Windows {
             .unwrap_or_else(|| "und".into());
         Ok(Windows {
             tokens,
+            path: bin.to_path_buf(),
             seq_len,
             count,
             lang,
@@ -64,6 +66,16 @@ impl Windows {
 
     pub fn vocab_size(&self) -> u32 {
         self.tokens.header.vocab_size
+    }
+
+    /// blake3 of the tokenizer.json the ids were made with.
+    pub fn tokenizer_hash(&self) -> &[u8; 32] {
+        &self.tokens.header.tokenizer_hash
+    }
+
+    /// The tokens.bin these windows come from (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Windows `indices` as one batch: inputs are each window's first

@@ -21,7 +21,8 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
         ParamType::Int,
         "128",
         "tokens per sequence (documents are packed)",
-    )];
+    )
+    .positive()];
     v.extend_from_slice(trainer::PARAMS);
     v.extend_from_slice(trainable::PARAMS);
     v
@@ -59,12 +60,11 @@ impl StageKind for Pretrain {
         start::outputs()
     }
     fn check(&self, params: &Params) -> Vec<(String, String)> {
-        let mut problems = trainer::check(params);
-        problems.extend(trainable::check(params));
-        if params.i64("seq_len").is_ok_and(|v| v <= 0) {
-            problems.push(("seq_len".into(), "must be positive".into()));
-        }
-        problems
+        trainable::check(params)
+    }
+
+    fn resume_point(&self, resume_dir: &std::path::Path) -> Option<String> {
+        crate::checkpoint::resume_point(resume_dir)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
@@ -74,6 +74,7 @@ impl StageKind for Pretrain {
         let trainable = Trainable::from_params(p)?;
         let train = Windows::open_artifact(&ctx.single_input("tokens")?.path, seq_len)?;
         let (start, model) = Start::load(ctx, &trainable, seq_len)?;
+        start.check_tokens(&train, "the training tokens")?;
         start.check_vocab(train.vocab_size() as usize, "the tokenizer of the training tokens")?;
         let outcome = trainer::train(ctx, &settings, &start, model, &train)?;
         crate::output::write(ctx, &start, &trainable, &outcome, None, serde_json::json!({}))

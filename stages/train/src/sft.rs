@@ -198,8 +198,7 @@ impl StageKind for Sft {
         start::outputs()
     }
     fn check(&self, params: &Params) -> Vec<(String, String)> {
-        let mut problems = trainer::check(params);
-        problems.extend(trainable::check(params));
+        let mut problems = trainable::check(params);
         if let Ok(t) = params.str("template") {
             if let Err(e) = Template::parse(t) {
                 problems.push(("template".into(), e.to_string()));
@@ -209,6 +208,10 @@ impl StageKind for Sft {
             problems.push(("max_len".into(), "must be at least 2".into()));
         }
         problems
+    }
+
+    fn resume_point(&self, resume_dir: &std::path::Path) -> Option<String> {
+        crate::checkpoint::resume_point(resume_dir)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use babelflow_model::{device, hf, Llama, LlamaConfig, ModelError, Rope};
 use babelflow_stage::{InputSpec, StageContext, StageError};
+use babelflow_tokens::hf::ensure_model_reads;
 use burn::tensor::Device;
 
 use crate::data::Windows;
@@ -54,13 +55,16 @@ impl Start {
         let ad = device.clone().autodiff();
         let model_dir = ctx.single_input("model")?.path.clone();
         let (config, model) = hf::load(&model_dir, &ad).map_err(failed)?;
-        let validation = ctx
+        let validation: Vec<Windows> = ctx
             .input("validation")
             .iter()
             .map(|item| Windows::open_artifact(&item.path, seq_len))
             .collect::<Result<_, _>>()?;
         let rope = Rope::new(&config, seq_len, &ad).map_err(StageError::failed)?;
         let rope_eval = Rope::new(&config, seq_len, &device).map_err(StageError::failed)?;
+        for set in &validation {
+            ensure_model_reads(&model_dir, set.tokenizer_hash(), set.path(), "the validation tokens")?;
+        }
         let model = trainable.prepare(model)?;
         let start = Start {
             config,
@@ -72,6 +76,11 @@ impl Start {
             rope_eval,
         };
         Ok((start, model))
+    }
+
+    /// Refuses training tokens made by another tokenizer than the model's.
+    pub fn check_tokens(&self, tokens: &Windows, what: &str) -> Result<(), StageError> {
+        ensure_model_reads(&self.model_dir, tokens.tokenizer_hash(), tokens.path(), what)
     }
 
     /// Refuses training data whose ids the model has no embeddings for.

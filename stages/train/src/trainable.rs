@@ -75,7 +75,7 @@ pub fn check(params: &Params) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if let Ok(patterns) = params.str_list("freeze") {
         if let Err(e) = ParamGroup::from_any_regexes(patterns) {
-            problems.push(("freeze".into(), format!("not a regular expression: {e:?}")));
+            problems.push(("freeze".into(), format!("not a regular expression: {}", group_error(e))));
         }
     }
     if let Ok(targets) = params.str_list("lora_targets") {
@@ -115,7 +115,7 @@ impl Trainable {
     /// of one run loads into the same preparation of the next.
     pub fn prepare(&self, model: Llama) -> Result<Llama, StageError> {
         let regexes = |patterns: Vec<String>| {
-            ParamGroup::from_any_regexes(patterns).map_err(|e| param_error("freeze", format!("{e:?}")))
+            ParamGroup::from_any_regexes(patterns).map_err(|e| param_error("freeze", group_error(e)))
         };
         let model = match &self.mode {
             Mode::Full => model,
@@ -124,8 +124,8 @@ impl Trainable {
                 .unfreeze_group(regexes(vec!["^embed_tokens$".into(), r"^lm_head\.".into()])?),
             Mode::Lora { rank, alpha, targets } => {
                 let pattern = format!(r"\.({})\.weight$", targets.join("|"));
-                let group = ParamGroup::from_regexes(vec![pattern])
-                    .map_err(|e| param_error("lora_targets", format!("{e:?}")))?;
+                let group =
+                    ParamGroup::from_regexes(vec![pattern]).map_err(|e| param_error("lora_targets", group_error(e)))?;
                 model.apply_lora(Lora::new(*rank, *alpha).set_param_group(group))
             }
         };
@@ -139,6 +139,13 @@ impl Trainable {
     /// The model to export: LoRA adapters folded into their base weights.
     pub fn export(&self, model: &Llama) -> Llama {
         model.valid().materialize()
+    }
+}
+
+/// burn's `ParamGroupError` has no `Display`; say what it holds.
+fn group_error(e: burn::module::ParamGroupError) -> String {
+    match e {
+        burn::module::ParamGroupError::InvalidPatternError(message) => message,
     }
 }
 

@@ -21,55 +21,49 @@ use crate::schedule::{Decay, Schedule};
 use crate::start::Start;
 
 /// Optimizer, schedule, validation and checkpoint parameters, shared by the
-/// training kinds.
+/// training kinds. Each declares its range; the engine checks it before
+/// anything runs (a negative learning rate never reaches the loop).
 pub const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required("steps", ParamType::Int, "optimizer steps"),
-    ParamSpec::with_default("batch_size", ParamType::Int, "8", "sequences per micro-batch"),
-    ParamSpec::with_default("grad_accum", ParamType::Int, "1", "micro-batches per optimizer step"),
-    ParamSpec::with_default("lr", ParamType::Float, "3e-4", "peak learning rate"),
-    ParamSpec::with_default("min_lr", ParamType::Float, "3e-5", "learning rate at the last step"),
-    ParamSpec::with_default("warmup_steps", ParamType::Int, "10", "linear warmup steps"),
+    ParamSpec::required("steps", ParamType::Int, "optimizer steps").positive(),
+    ParamSpec::with_default("batch_size", ParamType::Int, "8", "sequences per micro-batch").positive(),
+    ParamSpec::with_default("grad_accum", ParamType::Int, "1", "micro-batches per optimizer step").positive(),
+    ParamSpec::with_default("lr", ParamType::Float, "3e-4", "peak learning rate").positive(),
+    ParamSpec::with_default("min_lr", ParamType::Float, "3e-5", "learning rate at the last step").non_negative(),
+    ParamSpec::with_default("warmup_steps", ParamType::Int, "10", "linear warmup steps").non_negative(),
     ParamSpec::with_default(
         "schedule",
         ParamType::Choice(&["cosine", "linear", "constant"]),
         r#""cosine""#,
         "decay after warmup",
     ),
-    ParamSpec::with_default("weight_decay", ParamType::Float, "0.01", "AdamW weight decay"),
-    ParamSpec::with_default("beta1", ParamType::Float, "0.9", "AdamW β1"),
-    ParamSpec::with_default("beta2", ParamType::Float, "0.95", "AdamW β2"),
-    ParamSpec::with_default("eps", ParamType::Float, "1e-8", "AdamW ε"),
+    ParamSpec::with_default("weight_decay", ParamType::Float, "0.01", "AdamW weight decay").non_negative(),
+    ParamSpec::with_default("beta1", ParamType::Float, "0.9", "AdamW β1").from_below(0.0, 1.0),
+    ParamSpec::with_default("beta2", ParamType::Float, "0.95", "AdamW β2").from_below(0.0, 1.0),
+    ParamSpec::with_default("eps", ParamType::Float, "1e-8", "AdamW ε").positive(),
     ParamSpec::with_default(
         "grad_clip",
         ParamType::Float,
         "1.0",
         "clip the gradient norm to this (0: off)",
-    ),
+    )
+    .non_negative(),
     ParamSpec::with_default("seed", ParamType::Int, "0", "seed of the data order"),
     ParamSpec::with_default(
         "eval_every",
         ParamType::Int,
         "50",
         "validate every this many steps (and at start and end)",
-    ),
-    ParamSpec::with_default("eval_batches", ParamType::Int, "4", "batches per validation set"),
+    )
+    .positive(),
+    ParamSpec::with_default("eval_batches", ParamType::Int, "4", "batches per validation set").positive(),
     ParamSpec::with_default(
         "checkpoint_every",
         ParamType::Int,
         "100",
         "save a resumable checkpoint every this many steps (0: never)",
-    ),
+    )
+    .non_negative(),
 ];
-
-/// Problems with the shared parameters, for the recipe's `check`.
-pub fn check(params: &Params) -> Vec<(String, String)> {
-    let positive = ["steps", "batch_size", "grad_accum", "eval_every", "eval_batches"];
-    positive
-        .iter()
-        .filter(|name| params.i64(name).is_ok_and(|v| v <= 0))
-        .map(|name| (name.to_string(), "must be positive".to_string()))
-        .collect()
-}
 
 /// One micro-batch: `rows × cols` inputs and targets, and the loss weights
 /// (1 for positions that count) when not every position does.
@@ -200,6 +194,34 @@ fn grad_norm(model: &Llama, grads: &GradientsParams) -> f64 {
     v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
 }
 
+/// The error of a run that diverged at `step`, saying what is kept.
+fn diverged(checkpoints: &Checkpoints, what: String, step: usize) -> StageError {
+    let kept = match checkpoints.saved_step() {
+        Some(at) => format!("the checkpoint of step {at} is kept and the next run resumes from it"),
+        None => "no checkpoint was written".to_string(),
+    };
+    StageError::failed(format!(
+        "{what} at step {step} (lower the learning rate or check the data); nothing of this step was saved; {kept}"
+    ))
+}
+
+/// True when every weight is a finite number (one pass over the model).
+fn weights_finite(model: &Llama) -> bool {
+    struct AllFinite {
+        ok: bool,
+    }
+    impl ModuleVisitor for AllFinite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.ok {
+                self.ok = param.val().is_finite().all().into_scalar::<bool>();
+            }
+        }
+    }
+    let mut v = AllFinite { ok: true };
+    model.visit(&mut v);
+    v.ok
+}
+
 /// Trains `model` (prepared by `Trainable`, on `start`'s autodiff device)
 /// on `examples`, resuming from the instance's checkpoint when there is one.
 pub fn train(
@@ -236,13 +258,16 @@ pub fn train(
         initial_validation: Vec::new(),
     };
     let mut resumed_from = None;
-    match checkpoints.load(model.clone(), optim.clone())? {
+    match checkpoints.load(model.clone(), optim.clone(), &|m| ctx.warn(m))? {
         Some(r) => {
             ctx.log(&format!("resuming from the checkpoint at step {}", r.position.step));
             (model, optim, pos, metrics.rows) = (r.model, r.optim, r.position, r.metrics);
             resumed_from = Some(pos.step);
         }
-        None => pos.initial_validation = evaluate(&model, 0, 0, &mut metrics),
+        None => {
+            ctx.log("no checkpoint to resume: training from step 0");
+            pos.initial_validation = evaluate(&model, 0, 0, &mut metrics)
+        }
     }
 
     let mut order = Order::new(examples.len(), s.seed);
@@ -264,20 +289,22 @@ pub fn train(
             let loss = cross_entropy(model.forward(x, rope, None), y, w) / s.grad_accum as f64;
             let value: f32 = loss.clone().into_scalar();
             if !value.is_finite() {
-                let kept = match checkpoints.saved_step() {
-                    Some(at) => format!("the checkpoint of step {at} is kept"),
-                    None => "no checkpoint was written yet".to_string(),
-                };
-                return Err(StageError::failed(format!(
-                    "the loss became {value} at step {} (lower the learning rate or check the data); {kept}",
-                    step + 1
-                )));
+                return Err(diverged(&checkpoints, format!("the loss became {value}"), step + 1));
             }
             step_loss += value as f64;
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         let grads = acc.grads();
         let norm = grad_norm(&model, &grads);
+        if !norm.is_finite() {
+            // Stepped with, these gradients would turn the weights into NaN,
+            // and the next checkpoint would save them.
+            return Err(diverged(
+                &checkpoints,
+                format!("the gradient norm became {norm}"),
+                step + 1,
+            ));
+        }
         model = optim.step(lr, model, grads);
         pos.step += 1;
         pos.last_loss = step_loss;
@@ -297,6 +324,15 @@ pub fn train(
             evaluate(&model, pos.step, seen, &mut metrics);
         }
         if s.checkpoint_every > 0 && pos.step.is_multiple_of(s.checkpoint_every) && pos.step != s.steps {
+            // Only a sound state is worth resuming: finite loss and gradients
+            // were checked above, the weights the step produced are here.
+            if !weights_finite(&model) {
+                return Err(diverged(
+                    &checkpoints,
+                    "a weight became NaN or infinite".into(),
+                    pos.step,
+                ));
+            }
             pos.seconds = earlier_seconds + started.elapsed().as_secs_f64();
             checkpoints.save(&model, &optim, &pos, &metrics.rows)?;
         }
