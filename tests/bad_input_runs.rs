@@ -632,7 +632,7 @@ fn a_full_disk_gives_a_plain_message_and_leaves_no_temporary_files() {
     std::fs::create_dir_all(p.path(".babelflow")).unwrap();
     // A 520 KB file system over the store, in a user and mount namespace of
     // its own (no root needed): a real ENOSPC.
-    let bin = env!("CARGO_BIN_EXE_babelflow");
+    let bin = common::bin().display().to_string();
     let out = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c"])
         .arg(format!(

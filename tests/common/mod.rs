@@ -7,6 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test: this build's, or `BABELFLOW_TEST_BIN` (to run
+/// these tests against another build, e.g. the one before a fix).
+pub fn bin() -> PathBuf {
+    std::env::var_os("BABELFLOW_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_babelflow")))
+}
+
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -32,7 +40,7 @@ impl Project {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_babelflow"));
+        let mut c = Command::new(bin());
         c.args(args).current_dir(self.dir.path()).env_remove("BABELFLOW_STORE");
         c
     }

@@ -194,7 +194,7 @@ const PARAMS: &[ParamSpec] = &[
 /// a hundred bytes per byte of text while it encodes (offsets, alignments,
 /// a string per token), so a batch of long documents must stay small.
 /// `ingest` splits documents at `max_doc_chars` for the same reason.
-const BATCH_BYTES: usize = 8 << 20;
+const BATCH_BYTES: usize = 4 << 20;
 
 const INPUTS: &[InputSpec] = &[
     InputSpec {
