@@ -205,6 +205,18 @@ pub struct Instruction {
     pub instruction: String,
     pub input: String,
     pub output: String,
+    /// A conversation's turns as (role, content), in order; empty for a
+    /// single instruction.
+    pub turns: Vec<(String, String)>,
+}
+
+/// The `turns` cell: a JSON list of `{role, content}` (empty when absent).
+fn parse_turns(cell: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<Vec<serde_json::Value>>(cell)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| Some((t["role"].as_str()?.to_string(), t["content"].as_str()?.to_string())))
+        .collect()
 }
 
 /// Every row of an `ingest-instructions` table (instruction sets are small).
@@ -213,6 +225,8 @@ pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>, StageError> {
     for_each_batch(path, "an ingest-instructions table", &mut |b| {
         let (id, lang) = (b.text("id")?, b.text("lang")?);
         let (instruction, input, output) = (b.text("instruction")?, b.text("input")?, b.text("output")?);
+        // Tables written before conversations were kept have no `turns`.
+        let turns = b.text("turns").ok();
         for r in 0..b.num_rows() {
             rows.push(Instruction {
                 id: cell(id, r),
@@ -220,6 +234,7 @@ pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>, StageError> {
                 instruction: cell(instruction, r),
                 input: cell(input, r),
                 output: cell(output, r),
+                turns: turns.map(|t| parse_turns(&cell(t, r))).unwrap_or_default(),
             });
         }
         Ok(())

@@ -15,9 +15,12 @@ pub enum Template {
     Belle,
     /// A user's own string with `{instruction}` and/or `{input}`.
     Custom(String),
+    /// The model's own chat template (tokenizer_config.json), rendered by
+    /// `babelflow_tokens::chat`; `prompt` gives only the user's turn.
+    Chat,
 }
 
-pub const NAMES: &[&str] = &["alpaca", "bactrian", "belle"];
+pub const NAMES: &[&str] = &["alpaca", "bactrian", "belle", "chat"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TemplateError(String);
@@ -34,6 +37,7 @@ impl Template {
             "alpaca" => Ok(Template::Alpaca),
             "bactrian" => Ok(Template::Bactrian),
             "belle" => Ok(Template::Belle),
+            "chat" => Ok(Template::Chat),
             custom if custom.contains("{instruction}") || custom.contains("{input}") => {
                 Ok(Template::Custom(custom.to_string()))
             }
@@ -62,6 +66,9 @@ impl Template {
             Template::Belle if input.is_empty() => format!("Human: {instruction}\n\nAssistant:"),
             Template::Belle => format!("Human: {instruction}\n{input}\n\nAssistant:"),
             Template::Custom(t) => t.replace("{instruction}", instruction).replace("{input}", input),
+            // The user's turn; the chat template adds the rest.
+            Template::Chat if input.is_empty() => instruction.to_string(),
+            Template::Chat => format!("{instruction}\n\n{input}"),
         }
     }
 }
@@ -85,6 +92,6 @@ mod tests {
         let c = Template::parse("Q: {instruction} {input}\nA:").unwrap();
         assert_eq!(c.prompt("why", "sky"), "Q: why sky\nA:");
         let err = Template::parse("chatml").unwrap_err().to_string();
-        assert!(err.contains("alpaca, bactrian, belle"), "{err}");
+        assert!(err.contains("alpaca, bactrian, belle, chat"), "{err}");
     }
 }

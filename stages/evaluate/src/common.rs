@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use babelflow_model::{device, hf, Llama, LlamaConfig, Precision, Rope};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, StageContext, StageError};
 use babelflow_tokens::hf::LoadedTokenizer;
+use babelflow_tokens::specials::Specials;
 use burn::tensor::Device;
 
 pub const MODEL_INPUT: InputSpec = InputSpec {
@@ -22,6 +23,10 @@ pub const TOKENIZER_INPUT: InputSpec = InputSpec {
     doc: "the tokenizer.json, when the model folder has none",
 };
 
+/// How a model's texts begin, when its files do not say (or say wrong):
+/// every evaluation kind takes these; see `babelflow_tokens::specials`.
+pub use babelflow_tokens::specials::PARAMS as SPECIAL_PARAMS;
+
 pub const PRECISION_PARAM: ParamSpec = ParamSpec::with_default(
     "precision",
     ParamType::Choice(babelflow_model::precision::PRECISIONS),
@@ -34,6 +39,8 @@ pub struct Loaded {
     pub config: LlamaConfig,
     pub model: Llama,
     pub tokenizer: LoadedTokenizer,
+    /// BOS/EOS/stop tokens and the chat template, as transformers reads them.
+    pub specials: Specials,
     pub device: Device,
     pub backend: String,
     /// `f32`, `bf16` or `f16`: what the weights are held in.
@@ -47,7 +54,17 @@ impl Loaded {
         let item = ctx.single_input("model")?;
         let dir: PathBuf = item.path.clone();
         let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
-        let (_, tokenizer) = LoadedTokenizer::for_model(&dir, bound)?;
+        let (tokenizer_path, tokenizer) = LoadedTokenizer::for_model(&dir, bound)?;
+        // The model folder says how its texts begin (tokenizer_config.json,
+        // config.json); a bound tokenizer's own folder is read after it.
+        let overrides = babelflow_tokens::specials::overrides_of(ctx.params)?;
+        let folder = if bound.is_some() && !dir.join("tokenizer.json").is_file() {
+            tokenizer_path.parent().map(std::path::Path::to_path_buf)
+        } else {
+            Some(dir.clone())
+        };
+        let specials = Specials::resolve(&tokenizer, folder.as_deref(), &overrides)?;
+        ctx.note("special_tokens", specials.describe());
         let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
         let (config, model) = hf::load(&dir, &device).map_err(fail)?;
@@ -65,6 +82,7 @@ impl Loaded {
             model,
             precision,
             tokenizer,
+            specials,
             device,
             backend,
             name: item.instance.clone().unwrap_or_else(|| dir.display().to_string()),

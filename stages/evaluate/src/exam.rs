@@ -13,7 +13,7 @@ use arrow_array::Array;
 use babelflow_corpus::{cell, for_each_batch, StringTableWriter};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
-use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, SPECIAL_PARAMS, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
 use crate::scoring::{last_position_logprobs, next_token_logprobs};
 
@@ -21,6 +21,9 @@ pub struct Exam;
 
 const PARAMS: &[ParamSpec] = &[
     PRECISION_PARAM,
+    SPECIAL_PARAMS[0],
+    SPECIAL_PARAMS[1],
+    SPECIAL_PARAMS[2],
     ParamSpec::with_default(
         "shots",
         ParamType::Int,
@@ -168,7 +171,8 @@ impl StageKind for Exam {
     }
     fn code_version(&self) -> &'static str {
         // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
-        "3"
+        // 4: BOS only where the model's tokenizer adds one.
+        "4"
     }
     fn summary(&self) -> &'static str {
         "multiple-choice accuracy (MMLU / C-Eval), k-shot, by answer letters or choice likelihood"
@@ -208,7 +212,8 @@ impl StageKind for Exam {
             0 => m.config.max_position_embeddings,
             n => n,
         };
-        let bos = m.tokenizer.bos_id(None)?;
+        // BOS only where the model's tokenizer adds one (see `specials`).
+        let prefix = m.specials.prefix();
 
         let mut all = Vec::new();
         for item in ctx.input("questions") {
@@ -230,7 +235,7 @@ impl StageKind for Exam {
             )));
         }
         let with_bos = |text: &str| -> Result<Vec<u32>, StageError> {
-            let mut ids = vec![bos];
+            let mut ids = prefix.clone();
             ids.extend(m.encode(text)?);
             Ok(ids)
         };

@@ -5,8 +5,12 @@
 //! log-likelihood spread over the text itself — are reported beside it and
 //! are the figures to compare across tokenizers.
 //!
-//! Each document is `BOS text`, cut into windows of `max_len` predictions
-//! that share one boundary token; every text token is predicted once.
+//! Each document is scored as the model was trained to see it: after BOS
+//! when its tokenizer adds one, else after EOS (documents follow an EOS in
+//! a pretraining stream: SmolLM2, GPT-2-style models), else from its
+//! second token (see `babelflow_tokens::specials`). It is cut into windows
+//! of `max_len` predictions that share one boundary token; every text token
+//! is predicted once. stats.json says which context token was used.
 
 use std::collections::BTreeMap;
 use std::f64::consts::LN_2;
@@ -14,7 +18,7 @@ use std::f64::consts::LN_2;
 use babelflow_corpus::read_corpus;
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
 
-use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, SPECIAL_PARAMS, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
 use crate::scoring::next_token_logprobs;
 
@@ -22,19 +26,24 @@ pub struct Perplexity;
 
 const PARAMS: &[ParamSpec] = &[
     PRECISION_PARAM,
+    SPECIAL_PARAMS[0],
+    SPECIAL_PARAMS[1],
+    SPECIAL_PARAMS[2],
     ParamSpec::with_default(
         "max_len",
         ParamType::Int,
         "512",
         "context window (predictions per chunk)",
-    ),
-    ParamSpec::with_default("batch_size", ParamType::Int, "8", "chunks per forward pass"),
+    )
+    .positive(),
+    ParamSpec::with_default("batch_size", ParamType::Int, "8", "chunks per forward pass").positive(),
     ParamSpec::with_default(
         "max_docs",
         ParamType::Int,
         "0",
         "documents per language to score (0: all)",
-    ),
+    )
+    .non_negative(),
 ];
 
 const INPUTS: &[InputSpec] = &[
@@ -70,11 +79,12 @@ impl Totals {
     }
 }
 
-/// The chunks of `BOS ids`: windows of `max_len + 1` ids overlapping by one,
-/// so each id after BOS is a prediction target exactly once.
-pub fn chunks(bos: u32, ids: &[u32], max_len: usize) -> Vec<Vec<u32>> {
+/// The chunks of `context ids`: windows of `max_len + 1` ids overlapping by
+/// one, so each id after the context token is a prediction target exactly
+/// once (without one, every id but the first).
+pub fn chunks(context: Option<u32>, ids: &[u32], max_len: usize) -> Vec<Vec<u32>> {
     let mut seq = Vec::with_capacity(ids.len() + 1);
-    seq.push(bos);
+    seq.extend(context);
     seq.extend_from_slice(ids);
     let mut out = Vec::new();
     let mut start = 0;
@@ -92,7 +102,8 @@ impl StageKind for Perplexity {
     }
     fn code_version(&self) -> &'static str {
         // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
-        "3"
+        // 4: the context token is the model's own (BOS only where its tokenizer adds one).
+        "4"
     }
     fn summary(&self) -> &'static str {
         "perplexity, bits per character and per byte of held-out text, per language"
@@ -106,19 +117,11 @@ impl StageKind for Perplexity {
     fn outputs(&self, _params: &Params) -> Vec<String> {
         vec!["metrics.parquet".into(), "stats.json".into()]
     }
-    fn check(&self, params: &Params) -> Vec<(String, String)> {
-        ["max_len", "batch_size"]
-            .iter()
-            .filter(|n| params.i64(n).is_ok_and(|v| v <= 0))
-            .map(|n| (n.to_string(), "must be positive".to_string()))
-            .collect()
-    }
-
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let (max_len, batch, max_docs) = (p.usize("max_len")?, p.usize("batch_size")?, p.usize("max_docs")?);
         let m = Loaded::from_context(ctx)?;
-        let bos = m.tokenizer.bos_id(None)?;
+        let context = m.specials.context_token().map(|t| t.id);
         let rope = m.rope(max_len + 1)?;
 
         // (lang, chunk) pairs, and the text totals per language.
@@ -132,10 +135,15 @@ impl StageKind for Perplexity {
                 }
                 let ids = m.encode(&doc.text)?;
                 t.docs += 1;
-                t.tokens += ids.len() as u64;
+                // Predicted tokens: all of them after a context token.
+                t.tokens += ids.len().saturating_sub(usize::from(context.is_none())) as u64;
                 t.chars += doc.text.chars().count() as u64;
                 t.bytes += doc.text.len() as u64;
-                pending.extend(chunks(bos, &ids, max_len).into_iter().map(|c| (doc.lang.clone(), c)));
+                pending.extend(
+                    chunks(context, &ids, max_len)
+                        .into_iter()
+                        .map(|c| (doc.lang.clone(), c)),
+                );
                 Ok(())
             })?;
         }
@@ -177,6 +185,7 @@ impl StageKind for Perplexity {
             "stats.json",
             &serde_json::json!({
                 "model": m.name, "backend": m.backend, "precision": m.precision, "max_len": max_len, "per_lang": stats,
+                "context_token": m.specials.context_token().map(|t| &t.text), "special_tokens": m.specials.describe(),
                 "seconds": seconds, "tokens_per_s": scored as f64 / seconds.max(1e-9),
             }),
         )?;
@@ -191,11 +200,15 @@ mod tests {
     #[test]
     fn chunks_predict_every_token_once() {
         let ids: Vec<u32> = (10..20).collect();
-        let c = chunks(1, &ids, 4);
+        let c = chunks(Some(1), &ids, 4);
         let predicted: usize = c.iter().map(|w| w.len() - 1).sum();
         assert_eq!(predicted, ids.len());
         assert_eq!(c[0], vec![1, 10, 11, 12, 13]);
         assert_eq!(c[1][0], 13, "the boundary token is context for the next chunk");
-        assert!(chunks(1, &[], 4).is_empty());
+        assert!(chunks(Some(1), &[], 4).is_empty());
+        // Without a context token the first id is only context.
+        let c = chunks(None, &ids, 4);
+        assert_eq!(c.iter().map(|w| w.len() - 1).sum::<usize>(), ids.len() - 1);
+        assert_eq!(c[0], vec![10, 11, 12, 13, 14]);
     }
 }

@@ -13,20 +13,25 @@ use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, Sta
 
 use crate::chrf::Stats;
 use crate::codeswitch::Detector;
-use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, TOKENIZER_INPUT};
+use crate::common::{Loaded, MODEL_INPUT, PRECISION_PARAM, SPECIAL_PARAMS, TOKENIZER_INPUT};
 use crate::metrics::EvalMetrics;
+use babelflow_tokens::chat::{messages_of, ChatTemplate};
 
 pub struct Respond;
 
 const PARAMS: &[ParamSpec] = &[
     PRECISION_PARAM,
+    SPECIAL_PARAMS[0],
+    SPECIAL_PARAMS[1],
+    SPECIAL_PARAMS[2],
     ParamSpec::with_default(
         "template",
         ParamType::Str,
         r#""bactrian""#,
-        "alpaca, bactrian, belle, or a template string (as the model was tuned with)",
+        "alpaca, bactrian, belle, chat (the model's own chat template, with its generation prompt), or a template \
+         string (as the model was tuned with)",
     ),
-    ParamSpec::with_default("max_new_tokens", ParamType::Int, "128", "tokens per answer at most"),
+    ParamSpec::with_default("max_new_tokens", ParamType::Int, "128", "tokens per answer at most").positive(),
     ParamSpec::with_default("temperature", ParamType::Float, "0.0", "0: greedy"),
     ParamSpec::with_default("top_k", ParamType::Int, "0", "sample from the k likeliest (0: off)"),
     ParamSpec::with_default("top_p", ParamType::Float, "1.0", "nucleus sampling mass (1: off)"),
@@ -81,7 +86,8 @@ impl StageKind for Respond {
     }
     fn code_version(&self) -> &'static str {
         // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
-        "3"
+        // 4: BOS and stop tokens as transformers reads them; `template: chat`.
+        "4"
     }
     fn summary(&self) -> &'static str {
         "generate answers to instructions; chrF against references and code-switching rates"
@@ -106,9 +112,6 @@ impl StageKind for Respond {
                 problems.push(("template".into(), e.to_string()));
             }
         }
-        if params.i64("max_new_tokens").is_ok_and(|v| v <= 0) {
-            problems.push(("max_new_tokens".into(), "must be positive".into()));
-        }
         problems
     }
 
@@ -118,14 +121,40 @@ impl StageKind for Respond {
         let max_examples = p.usize("max_examples")?;
         let source = p.str("source_lang")?;
         let m = Loaded::from_context(ctx)?;
-        let (bos, eos) = (m.tokenizer.bos_id(None)?, m.tokenizer.eos_id(None)?);
+        let chat = match template {
+            Template::Chat => {
+                let source = m.specials.chat_template.as_deref().ok_or_else(|| {
+                    StageError::failed(format!(
+                        "`template: chat` needs the model's chat template, and {} has none; use the template the \
+                         model was tuned with",
+                        m.name
+                    ))
+                })?;
+                Some(ChatTemplate::new(source, &m.specials).map_err(StageError::failed)?)
+            }
+            _ => None,
+        };
+        // Stop at EOS, at every eos_token_id the model's configs list, and
+        // at the chat template's end of turn.
+        let mut stop = m.specials.stop.clone();
+        if let Some(eot) = chat.as_ref().and_then(|c| c.end_of_turn(&m.tokenizer)) {
+            if !stop.contains(&eot) {
+                stop.push(eot);
+            }
+        }
+        if stop.is_empty() {
+            return Err(StageError::failed(
+                "the model has no EOS or end-of-turn token, so an answer could not end; set `eos_token`",
+            ));
+        }
+        let prefix = m.specials.prefix();
         let sampling = Sampling {
             temperature: p.f64("temperature")?,
             top_k: p.usize("top_k").ok().filter(|&k| k > 0),
             top_p: p.f64("top_p").ok().filter(|&x| x < 1.0),
             repetition_penalty: p.f64("repetition_penalty")?,
             max_new_tokens: p.usize("max_new_tokens")?,
-            stop_tokens: vec![eos],
+            stop_tokens: stop.clone(),
             seed: p.i64("seed")? as u64,
         };
 
@@ -159,11 +188,20 @@ impl StageKind for Respond {
             ctx.check_cancelled()?;
             let prompts: Vec<String> = chunk
                 .iter()
-                .map(|r| template.prompt(&r.instruction, &r.input))
-                .collect();
+                .map(|r| match &chat {
+                    Some(chat) => chat
+                        .render(&messages_of(&r.instruction, &r.input, None, &[]), true)
+                        .map_err(StageError::failed),
+                    None => Ok(template.prompt(&r.instruction, &r.input)),
+                })
+                .collect::<Result<_, StageError>>()?;
+            // A chat template writes its own BOS; a text prompt gets the model's.
             let ids: Vec<Vec<u32>> = prompts
                 .iter()
-                .map(|text| Ok(std::iter::once(bos).chain(m.encode(text)?).collect()))
+                .map(|text| {
+                    let head = if chat.is_some() { &[][..] } else { &prefix[..] };
+                    Ok(head.iter().copied().chain(m.encode(text)?).collect())
+                })
                 .collect::<Result<_, StageError>>()?;
             let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
             let room = m.config.max_position_embeddings.saturating_sub(longest).max(1);
@@ -172,7 +210,7 @@ impl StageKind for Respond {
             let rope = m.rope(longest + s.max_new_tokens)?;
             let outputs = generate_batch(&m.model, &rope, &ids, &s, &m.device);
             for ((row, prompt), new) in chunk.iter().zip(&prompts).zip(outputs) {
-                let body: Vec<u32> = new.into_iter().filter(|&t| t != eos).collect();
+                let body: Vec<u32> = new.into_iter().filter(|t| !stop.contains(t)).collect();
                 let response = m
                     .tokenizer
                     .tokenizer
@@ -235,6 +273,7 @@ impl StageKind for Respond {
             &serde_json::json!({
                 "model": m.name, "backend": m.backend, "precision": m.precision, "template": p.str("template")?,
                 "scores": "reference-based (chrF); bind a `judge` stage for LLM-Eval scores",
+                "special_tokens": m.specials.describe(), "stop_ids": stop,
                 "per_lang": stats,
             }),
         )?;

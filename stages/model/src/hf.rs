@@ -338,6 +338,28 @@ impl Weights {
     }
 }
 
+/// The files beside tokenizer.json that say how the model's texts look
+/// (special tokens, BOS/EOS, the chat template, generation defaults).
+pub const TOKENIZER_COMPANIONS: &[&str] = &[
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Copies the `TOKENIZER_COMPANIONS` that `from` has into `to`, so a model
+/// made from another keeps its special tokens and chat template (and loads
+/// in transformers with them).
+pub fn carry_tokenizer_files(from: &Path, to: &Path) -> Result<(), ModelError> {
+    for name in TOKENIZER_COMPANIONS {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(io(&src))?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads an HF LLaMA folder: config.json + safetensors.
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, Llama), ModelError> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;

@@ -18,6 +18,7 @@ const CARRIED: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
 ];
 
 fn model_err(e: crate::ModelError) -> StageError {
@@ -373,6 +374,7 @@ impl StageKind for ResizeVocab {
         let out = ctx.output("model");
         hf::save(&out, &config, &model, DiskDtype::F32).map_err(model_err)?;
         std::fs::copy(tok, out.join("tokenizer.json")).map_err(|e| StageError::io(tok, e))?;
+        hf::carry_tokenizer_files(model_dir, &out).map_err(model_err)?;
         ctx.note("backend", backend);
         ctx.note("vocab_size", config.vocab_size);
         Ok(())

@@ -1,5 +1,6 @@
 //! Loading an HF `tokenizer.json` with errors a user can act on, and the
-//! facts about it the stages need (hash, BOS/EOS, byte-fallback ids).
+//! facts about it the stages need (hash, byte-fallback ids). Its special
+//! tokens are `specials`' job.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,10 +17,6 @@ pub struct LoadedTokenizer {
     /// `is_byte_fallback[id]`: the token is a `<0xNN>` byte piece.
     pub is_byte_fallback: Vec<bool>,
 }
-
-/// BOS/EOS spellings of the LLaMA family, tried in order.
-const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>"];
-const EOS_NAMES: &[&str] = &["</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"];
 
 impl LoadedTokenizer {
     pub fn load(path: &Path) -> Result<Self, StageError> {
@@ -66,29 +63,6 @@ impl LoadedTokenizer {
             vocab_size,
             is_byte_fallback,
         }
-    }
-
-    fn special(&self, wanted: Option<&str>, names: &[&str], what: &str) -> Result<u32, StageError> {
-        let candidates: Vec<&str> = wanted.map(|w| vec![w]).unwrap_or_else(|| names.to_vec());
-        candidates
-            .iter()
-            .find_map(|n| self.tokenizer.token_to_id(n))
-            .ok_or_else(|| {
-                StageError::failed(format!(
-                    "the tokenizer has no {what} token (looked for {}); set `{}_token` or turn `add_{}` off",
-                    candidates.join(", "),
-                    what.to_lowercase(),
-                    what.to_lowercase()
-                ))
-            })
-    }
-
-    pub fn bos_id(&self, wanted: Option<&str>) -> Result<u32, StageError> {
-        self.special(wanted, BOS_NAMES, "BOS")
-    }
-
-    pub fn eos_id(&self, wanted: Option<&str>) -> Result<u32, StageError> {
-        self.special(wanted, EOS_NAMES, "EOS")
     }
 }
 

@@ -3,10 +3,12 @@
 //! and the token artifact format they share.
 
 pub mod artifact;
+pub mod chat;
 mod extend;
 pub mod fertility;
 pub mod hf;
 mod mix;
+pub mod specials;
 mod tokenize;
 mod train;
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::artifact::{DocEntry, IndexWriter, TokenWriter};
 use crate::fertility::FertilityCounter;
 use crate::hf::{hex, LoadedTokenizer};
+use crate::specials::{Overrides, Specials};
 
 pub struct Tokenize;
 
@@ -159,27 +160,29 @@ impl Pipeline<'_> {
 }
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::with_default(
+    ParamSpec::optional(
         "add_bos",
         ParamType::Bool,
-        "true",
-        "put the BOS token before each document",
+        "put the BOS token before each document (default: as the model's tokenizer does: tokenizer_config.json's \
+         add_bos_token, else its post-processor, else yes when it has a BOS token)",
     ),
     ParamSpec::with_default(
         "add_eos",
         ParamType::Bool,
         "true",
-        "put the EOS token after each document",
+        "put the EOS token after each document (the separator of a packed pretraining stream)",
     ),
     ParamSpec::optional(
         "bos_token",
         ParamType::Str,
-        "BOS token text (default: <s>, <|begin_of_text|> or <bos>, whichever the tokenizer has)",
+        "BOS token text (default: tokenizer_config.json, special_tokens_map.json, config.json, then <s>, \
+         <|begin_of_text|> or <bos>)",
     ),
     ParamSpec::optional(
         "eos_token",
         ParamType::Str,
-        "EOS token text (default: </s>, <|end_of_text|>, <eos> or <|endoftext|>)",
+        "EOS token text (default: tokenizer_config.json, special_tokens_map.json, config.json, then </s>, \
+         <|end_of_text|>, <eos> or <|endoftext|>)",
     ),
     ParamSpec::with_default(
         "batch_docs",
@@ -216,7 +219,8 @@ impl StageKind for Tokenize {
         "tokenize"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: BOS/EOS read as transformers does (tokenizer_config.json, post-processor, ...).
+        "2"
     }
     fn summary(&self) -> &'static str {
         "corpus + tokenizer.json → memory-mappable token ids, document index, fertility per language"
@@ -237,15 +241,28 @@ impl StageKind for Tokenize {
         let p = ctx.params;
         let tokenizer_path = &ctx.single_input("tokenizer")?.path;
         let tok = LoadedTokenizer::load(tokenizer_path)?;
-        let bos = if p.bool("add_bos")? {
-            Some(tok.bos_id(p.opt_str("bos_token")?)?)
-        } else {
-            None
-        };
-        let eos = if p.bool("add_eos")? {
-            Some(tok.eos_id(p.opt_str("eos_token")?)?)
-        } else {
-            None
+        // The tokenizer's folder (a model folder, usually) says how its texts begin.
+        let specials = Specials::resolve(
+            &tok,
+            tokenizer_path.parent(),
+            &Overrides {
+                bos_token: p.opt_str("bos_token")?.map(str::to_string),
+                eos_token: p.opt_str("eos_token")?.map(str::to_string),
+                add_bos: p.opt_bool("add_bos")?,
+                add_eos: Some(p.bool("add_eos")?),
+            },
+        )?;
+        let bos = specials.prefix().first().copied();
+        let eos = match (&specials.eos, specials.add_eos) {
+            (Some(e), true) => Some(e.id),
+            (None, true) => {
+                return Err(StageError::failed(
+                    "the tokenizer has no EOS token to end documents with (looked in tokenizer_config.json, \
+                     special_tokens_map.json, config.json, and for </s>, <|end_of_text|>, <eos>, <|endoftext|>); \
+                     set `eos_token`, or `add_eos: false`",
+                ))
+            }
+            _ => None,
         };
         let batch_docs = p.usize("batch_docs")?.max(1);
 
@@ -277,6 +294,7 @@ impl StageKind for Tokenize {
             "tokenizer_hash": hex(&tok.hash),
             "bos": bos,
             "eos": eos,
+            "special_tokens": specials.describe(),
             "languages": languages,
         });
         ctx.write_json("stats.json", &stats)?;

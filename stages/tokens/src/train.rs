@@ -179,12 +179,37 @@ fn insert_byte_pieces(doc: &mut Value, n_special: usize) -> Result<(), StageErro
     Ok(())
 }
 
+/// LLaMA's post-processor, `BOS $A`, when the special tokens include a BOS:
+/// so transformers' `tokenizer(text)` adds the BOS this model is trained
+/// with, as it does for LLaMA-2 and LLaMA-3 (babelflow itself encodes
+/// without it and adds BOS where `specials` says).
+fn add_bos_template(doc: &mut Value, specials: &[String]) {
+    let Some(bos) = specials
+        .iter()
+        .find(|s| crate::specials::BOS_NAMES.contains(&s.as_str()))
+    else {
+        return;
+    };
+    let Some(id) = doc["model"]["vocab"][bos.as_str()].as_u64() else {
+        return;
+    };
+    let special = |type_id: u32| json!({"SpecialToken": {"id": bos, "type_id": type_id}});
+    let sequence = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+    doc["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [special(0), sequence("A", 0)],
+        "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
+        "special_tokens": { bos.as_str(): {"id": bos, "ids": [id], "tokens": [bos]} }
+    });
+}
+
 impl StageKind for TrainTokenizer {
     fn name(&self) -> &'static str {
         "train-tokenizer"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: a `BOS $A` post-processor, so transformers adds the BOS the model is trained with.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "train a LLaMA-style BPE tokenizer.json (sentencepiece-like or byte-level) on a corpus"
@@ -277,6 +302,7 @@ impl StageKind for TrainTokenizer {
         if byte_fallback {
             insert_byte_pieces(&mut doc, specials.len())?;
         }
+        add_bos_template(&mut doc, &specials);
         let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::failed(e.to_string()))?;
         // Round-trip through the tokenizers crate: what we write must load.
         let check = Tokenizer::from_str(&text)

@@ -32,6 +32,7 @@ pub fn write(
     if tok.is_file() {
         std::fs::copy(&tok, out.join("tokenizer.json")).map_err(|e| StageError::io(&tok, e))?;
     }
+    hf::carry_tokenizer_files(&start.model_dir, &out).map_err(|e| StageError::failed(e.to_string()))?;
     let backend = start.backend.as_str();
     let trainable_params: usize = trainable_count(&outcome.model);
     let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();

@@ -1,7 +1,11 @@
-//! The `sft` kind: instruction tuning on `ingest-instructions` tables. Each
-//! example is `BOS prompt response EOS` with the prompt from a named
-//! template; the loss counts only the response (and its EOS). Examples are
-//! padded per batch, or packed back to back into `max_len` windows.
+//! The `sft` kind: instruction tuning on `ingest-instructions` tables. With
+//! a text template each example is `[BOS] prompt response EOS` (BOS where
+//! the model's tokenizer adds one, see `babelflow_tokens::specials`); the
+//! loss counts only the response (and its EOS). With `template: chat` the
+//! model's own chat template renders the conversation (every turn of a
+//! ShareGPT row) and the loss counts the assistant turns, each with the
+//! template's end of turn. Examples are padded per batch, or packed back to
+//! back into `max_len` windows.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -9,7 +13,9 @@ use std::sync::LazyLock;
 use babelflow_corpus::read_instructions;
 use babelflow_corpus::template::Template;
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, StageError, StageKind};
+use babelflow_tokens::chat::{messages_of, ChatTemplate, Message};
 use babelflow_tokens::hf::LoadedTokenizer;
+use babelflow_tokens::specials::Specials;
 
 use crate::start::{self, Start, MODEL_INPUT, VALIDATION_INPUT};
 use crate::trainable::{self, Trainable};
@@ -23,7 +29,8 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "template",
             ParamType::Str,
             r#""bactrian""#,
-            "alpaca, bactrian, belle, or a template string with {instruction} and {input}",
+            "alpaca, bactrian, belle, chat (the model's own chat template: every turn of a conversation, the loss \
+             on the assistant's), or a template string with {instruction} and {input}",
         ),
         ParamSpec::with_default(
             "max_len",
@@ -44,6 +51,7 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "pack examples back to back into max_len windows instead of padding",
         ),
     ];
+    v.extend_from_slice(&babelflow_tokens::specials::PARAMS);
     v.extend_from_slice(trainer::PARAMS);
     v.extend_from_slice(trainable::PARAMS);
     v
@@ -74,13 +82,14 @@ pub struct Example {
     pub weights: Vec<f32>,
 }
 
-/// `BOS prompt response EOS`, cut to `max_len + 1` ids; `None` when the cut
-/// leaves no response token to learn from.
+/// `prefix prompt response EOS` (`prefix`: the BOS, when the model's texts
+/// start with one), cut to `max_len + 1` ids; `None` when the cut leaves no
+/// response token to learn from.
 pub fn encode(
     tok: &LoadedTokenizer,
     prompt: &str,
     response: &str,
-    bos: u32,
+    prefix: &[u32],
     eos: u32,
     max_len: usize,
 ) -> Result<Option<Example>, String> {
@@ -92,15 +101,32 @@ pub fn encode(
     };
     // The whole text is encoded at once (as the model will see it); the
     // prompt alone only says where the response starts.
-    let prompt_len = 1 + ids_of(prompt)?.len();
-    let mut ids = vec![bos];
+    let prompt_len = prefix.len() + ids_of(prompt)?.len();
+    let mut ids = prefix.to_vec();
     ids.extend(ids_of(&format!("{prompt}{response}"))?);
     ids.push(eos);
+    Ok(cut(ids, |j| j >= prompt_len, max_len))
+}
+
+/// A chat conversation through the model's template, cut to `max_len + 1`
+/// ids; `None` when no assistant token is left.
+pub fn encode_chat(
+    tok: &LoadedTokenizer,
+    chat: &ChatTemplate,
+    messages: &[Message],
+    max_len: usize,
+) -> Result<Option<Example>, String> {
+    let e = chat.encode(tok, messages)?;
+    let weights = e.weights;
+    Ok(cut(e.ids, |j| weights[j - 1] > 0.0, max_len))
+}
+
+/// `ids` cut to `max_len + 1`, with a loss weight for each target `j` (1..)
+/// as `counts` says; `None` when no target counts.
+fn cut(mut ids: Vec<u32>, counts: impl Fn(usize) -> bool, max_len: usize) -> Option<Example> {
     ids.truncate(max_len + 1);
-    let weights: Vec<f32> = (1..ids.len())
-        .map(|j| if j >= prompt_len { 1.0 } else { 0.0 })
-        .collect();
-    Ok(weights.contains(&1.0).then_some(Example { ids, weights }))
+    let weights: Vec<f32> = (1..ids.len()).map(|j| if counts(j) { 1.0 } else { 0.0 }).collect();
+    weights.contains(&1.0).then_some(Example { ids, weights })
 }
 
 /// Examples batched by padding (or already packed to one length).
@@ -183,10 +209,11 @@ impl StageKind for Sft {
     }
     fn code_version(&self) -> &'static str {
         // 4: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
-        "4"
+        // 5: BOS/EOS/PAD as transformers reads them; `template: chat`.
+        "5"
     }
     fn summary(&self) -> &'static str {
-        "instruction-tune a LLaMA (alpaca/bactrian/belle templates, loss on responses only)"
+        "instruction-tune a LLaMA (alpaca/bactrian/belle/chat templates, loss on responses only)"
     }
     fn params(&self) -> &'static [ParamSpec] {
         &PARAMS
@@ -223,7 +250,32 @@ impl StageKind for Sft {
         let model_dir = &ctx.single_input("model")?.path;
         let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
         let (tok_path, tok) = LoadedTokenizer::for_model(model_dir, bound)?;
-        let (bos, eos) = (tok.bos_id(None)?, tok.eos_id(None)?);
+        let folder = if bound.is_some() && !model_dir.join("tokenizer.json").is_file() {
+            tok_path.parent().map(std::path::Path::to_path_buf)
+        } else {
+            Some(model_dir.clone())
+        };
+        let specials = Specials::resolve(&tok, folder.as_deref(), &babelflow_tokens::specials::overrides_of(p)?)?;
+        let eos = specials.eos.as_ref().map(|t| t.id).ok_or_else(|| {
+            StageError::failed(
+                "the tokenizer has no EOS token, and instruction tuning teaches the model to end its answer with \
+                 one; set `eos_token`",
+            )
+        })?;
+        let prefix = specials.prefix();
+        let chat = match template {
+            Template::Chat => {
+                let source = specials.chat_template.as_deref().ok_or_else(|| {
+                    StageError::failed(format!(
+                        "`template: chat` needs the model's chat template, and {} has none (no `chat_template` in \
+                         tokenizer_config.json, no chat_template.jinja); use alpaca, bactrian, belle or your own",
+                        model_dir.display()
+                    ))
+                })?;
+                Some(ChatTemplate::new(source, &specials).map_err(StageError::failed)?)
+            }
+            _ => None,
+        };
 
         let mut examples = Vec::new();
         let mut per_lang = BTreeMap::<String, usize>::new();
@@ -239,8 +291,18 @@ impl StageKind for Sft {
                     break;
                 }
                 taken += 1;
-                let prompt = template.prompt(&row.instruction, &row.input);
-                match encode(&tok, &prompt, &row.output, bos, eos, max_len)
+                let encoded = match &chat {
+                    Some(chat) => {
+                        let turns: Vec<Message> = row.turns.iter().map(|(r, c)| Message::new(r, c)).collect();
+                        let messages = messages_of(&row.instruction, &row.input, Some(&row.output), &turns);
+                        encode_chat(&tok, chat, &messages, max_len)
+                    }
+                    None => {
+                        let prompt = template.prompt(&row.instruction, &row.input);
+                        encode(&tok, &prompt, &row.output, &prefix, eos, max_len)
+                    }
+                };
+                match encoded
                     .map_err(|e| StageError::input(&item.path, None, format!("tokenizing example `{}`: {e}", row.id)))?
                 {
                     Some(e) => {
@@ -257,10 +319,11 @@ impl StageKind for Sft {
             )));
         }
         let count = examples.len();
+        let pad = specials.pad_id();
         let set = if p.bool("packing")? {
-            InstructionSet::packed(examples, max_len, eos)
+            InstructionSet::packed(examples, max_len, pad)
         } else {
-            InstructionSet::padded(examples, eos)
+            InstructionSet::padded(examples, pad)
         };
         if set.examples.is_empty() {
             return Err(StageError::failed(format!(
@@ -282,6 +345,7 @@ impl StageKind for Sft {
             "examples_dropped": dropped,
             "examples_per_lang": per_lang,
             "training_rows": set.examples.len(),
+            "special_tokens": specials.describe(),
         });
         crate::output::write(ctx, &start, &trainable, &outcome, Some(&tok_path), extra)?;
         Ok(())

@@ -69,7 +69,7 @@ fn the_loss_counts_response_tokens_only() {
         &tok,
         &prompt,
         "Move the animals, dry the seed, agree on a meeting place.",
-        1,
+        &[1],
         2,
         128,
     )
