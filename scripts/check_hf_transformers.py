@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 HEADER_LEN = 64
 
@@ -42,7 +42,12 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=1e-3)
     args = ap.parse_args()
 
-    lock = yaml.safe_load((args.store / "recipes" / f"{args.recipe}.lock.yaml").read_text())
+    # Lock files are keyed by recipe name and path: <name>-<hash>.lock.yaml.
+    locks = sorted((args.store / "recipes").glob(f"{args.recipe}-*.lock.yaml"))
+    locks = locks or sorted((args.store / "recipes").glob(f"{args.recipe}.lock.yaml"))
+    if len(locks) != 1:
+        sys.exit(f"expected one lock file of recipe {args.recipe} in {args.store}/recipes, found {[str(l) for l in locks]}")
+    lock = yaml.safe_load(locks[0].read_text())
     instances = lock["instances"]
     train = instances[args.instance]
     art = args.store / "artifacts" / train["fingerprint"]
@@ -54,7 +59,7 @@ def main() -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = LlamaForCausalLM.from_pretrained(str(art / "model"), dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(art / "model"), dtype=torch.float32).to(device).eval()
     print(f"loaded {art / 'model'} in transformers: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {device}")
 
     worst = 0.0
@@ -71,6 +76,8 @@ def main() -> int:
         lang = upstream["params"].get("lang") or entry["instance"].split("@")[-1]
         if lang not in stats["validation_loss_end"]:
             lang = entry["instance"].split("@")[-1]
+        if lang not in stats["validation_loss_end"] and len(stats["validation_loss_end"]) == 1:
+            lang = next(iter(stats["validation_loss_end"]))
         ours = stats["validation_loss_end"][lang]
         diff = abs(ours - loss)
         worst = max(worst, diff)

@@ -8,6 +8,7 @@
 
 mod context;
 mod error;
+pub mod memory;
 mod params;
 pub mod testing;
 

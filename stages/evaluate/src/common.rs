@@ -47,6 +47,8 @@ pub struct Loaded {
     pub precision: String,
     /// The producing instance (`sft@sw`), or the folder's path.
     pub name: String,
+    /// The process's peak resident memory once the model was loaded.
+    pub peak_after_load: Option<u64>,
 }
 
 impl Loaded {
@@ -67,16 +69,17 @@ impl Loaded {
         ctx.note("special_tokens", specials.describe());
         let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;
-        let (config, model) = hf::load(&dir, &device).map_err(fail)?;
+        let precision = ctx.params.opt_str("precision")?.unwrap_or("f32").to_string();
+        let held_in = Precision::parse(&precision).map_err(StageError::failed)?;
+        held_in.check_device(&device, &backend).map_err(StageError::failed)?;
+        // Read straight into the precision it is held in: never a second copy.
+        let (config, model) = hf::load_in(&dir, &device, held_in.dtype()).map_err(fail)?;
         config
             .check_vocab(tokenizer.vocab_size as usize, "the tokenizer", &dir)
             .map_err(fail)?;
         // The manifest records the backend `auto` resolved to (the report shows it).
         ctx.note("backend", backend.clone());
-        let precision = ctx.params.opt_str("precision")?.unwrap_or("f32").to_string();
-        let held_in = Precision::parse(&precision).map_err(StageError::failed)?;
-        held_in.check_device(&device, &backend).map_err(StageError::failed)?;
-        let model = held_in.apply(model);
+        let peak_after_load = babelflow_stage::memory::peak_rss_bytes();
         Ok(Loaded {
             config,
             model,
@@ -86,6 +89,16 @@ impl Loaded {
             device,
             backend,
             name: item.instance.clone().unwrap_or_else(|| dir.display().to_string()),
+            peak_after_load,
+        })
+    }
+
+    /// For stats.json: the peak resident memory after loading and overall
+    /// (host RSS; the process's, see `babelflow_stage::memory`).
+    pub fn memory(&self) -> serde_json::Value {
+        serde_json::json!({
+            "peak_rss_bytes_after_load": self.peak_after_load,
+            "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
         })
     }
 

@@ -408,7 +408,7 @@ impl StageKind for Exam {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "shots": shots, "split": split,
                 "scored": items.len(), "skipped_unanswered": unanswered, "skipped_too_long": too_long,
                 "seconds": seconds, "questions_per_s": items.len() as f64 / seconds.max(1e-9),
-                "results": stats,
+                "results": stats, "memory": m.memory(), "special_tokens": m.specials.describe(),
             }),
         )?;
         ctx.note("questions", items.len());

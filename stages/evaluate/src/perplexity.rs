@@ -187,6 +187,7 @@ impl StageKind for Perplexity {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "max_len": max_len, "per_lang": stats,
                 "context_token": m.specials.context_token().map(|t| &t.text), "special_tokens": m.specials.describe(),
                 "seconds": seconds, "tokens_per_s": scored as f64 / seconds.max(1e-9),
+                "memory": m.memory(),
             }),
         )?;
         Ok(())

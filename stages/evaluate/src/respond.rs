@@ -274,6 +274,7 @@ impl StageKind for Respond {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "template": p.str("template")?,
                 "scores": "reference-based (chrF); bind a `judge` stage for LLM-Eval scores",
                 "special_tokens": m.specials.describe(), "stop_ids": stop,
+                "memory": m.memory(),
                 "per_lang": stats,
             }),
         )?;

@@ -16,6 +16,11 @@ pub enum RopeScaling {
     Linear {
         factor: f64,
     },
+    /// Dynamic NTK: for sequences longer than `max_position_embeddings`,
+    /// the rotary base grows with the length (transformers' `dynamic`).
+    Dynamic {
+        factor: f64,
+    },
     /// LLaMA-3.1's frequency-dependent scaling.
     Llama3 {
         factor: f64,
@@ -56,7 +61,23 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// `LlamaForCausalLM` (or absent) or `MistralForCausalLM`; kept on save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    /// Mistral's attention window; babelflow attends to every earlier
+    /// position, which equals it for sequences up to this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// transformers ≥ 5 writes `rope_theta` and the scaling here; read
+    /// into `rope_theta` / `rope_scaling` on load.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<Value>,
 }
+
+/// The architectures whose computation is babelflow's LLaMA.
+const ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
 
 fn default_max_pos() -> usize {
     2048
@@ -92,6 +113,10 @@ impl LlamaConfig {
             hidden_act: "silu".into(),
             attention_bias: false,
             mlp_bias: false,
+            architectures: None,
+            model_type: None,
+            sliding_window: None,
+            rope_parameters: None,
         }
     }
 
@@ -130,10 +155,19 @@ impl LlamaConfig {
                 self.hidden_act
             )));
         }
-        if self.attention_bias || self.mlp_bias {
-            return Err(bad(
-                "attention_bias / mlp_bias are not supported (LLaMA has no biases)".into()
-            ));
+        if let Some(arch) = self
+            .architectures
+            .iter()
+            .flatten()
+            .find(|a| !ARCHITECTURES.contains(&a.as_str()))
+        {
+            return Err(bad(format!(
+                "architectures: `{arch}` is not a layout babelflow computes (it loads {})",
+                ARCHITECTURES.join(", ")
+            )));
+        }
+        if let Some(t) = self.model_type.as_deref().filter(|t| !["llama", "mistral"].contains(t)) {
+            return Err(bad(format!("model_type `{t}` is not llama or mistral")));
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(bad(format!(
@@ -172,6 +206,7 @@ impl LlamaConfig {
         match kind {
             "default" => Ok(RopeScaling::None),
             "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+            "dynamic" => Ok(RopeScaling::Dynamic { factor: num("factor")? }),
             "llama3" => Ok(RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
@@ -179,7 +214,7 @@ impl LlamaConfig {
                 original_max_position_embeddings: num("original_max_position_embeddings")?,
             }),
             other => Err(format!(
-                "rope_scaling type `{other}` is not supported (supported: default, linear, llama3)"
+                "rope_scaling.rope_type `{other}` is not supported (supported: default, linear, dynamic, llama3)"
             )),
         }
     }
@@ -189,20 +224,64 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             source: e,
         })?;
-        let config: LlamaConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        let mut config: LlamaConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
             message: format!("not a LlamaConfig: {e}"),
         })?;
+        config.read_rope_parameters();
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// transformers 5's `rope_parameters` as the `rope_theta` /
+    /// `rope_scaling` pair every version reads.
+    fn read_rope_parameters(&mut self) {
+        let Some(params) = self.rope_parameters.take().filter(Value::is_object) else {
+            return;
+        };
+        if let Some(theta) = params.get("rope_theta").and_then(Value::as_f64) {
+            self.rope_theta = theta;
+        }
+        let kind = params.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+        if kind != "default" && self.rope_scaling.as_ref().is_none_or(Value::is_null) {
+            let mut scaling = params.clone();
+            if let Value::Object(m) = &mut scaling {
+                m.remove("rope_theta");
+            }
+            self.rope_scaling = Some(scaling);
+        }
+    }
+
+    /// `MistralForCausalLM` or `LlamaForCausalLM`.
+    pub fn architecture(&self) -> &str {
+        self.architectures
+            .as_ref()
+            .and_then(|a| a.first())
+            .map_or("LlamaForCausalLM", String::as_str)
+    }
+
+    /// Refuses a sequence longer than Mistral's attention window, where
+    /// babelflow's full attention would differ from the model's.
+    pub fn check_positions(&self, positions: usize) -> Result<(), String> {
+        match self.sliding_window {
+            Some(w) if positions > w => Err(format!(
+                "sequences of {positions} positions exceed the model's sliding_window ({w}), which babelflow does not \
+                 implement; keep max_len / seq_len at most {w}"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The HF `config.json` text, with the fields transformers expects.
     pub fn to_hf_json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        let mistral = self.architecture() == "MistralForCausalLM";
         if let Value::Object(m) = &mut v {
-            m.insert("model_type".into(), "llama".into());
-            m.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+            m.insert("model_type".into(), if mistral { "mistral" } else { "llama" }.into());
+            m.insert("architectures".into(), serde_json::json!([self.architecture()]));
+            if mistral {
+                m.insert("sliding_window".into(), self.sliding_window.into());
+            }
             m.insert("torch_dtype".into(), "float32".into());
             m.insert("num_key_value_heads".into(), self.kv_heads().into());
             m.insert("head_dim".into(), self.head_dim().into());
@@ -215,15 +294,28 @@ impl LlamaConfig {
 }
 
 /// The inverse frequencies of rotary embedding for one head, HF's formula
-/// (including `rope_scaling`).
-pub fn inverse_frequencies(config: &LlamaConfig) -> Result<Vec<f64>, String> {
+/// (including `rope_scaling`), for sequences of up to `positions`.
+/// `dynamic` depends on the length: transformers recomputes the base for
+/// each forward longer than `max_position_embeddings`, so a table made for
+/// `positions` equals it for a sequence of that length (scoring, training
+/// windows), not for every step of a generation that grows past it.
+pub fn inverse_frequencies(config: &LlamaConfig, positions: usize) -> Result<Vec<f64>, String> {
     let hd = config.head_dim();
-    let base: Vec<f64> = (0..hd / 2)
-        .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / hd as f64))
-        .collect();
+    let with_base = |theta: f64| -> Vec<f64> {
+        (0..hd / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / hd as f64))
+            .collect()
+    };
+    let base = with_base(config.rope_theta);
     Ok(match config.rope_scaling()? {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Dynamic { factor } => {
+            let max = config.max_position_embeddings as f64;
+            let len = (positions as f64).max(max);
+            let dim = hd as f64;
+            with_base(config.rope_theta * ((factor * len / max) - (factor - 1.0)).powf(dim / (dim - 2.0)))
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,

@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::config::LlamaConfig;
 use crate::llama::{Attention, Block, Llama, Mlp, Proj, RmsNorm};
+use crate::weights::Weights;
 use crate::ModelError;
 
 /// On-disk precision when saving.
@@ -25,41 +26,11 @@ pub enum DiskDtype {
     Bf16,
 }
 
-/// Every tensor of a checkpoint as f32, by HF name, with its shape.
-pub struct Weights {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-    source: PathBuf,
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn to_f32(view: &TensorView, name: &str, file: &Path) -> Result<Vec<f32>, ModelError> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(ModelError::Weights {
-                path: file.to_path_buf(),
-                message: format!("tensor {name} has dtype {other:?}; babelflow reads f32, f16 and bf16"),
-            })
-        }
-    })
 }
 
 /// The weight files of a checkpoint folder: `model.safetensors`, or the
@@ -132,6 +103,21 @@ pub fn expected_tensors(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             ("mlp.down_proj.weight", vec![d, inter]),
         ] {
             out.push((format!("{p}.{name}"), shape));
+        }
+        if config.attention_bias {
+            for (name, n) in [
+                ("q_proj", h * hd),
+                ("k_proj", kv * hd),
+                ("v_proj", kv * hd),
+                ("o_proj", d),
+            ] {
+                out.push((format!("{p}.self_attn.{name}.bias"), vec![n]));
+            }
+        }
+        if config.mlp_bias {
+            for (name, n) in [("gate_proj", inter), ("up_proj", inter), ("down_proj", d)] {
+                out.push((format!("{p}.mlp.{name}.bias"), vec![n]));
+            }
         }
     }
     out.push(("model.norm.weight".into(), vec![d]));
@@ -229,49 +215,11 @@ pub fn check_checkpoint(dir: &Path, config: &LlamaConfig) -> Result<(Vec<PathBuf
     Ok((files, found.len()))
 }
 
-impl Weights {
-    /// Reads `model.safetensors`, or every shard listed in `model.safetensors.index.json`.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let (files, _) = weight_files(dir)?;
-        let mut tensors = HashMap::new();
-        for file in &files {
-            let bytes = std::fs::read(file).map_err(io(file))?;
-            let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
-                path: file.clone(),
-                message: format!("not a safetensors file: {e}"),
-            })?;
-            for (name, view) in st.tensors() {
-                let data = to_f32(&view, &name, file)?;
-                tensors.insert(name, (view.shape().to_vec(), data));
-            }
-        }
-        Ok(Weights {
-            tensors,
-            source: dir.to_path_buf(),
-        })
-    }
-
-    fn take<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        device: &Device,
-    ) -> Result<Tensor<D>, ModelError> {
-        let (found, data) = self.tensors.remove(name).ok_or_else(|| ModelError::Weights {
-            path: self.source.clone(),
-            message: format!("tensor `{name}` is missing"),
-        })?;
-        if found != shape {
-            return Err(ModelError::Weights {
-                path: self.source.clone(),
-                message: format!("tensor `{name}` has shape {found:?}, the config implies {shape:?}"),
-            });
-        }
-        Ok(Tensor::from_data(TensorData::new(data, shape), device))
-    }
-
-    /// Builds the model from these weights, checking every name and shape.
-    pub fn into_model(mut self, config: &LlamaConfig, device: &Device) -> Result<Llama, ModelError> {
+/// Builds the model from a checkpoint's weights, tensor by tensor, checking
+/// every name and shape.
+pub fn build_model(mut weights: Weights, config: &LlamaConfig, device: &Device) -> Result<Llama, ModelError> {
+    let w = &mut weights;
+    {
         let (d, hd, h, kv, inter, v) = (
             config.hidden_size,
             config.head_dim(),
@@ -280,55 +228,57 @@ impl Weights {
             config.intermediate_size,
             config.vocab_size,
         );
-        let proj = |w: &mut Weights, name: String, shape: [usize; 2]| -> Result<Proj, ModelError> {
+        let proj = |w: &mut Weights, name: String, shape: [usize; 2], bias: bool| -> Result<Proj, ModelError> {
+            let bias = match bias {
+                true => {
+                    let name = name.replace(".weight", ".bias");
+                    Some(Param::from_tensor(w.take(&name, [shape[0]], device)?))
+                }
+                false => None,
+            };
             Ok(Proj {
                 weight: Param::from_tensor(w.take(&name, shape, device)?),
+                bias,
             })
         };
+        let (ab, mb) = (config.attention_bias, config.mlp_bias);
         let norm = |w: &mut Weights, name: String| -> Result<RmsNorm, ModelError> {
             Ok(RmsNorm {
                 weight: Param::from_tensor(w.take(&name, [d], device)?),
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = Param::from_tensor(self.take("model.embed_tokens.weight", [v, d], device)?);
+        let embed_tokens = Param::from_tensor(w.take("model.embed_tokens.weight", [v, d], device)?);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(Block {
-                input_layernorm: norm(&mut self, format!("{p}.input_layernorm.weight"))?,
+                input_layernorm: norm(w, format!("{p}.input_layernorm.weight"))?,
                 self_attn: Attention {
-                    q_proj: proj(&mut self, format!("{p}.self_attn.q_proj.weight"), [h * hd, d])?,
-                    k_proj: proj(&mut self, format!("{p}.self_attn.k_proj.weight"), [kv * hd, d])?,
-                    v_proj: proj(&mut self, format!("{p}.self_attn.v_proj.weight"), [kv * hd, d])?,
-                    o_proj: proj(&mut self, format!("{p}.self_attn.o_proj.weight"), [d, h * hd])?,
+                    q_proj: proj(w, format!("{p}.self_attn.q_proj.weight"), [h * hd, d], ab)?,
+                    k_proj: proj(w, format!("{p}.self_attn.k_proj.weight"), [kv * hd, d], ab)?,
+                    v_proj: proj(w, format!("{p}.self_attn.v_proj.weight"), [kv * hd, d], ab)?,
+                    o_proj: proj(w, format!("{p}.self_attn.o_proj.weight"), [d, h * hd], ab)?,
                     n_heads: h,
                     n_kv_heads: kv,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&mut self, format!("{p}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: norm(w, format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate_proj: proj(&mut self, format!("{p}.mlp.gate_proj.weight"), [inter, d])?,
-                    up_proj: proj(&mut self, format!("{p}.mlp.up_proj.weight"), [inter, d])?,
-                    down_proj: proj(&mut self, format!("{p}.mlp.down_proj.weight"), [d, inter])?,
+                    gate_proj: proj(w, format!("{p}.mlp.gate_proj.weight"), [inter, d], mb)?,
+                    up_proj: proj(w, format!("{p}.mlp.up_proj.weight"), [inter, d], mb)?,
+                    down_proj: proj(w, format!("{p}.mlp.down_proj.weight"), [d, inter], mb)?,
                 },
             });
         }
-        let final_norm = norm(&mut self, "model.norm.weight".into())?;
+        let final_norm = norm(w, "model.norm.weight".into())?;
         let lm_head = if config.tie_word_embeddings {
-            self.tensors.remove("lm_head.weight");
+            w.skip("lm_head.weight");
             None
         } else {
-            Some(proj(&mut self, "lm_head.weight".into(), [v, d])?)
+            Some(proj(w, "lm_head.weight".into(), [v, d], false)?)
         };
-        // Rotary tables are recomputed, never loaded.
-        self.tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
-        if let Some(extra) = self.tensors.keys().next() {
-            return Err(ModelError::Weights {
-                path: self.source.clone(),
-                message: format!("unexpected tensor `{extra}` (not part of LlamaForCausalLM)"),
-            });
-        }
+        w.finish()?;
         Ok(Llama {
             embed_tokens,
             layers,
@@ -360,10 +310,18 @@ pub fn carry_tokenizer_files(from: &Path, to: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Loads an HF LLaMA folder: config.json + safetensors.
+/// Loads an HF LLaMA folder: config.json + safetensors, weights in f32.
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, Llama), ModelError> {
+    load_in(dir, device, DType::F32)
+}
+
+/// Loads an HF LLaMA folder with every weight held in `dtype` (f32, bf16,
+/// f16), read one tensor at a time straight into it: no copy of the whole
+/// checkpoint ever sits beside the model.
+pub fn load_in(dir: &Path, device: &Device, dtype: DType) -> Result<(LlamaConfig, Llama), ModelError> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;
-    let model = Weights::load(dir)?.into_model(&config, device)?;
+    let (files, _) = weight_files(dir)?;
+    let model = build_model(Weights::open(dir, &files, dtype)?, &config, device)?;
     Ok((config, model))
 }
 
@@ -387,13 +345,22 @@ pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> 
             "post_attention_layernorm.weight",
             tensor_f32(b.post_attention_layernorm.weight.val()),
         );
-        put("self_attn.q_proj.weight", tensor_f32(b.self_attn.q_proj.weight.val()));
-        put("self_attn.k_proj.weight", tensor_f32(b.self_attn.k_proj.weight.val()));
-        put("self_attn.v_proj.weight", tensor_f32(b.self_attn.v_proj.weight.val()));
-        put("self_attn.o_proj.weight", tensor_f32(b.self_attn.o_proj.weight.val()));
-        put("mlp.gate_proj.weight", tensor_f32(b.mlp.gate_proj.weight.val()));
-        put("mlp.up_proj.weight", tensor_f32(b.mlp.up_proj.weight.val()));
-        put("mlp.down_proj.weight", tensor_f32(b.mlp.down_proj.weight.val()));
+        let a = &b.self_attn;
+        let m = &b.mlp;
+        for (name, proj) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ] {
+            put(&format!("{name}.weight"), tensor_f32(proj.weight.val()));
+            if let Some(bias) = &proj.bias {
+                put(&format!("{name}.bias"), tensor_f32(bias.val()));
+            }
+        }
     }
     out.insert("model.norm.weight".into(), tensor_f32(model.norm.weight.val()));
     if let Some(head) = &model.lm_head {

@@ -11,6 +11,7 @@ pub mod llama;
 pub mod loss;
 pub mod precision;
 pub mod resize;
+pub mod weights;
 
 use std::path::PathBuf;
 

@@ -16,10 +16,12 @@ use crate::fused::rope::{rotate, RopeTables};
 use crate::fused::swiglu::swiglu;
 use crate::precision::in_dtype;
 
-/// A bias-free projection with HF's weight layout `[out, in]`.
+/// A projection with HF's weight layout `[out, in]`, and a bias where the
+/// config asks for one (`attention_bias`, `mlp_bias`).
 #[derive(Module, Debug)]
 pub struct Proj {
     pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
 }
 
 impl Proj {
@@ -27,16 +29,30 @@ impl Proj {
         let w = Tensor::<2>::random([out, inp], burn::tensor::Distribution::Normal(0.0, std), device);
         Proj {
             weight: Param::from_tensor(w),
+            bias: None,
         }
     }
 
-    /// `x @ Wᵀ` over the last dimension.
+    /// With a zero bias (HF initialises biases to zero), when `bias`.
+    pub fn with_bias(mut self, bias: bool, device: &Device) -> Self {
+        if bias {
+            let [out, _] = self.weight.val().dims();
+            self.bias = Some(Param::from_tensor(Tensor::zeros([out], device)));
+        }
+        self
+    }
+
+    /// `x @ Wᵀ (+ b)` over the last dimension.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let [out, _] = self.weight.val().dims();
-        project(x.reshape([b * t, d]), self.weight.val())
+        let y = project(x.reshape([b * t, d]), self.weight.val())
             .or_else(|[x, weight]| x.matmul(weight.transpose()))
-            .reshape([b, t, out])
+            .reshape([b, t, out]);
+        match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<3>(),
+            None => y,
+        }
     }
 }
 
@@ -113,7 +129,8 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(config: &LlamaConfig, max_positions: usize, device: &Device) -> Result<Self, String> {
-        let inv = inverse_frequencies(config)?;
+        config.check_positions(max_positions)?;
+        let inv = inverse_frequencies(config, max_positions)?;
         let hd = config.head_dim();
         let mut cos = Vec::with_capacity(max_positions * hd);
         let mut sin = Vec::with_capacity(max_positions * hd);
@@ -296,19 +313,19 @@ impl Llama {
             .map(|_| Block {
                 input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
                 self_attn: Attention {
-                    q_proj: Proj::new(h * hd, d, std, device),
-                    k_proj: Proj::new(kv * hd, d, std, device),
-                    v_proj: Proj::new(kv * hd, d, std, device),
-                    o_proj: Proj::new(d, h * hd, std, device),
+                    q_proj: Proj::new(h * hd, d, std, device).with_bias(config.attention_bias, device),
+                    k_proj: Proj::new(kv * hd, d, std, device).with_bias(config.attention_bias, device),
+                    v_proj: Proj::new(kv * hd, d, std, device).with_bias(config.attention_bias, device),
+                    o_proj: Proj::new(d, h * hd, std, device).with_bias(config.attention_bias, device),
                     n_heads: h,
                     n_kv_heads: kv,
                     head_dim: hd,
                 },
                 post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
                 mlp: Mlp {
-                    gate_proj: Proj::new(config.intermediate_size, d, std, device),
-                    up_proj: Proj::new(config.intermediate_size, d, std, device),
-                    down_proj: Proj::new(d, config.intermediate_size, std, device),
+                    gate_proj: Proj::new(config.intermediate_size, d, std, device).with_bias(config.mlp_bias, device),
+                    up_proj: Proj::new(config.intermediate_size, d, std, device).with_bias(config.mlp_bias, device),
+                    down_proj: Proj::new(d, config.intermediate_size, std, device).with_bias(config.mlp_bias, device),
                 },
             })
             .collect();

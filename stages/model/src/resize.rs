@@ -154,6 +154,7 @@ pub fn resize(
     let head = match &model.lm_head {
         Some(h) => Some(Proj {
             weight: Param::from_tensor(grow(h.weight.val())?),
+            bias: None,
         }),
         None => None,
     };

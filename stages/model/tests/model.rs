@@ -165,7 +165,7 @@ fn bad_checkpoints_get_clear_errors() {
     cfg["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let err = hf::load(dir.path(), &device).err().unwrap().to_string();
-    assert!(err.contains("rope_scaling type `yarn` is not supported"), "{err}");
+    assert!(err.contains("rope_scaling.rope_type `yarn` is not supported"), "{err}");
 }
 
 #[test]

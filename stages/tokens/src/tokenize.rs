@@ -210,7 +210,7 @@ const INPUTS: &[InputSpec] = &[
         name: "tokenizer",
         required: true,
         many: false,
-        doc: "an HF tokenizer.json (a file, or `train-tokenizer` / `extend-vocab` output)",
+        doc: "an HF tokenizer.json (a file, `train-tokenizer` / `extend-vocab` output), or a model folder (its tokenizer.json, read with its tokenizer_config.json)",
     },
 ];
 
@@ -239,7 +239,14 @@ impl StageKind for Tokenize {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
-        let tokenizer_path = &ctx.single_input("tokenizer")?.path;
+        // A model folder stands for its tokenizer.json (and says, through its
+        // tokenizer_config.json, how its texts begin).
+        let bound = &ctx.single_input("tokenizer")?.path;
+        let tokenizer_path = &if bound.is_dir() {
+            bound.join("tokenizer.json")
+        } else {
+            bound.clone()
+        };
         let tok = LoadedTokenizer::load(tokenizer_path)?;
         // The tokenizer's folder (a model folder, usually) says how its texts begin.
         let specials = Specials::resolve(

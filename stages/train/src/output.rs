@@ -49,6 +49,7 @@ pub fn write(
         "resumed_from_step": outcome.resumed_from,
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
+        "memory": { "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes() },
     });
     if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
         stats.extend(extra);

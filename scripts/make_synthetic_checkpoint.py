@@ -1,0 +1,116 @@
+"""Writes a random bf16 HF checkpoint of a real model's shape, with a
+word-level tokenizer.json of its vocabulary size, for memory and speed
+measurements that need real sizes but no download.
+
+    python3 scripts/make_synthetic_checkpoint.py smollm2-135m OUT_DIR
+    python3 scripts/make_synthetic_checkpoint.py tinyllama-1.1b OUT_DIR
+
+Needs numpy. Weights are normal(0, 0.02), written shard by
+shard (at most ~1 GB each, with model.safetensors.index.json), so writing
+a 1.1B checkpoint needs well under a gigabyte of memory.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+SHAPES = {
+    # HuggingFaceTB/SmolLM2-135M: tied, GQA 9/3, head_dim 64.
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                         rope_theta=100000.0, max_position_embeddings=8192),
+    # TinyLlama/TinyLlama-1.1B: untied, GQA 32/4.
+    "tinyllama-1.1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                           num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False,
+                           rope_theta=10000.0, max_position_embeddings=2048),
+}
+
+
+def bf16(rng, shape):
+    """Random normal(0, 0.02) as bfloat16 bits (numpy has no bf16 type)."""
+    x = (rng.standard_normal(shape, dtype=np.float32) * 0.02).view(np.uint32)
+    return (x >> 16).astype(np.uint16)
+
+
+def tensors(cfg):
+    d, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    h, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = d // h
+    yield "model.embed_tokens.weight", (v, d)
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}"
+        for name, shape in [
+            ("input_layernorm.weight", (d,)), ("post_attention_layernorm.weight", (d,)),
+            ("self_attn.q_proj.weight", (h * hd, d)), ("self_attn.k_proj.weight", (kv * hd, d)),
+            ("self_attn.v_proj.weight", (kv * hd, d)), ("self_attn.o_proj.weight", (d, h * hd)),
+            ("mlp.gate_proj.weight", (i, d)), ("mlp.up_proj.weight", (i, d)), ("mlp.down_proj.weight", (d, i)),
+        ]:
+            yield f"{p}.{name}", shape
+    yield "model.norm.weight", (d,)
+    if not cfg["tie_word_embeddings"]:
+        yield "lm_head.weight", (v, d)
+
+
+def write_safetensors(path, arrays):
+    """The safetensors layout by hand (numpy has no bf16 dtype to save)."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for tname, a in arrays.items():
+        header[tname] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for a in arrays.values():
+            f.write(a.tobytes())
+
+
+def main():
+    name, out = sys.argv[1], sys.argv[2]
+    cfg = dict(SHAPES[name], rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1, eos_token_id=2,
+               architectures=["LlamaForCausalLM"], model_type="llama", torch_dtype="bfloat16")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shard, shards, size, weight_map, total = {}, [], 0, {}, 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            shards.append(shard)
+            shard, size = {}, 0
+
+    for tname, shape in tensors(cfg):
+        arr = np.ones(shape, np.float32).view(np.uint32) >> 16 if len(shape) == 1 else None
+        data = arr.astype(np.uint16) if arr is not None else bf16(rng, shape)
+        if size + data.nbytes > 1 << 30:
+            flush()
+        shard[tname] = data
+        size += data.nbytes
+        total += data.size
+    flush()
+    n = len(shards)
+    for k, s in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
+        write_safetensors(os.path.join(out, fname), s)
+        for tname in s:
+            weight_map[tname] = fname
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total * 2}, "weight_map": weight_map}, f)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{k}": k for k in range(3, cfg["vocab_size"])})
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": k, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for t, k in list(vocab.items())[:3]],
+           "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+           "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}}
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+    print(f"{out}: {name}, {total / 1e6:.1f} M parameters in {n} shard(s), bf16")
+
+
+if __name__ == "__main__":
+    main()

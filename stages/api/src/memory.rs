@@ -1,0 +1,30 @@
+//! The process's memory, as Linux reports it in `/proc/self/status`:
+//! `VmRSS` (resident now) and `VmHWM` (the peak so far). Stages write them
+//! into stats.json, so the report can show what an instance needed. Where
+//! several instances run at once in one process the peak is theirs
+//! together; `--jobs 1` measures one.
+
+/// Resident memory now, in bytes (`None` off Linux).
+pub fn rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+/// The process's peak resident memory so far, in bytes (`None` off Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+fn status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_peak_is_at_least_what_is_resident() {
+        let (now, peak) = (super::rss_bytes().unwrap(), super::peak_rss_bytes().unwrap());
+        assert!(now > 0 && peak >= now, "{now} {peak}");
+    }
+}
