@@ -35,6 +35,9 @@ impl Registry {
         for kind in babelflow_evaluate::kinds() {
             registry.add(kind);
         }
+        for kind in babelflow_export::kinds() {
+            registry.add(kind);
+        }
         for kind in babelflow_report::kinds() {
             registry.add(kind);
         }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod device;
 pub mod fused;
 pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod loss;

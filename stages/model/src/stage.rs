@@ -41,8 +41,24 @@ const IMPORT_INPUTS: &[InputSpec] = &[InputSpec {
     name: "checkpoint",
     required: true,
     many: false,
-    doc: "an HF LLaMA folder: config.json + model.safetensors (or shards + index), tokenizer.json",
+    doc: "an HF LLaMA folder (config.json + model.safetensors or shards + index, tokenizer.json), or a llama.cpp \
+          .gguf file (dequantised into one)",
 }];
+
+const IMPORT_PARAMS: &[ParamSpec] = &[ParamSpec::with_default(
+    "dtype",
+    ParamType::Choice(&["f32", "bf16"]),
+    r#""f32""#,
+    "for a GGUF file: the dtype its dequantised weights are stored in (an HF folder is copied as it is)",
+)];
+
+/// True when `path` is a file that starts with GGUF's magic.
+fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"GGUF")
+}
 
 impl StageKind for ImportModel {
     fn name(&self) -> &'static str {
@@ -53,10 +69,10 @@ impl StageKind for ImportModel {
         "2"
     }
     fn summary(&self) -> &'static str {
-        "bring an HF LLaMA checkpoint folder into the store, checked"
+        "bring an HF LLaMA checkpoint folder (checked, copied) or a GGUF file (dequantised) into the store"
     }
     fn params(&self) -> &'static [ParamSpec] {
-        &[]
+        IMPORT_PARAMS
     }
     fn inputs(&self) -> &'static [InputSpec] {
         IMPORT_INPUTS
@@ -67,11 +83,14 @@ impl StageKind for ImportModel {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let dir = &ctx.single_input("checkpoint")?.path;
+        if dir.is_file() && is_gguf(dir) {
+            return import_gguf(ctx, dir);
+        }
         if !dir.is_dir() {
             return Err(StageError::input(
                 dir,
                 None,
-                "a checkpoint is a folder (config.json + safetensors)",
+                "a checkpoint is an HF folder (config.json + safetensors) or a .gguf file",
             ));
         }
         let config = LlamaConfig::load(&dir.join("config.json")).map_err(model_err)?;
@@ -93,6 +112,28 @@ impl StageKind for ImportModel {
         ctx.log(&format!("imported {} ({tensors} tensors)", dir.display()));
         Ok(())
     }
+}
+
+/// A GGUF file dequantised into an HF folder (`gguf::import`).
+fn import_gguf(ctx: &StageContext, file: &Path) -> Result<(), StageError> {
+    let out = ctx.output("model");
+    let dtype = ctx.params.str("dtype")?;
+    let imported = crate::gguf::import::import(file, &out, dtype, &|done, total| {
+        ctx.progress(done as u64, Some(total as u64), "dequantising")
+    })
+    .map_err(model_err)?;
+    let types: Vec<String> = imported.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    ctx.log(&format!(
+        "imported {} ({} tensors: {}; tokenizer: {}) as {dtype}",
+        file.display(),
+        imported.tensors,
+        types.join(", "),
+        imported.tokenizer
+    ));
+    ctx.note("tensors", imported.tensors);
+    ctx.note("layers", imported.config.num_hidden_layers);
+    ctx.note("gguf_types", serde_json::json!(imported.types));
+    Ok(())
 }
 
 pub struct InitModel;
