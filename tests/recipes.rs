@@ -90,6 +90,13 @@ fn forgetting_shows_english_kept_by_the_bilingual_mix() {
 
 /// `--set` values that point a recipe's placeholders at shipped files.
 fn sample_paths(p: &Project, recipe: &std::path::Path) -> Vec<String> {
+    if recipe.ends_with("smollm2-gguf.yaml") {
+        // The real model is fetched by a script, never by a test: `plan`
+        // only needs a file to fingerprint.
+        let gguf = p.path("model.gguf");
+        std::fs::write(&gguf, b"GGUF").unwrap();
+        return vec![format!("vars.gguf={}", gguf.display())];
+    }
     if !recipe.to_string_lossy().contains("llama-beyond-english") {
         return Vec::new();
     }
