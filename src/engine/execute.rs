@@ -241,6 +241,9 @@ fn build(
             "threads": job.threads,
             "finished_at": now_unix(),
             "duration_s": started.elapsed().as_secs_f64(),
+            // The process's peak so far: this instance's own when it ran
+            // alone (`--jobs 1`), the concurrent ones' together otherwise.
+            "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
             "notes": notes,
             "files": files,
             "partial": (!missing.is_empty()).then(|| json!({

@@ -124,6 +124,19 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// (hidden, head_dim, heads, kv_heads, intermediate, vocab): the sizes
+    /// every tensor's shape is made of.
+    pub fn dims(&self) -> (usize, usize, usize, usize, usize, usize) {
+        (
+            self.hidden_size,
+            self.head_dim(),
+            self.num_attention_heads,
+            self.kv_heads(),
+            self.intermediate_size,
+            self.vocab_size,
+        )
+    }
+
     pub fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }

@@ -80,14 +80,7 @@ pub fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String
 
 /// Every tensor a `LlamaForCausalLM` with this config has, with its shape.
 pub fn expected_tensors(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, hd, h, kv, inter, v) = (
-        config.hidden_size,
-        config.head_dim(),
-        config.num_attention_heads,
-        config.kv_heads(),
-        config.intermediate_size,
-        config.vocab_size,
-    );
+    let (d, hd, h, kv, inter, v) = config.dims();
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -220,14 +213,7 @@ pub fn check_checkpoint(dir: &Path, config: &LlamaConfig) -> Result<(Vec<PathBuf
 pub fn build_model(mut weights: Weights, config: &LlamaConfig, device: &Device) -> Result<Llama, ModelError> {
     let w = &mut weights;
     {
-        let (d, hd, h, kv, inter, v) = (
-            config.hidden_size,
-            config.head_dim(),
-            config.num_attention_heads,
-            config.kv_heads(),
-            config.intermediate_size,
-            config.vocab_size,
-        );
+        let (d, hd, h, kv, inter, v) = config.dims();
         let proj = |w: &mut Weights, name: String, shape: [usize; 2], bias: bool| -> Result<Proj, ModelError> {
             let bias = match bias {
                 true => {

@@ -29,6 +29,10 @@ fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> 
         Cell::Text(kind.to_string()),
         this_run,
         Cell::from_json_f64(&m["duration_s"], 2),
+        m["peak_rss_bytes"]
+            .as_f64()
+            .map(|b| Cell::Float(b / 1e6, 0))
+            .unwrap_or(Cell::Missing),
         backend.clone().map_or(Cell::Missing, Cell::Text),
         // A device index means something only on a GPU backend.
         m["device"]
@@ -48,6 +52,7 @@ const HEADER: &[&str] = &[
     "kind",
     "in the run that made this report",
     "duration when made (s)",
+    "peak memory (MB)",
     "backend",
     "device",
     "fingerprint",
@@ -59,7 +64,8 @@ pub fn run_table(upstream: &[Upstream], bound: &[&InputItem]) -> Table {
     let mut t = Table::new("The run: every instance this report stands on", HEADER);
     t.note = Some(
         "Cached: its artifact was already in the store (the duration is from the run that made it). \
-         Missing: it has no artifact, and the sections that need it say so."
+         Missing: it has no artifact, and the sections that need it say so. Peak memory: the babelflow \
+         process's peak resident memory when the instance finished (shared by instances that ran at once)."
             .into(),
     );
     if upstream.is_empty() {
