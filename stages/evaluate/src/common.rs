@@ -57,15 +57,9 @@ impl Loaded {
         let dir: PathBuf = item.path.clone();
         let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
         let (tokenizer_path, tokenizer) = LoadedTokenizer::for_model(&dir, bound)?;
-        // The model folder says how its texts begin (tokenizer_config.json,
-        // config.json); a bound tokenizer's own folder is read after it.
+        // The model folder says how its texts begin (tokenizer_config.json, config.json).
         let overrides = babelflow_tokens::specials::overrides_of(ctx.params)?;
-        let folder = if bound.is_some() && !dir.join("tokenizer.json").is_file() {
-            tokenizer_path.parent().map(std::path::Path::to_path_buf)
-        } else {
-            Some(dir.clone())
-        };
-        let specials = Specials::resolve(&tokenizer, folder.as_deref(), &overrides)?;
+        let specials = Specials::for_model(&tokenizer, &dir, &tokenizer_path, &overrides)?;
         ctx.note("special_tokens", specials.describe());
         let fail = |e: babelflow_model::ModelError| StageError::failed(e.to_string());
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(fail)?;

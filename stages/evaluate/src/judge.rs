@@ -168,27 +168,10 @@ impl Client {
 
     /// The assistant message's text, after retries; `Err` says why the
     /// last attempt failed.
+    /// Replies and errors are as the server sent them (a 401 body may echo
+    /// the key): the stage redacts them through its context, which knows
+    /// the key as a secret, before they are cached, tabled or reported.
     pub fn complete(&self, prompt: &str, cancelled: &dyn Fn() -> bool) -> Result<String, String> {
-        // Whatever the server sends back (a 401 body may echo the key),
-        // the key never leaves this client in a message or a reply.
-        self.attempt_all(prompt, cancelled)
-            .map(|reply| self.redact(&reply))
-            .map_err(|e| self.redact(&e))
-    }
-
-    /// `text` with the API key (and its JSON-escaped form) replaced.
-    pub fn redact(&self, text: &str) -> String {
-        match &self.key {
-            Some(key) if key.len() >= 4 => {
-                let escaped = serde_json::to_string(key).unwrap_or_default();
-                text.replace(key.as_str(), babelflow_stage::REDACTED)
-                    .replace(escaped.trim_matches('"'), babelflow_stage::REDACTED)
-            }
-            _ => text.to_string(),
-        }
-    }
-
-    fn attempt_all(&self, prompt: &str, cancelled: &dyn Fn() -> bool) -> Result<String, String> {
         let body = json!({
             "model": self.model,
             "temperature": 0,
@@ -356,6 +339,7 @@ impl StageKind for Judge {
         }
         let mut tallies = BTreeMap::<String, Tally>::new();
         let (mut asked, mut cached, mut unparseable) = (0u64, 0u64, 0u64);
+        let mut first_unparseable: Option<String> = None;
         let total = answers.len() as u64;
         for (done, a) in answers.iter().enumerate() {
             ctx.check_cancelled()?;
@@ -364,18 +348,20 @@ impl StageKind for Judge {
                 Some(r) => {
                     cached += 1;
                     // Cached by an older babelflow, before replies were redacted.
-                    client.redact(&r)
+                    ctx.redact(&r)
                 }
                 None => {
                     let r = client.complete(&prompt, &|| ctx.cancel.is_cancelled()).map_err(|e| {
                         if ctx.cancel.is_cancelled() {
                             return StageError::Cancelled;
                         }
+                        let e = ctx.redact(&e);
                         StageError::failed(format!(
                             "judging answer {} ({}): {e}; the {done} replies before it are cached",
                             a.id, a.lang
                         ))
                     })?;
+                    let r = ctx.redact(&r);
                     cache.put(&client, &prompt, &r)?;
                     asked += 1;
                     r
@@ -399,6 +385,7 @@ impl StageKind for Judge {
                 None => {
                     t.unparseable += 1;
                     unparseable += 1;
+                    first_unparseable.get_or_insert_with(|| reply.chars().take(200).collect());
                     vec![String::new(); 6]
                         .into_iter()
                         .chain(["unparseable".to_string()])
@@ -414,14 +401,7 @@ impl StageKind for Judge {
         table.finish()?;
         let limit = p.f64("max_unparseable")?;
         if total > 0 && unparseable as f64 > limit * total as f64 {
-            let example = answers
-                .iter()
-                .find_map(|a| {
-                    let prompt = judge_prompt(&a.instruction, &a.input, &a.reference, &a.response);
-                    cache.get(&client, &prompt).filter(|r| parse_verdict(r).is_none())
-                })
-                .map(|r| r.chars().take(200).collect::<String>())
-                .unwrap_or_default();
+            let example = first_unparseable.unwrap_or_default();
             return Err(StageError::failed(format!(
                 "{unparseable} of {total} judge replies have no five scores (more than max_unparseable = {limit}); \
                  the judge does not follow the asked format (first such reply: {example:?}); the replies are cached, \

@@ -122,16 +122,7 @@ impl StageKind for Respond {
         let source = p.str("source_lang")?;
         let m = Loaded::from_context(ctx)?;
         let chat = match template {
-            Template::Chat => {
-                let source = m.specials.chat_template.as_deref().ok_or_else(|| {
-                    StageError::failed(format!(
-                        "`template: chat` needs the model's chat template, and {} has none; use the template the \
-                         model was tuned with",
-                        m.name
-                    ))
-                })?;
-                Some(ChatTemplate::new(source, &m.specials).map_err(StageError::failed)?)
-            }
+            Template::Chat => Some(ChatTemplate::of_model(&m.specials, &m.name)?),
             _ => None,
         };
         // Stop at EOS, at every eos_token_id the model's configs list, and

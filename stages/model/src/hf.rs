@@ -212,66 +212,64 @@ pub fn check_checkpoint(dir: &Path, config: &LlamaConfig) -> Result<(Vec<PathBuf
 /// every name and shape.
 pub fn build_model(mut weights: Weights, config: &LlamaConfig, device: &Device) -> Result<Llama, ModelError> {
     let w = &mut weights;
-    {
-        let (d, hd, h, kv, inter, v) = config.dims();
-        let proj = |w: &mut Weights, name: String, shape: [usize; 2], bias: bool| -> Result<Proj, ModelError> {
-            let bias = match bias {
-                true => {
-                    let name = name.replace(".weight", ".bias");
-                    Some(Param::from_tensor(w.take(&name, [shape[0]], device)?))
-                }
-                false => None,
-            };
-            Ok(Proj {
-                weight: Param::from_tensor(w.take(&name, shape, device)?),
-                bias,
-            })
+    let (d, hd, h, kv, inter, v) = config.dims();
+    let proj = |w: &mut Weights, name: String, shape: [usize; 2], bias: bool| -> Result<Proj, ModelError> {
+        let bias = match bias {
+            true => {
+                let name = name.replace(".weight", ".bias");
+                Some(Param::from_tensor(w.take(&name, [shape[0]], device)?))
+            }
+            false => None,
         };
-        let (ab, mb) = (config.attention_bias, config.mlp_bias);
-        let norm = |w: &mut Weights, name: String| -> Result<RmsNorm, ModelError> {
-            Ok(RmsNorm {
-                weight: Param::from_tensor(w.take(&name, [d], device)?),
-                eps: config.rms_norm_eps,
-            })
-        };
-        let embed_tokens = Param::from_tensor(w.take("model.embed_tokens.weight", [v, d], device)?);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Block {
-                input_layernorm: norm(w, format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention {
-                    q_proj: proj(w, format!("{p}.self_attn.q_proj.weight"), [h * hd, d], ab)?,
-                    k_proj: proj(w, format!("{p}.self_attn.k_proj.weight"), [kv * hd, d], ab)?,
-                    v_proj: proj(w, format!("{p}.self_attn.v_proj.weight"), [kv * hd, d], ab)?,
-                    o_proj: proj(w, format!("{p}.self_attn.o_proj.weight"), [d, h * hd], ab)?,
-                    n_heads: h,
-                    n_kv_heads: kv,
-                    head_dim: hd,
-                },
-                post_attention_layernorm: norm(w, format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate_proj: proj(w, format!("{p}.mlp.gate_proj.weight"), [inter, d], mb)?,
-                    up_proj: proj(w, format!("{p}.mlp.up_proj.weight"), [inter, d], mb)?,
-                    down_proj: proj(w, format!("{p}.mlp.down_proj.weight"), [d, inter], mb)?,
-                },
-            });
-        }
-        let final_norm = norm(w, "model.norm.weight".into())?;
-        let lm_head = if config.tie_word_embeddings {
-            w.skip("lm_head.weight");
-            None
-        } else {
-            Some(proj(w, "lm_head.weight".into(), [v, d], false)?)
-        };
-        w.finish()?;
-        Ok(Llama {
-            embed_tokens,
-            layers,
-            norm: final_norm,
-            lm_head,
+        Ok(Proj {
+            weight: Param::from_tensor(w.take(&name, shape, device)?),
+            bias,
         })
+    };
+    let (ab, mb) = (config.attention_bias, config.mlp_bias);
+    let norm = |w: &mut Weights, name: String| -> Result<RmsNorm, ModelError> {
+        Ok(RmsNorm {
+            weight: Param::from_tensor(w.take(&name, [d], device)?),
+            eps: config.rms_norm_eps,
+        })
+    };
+    let embed_tokens = Param::from_tensor(w.take("model.embed_tokens.weight", [v, d], device)?);
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for i in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(Block {
+            input_layernorm: norm(w, format!("{p}.input_layernorm.weight"))?,
+            self_attn: Attention {
+                q_proj: proj(w, format!("{p}.self_attn.q_proj.weight"), [h * hd, d], ab)?,
+                k_proj: proj(w, format!("{p}.self_attn.k_proj.weight"), [kv * hd, d], ab)?,
+                v_proj: proj(w, format!("{p}.self_attn.v_proj.weight"), [kv * hd, d], ab)?,
+                o_proj: proj(w, format!("{p}.self_attn.o_proj.weight"), [d, h * hd], ab)?,
+                n_heads: h,
+                n_kv_heads: kv,
+                head_dim: hd,
+            },
+            post_attention_layernorm: norm(w, format!("{p}.post_attention_layernorm.weight"))?,
+            mlp: Mlp {
+                gate_proj: proj(w, format!("{p}.mlp.gate_proj.weight"), [inter, d], mb)?,
+                up_proj: proj(w, format!("{p}.mlp.up_proj.weight"), [inter, d], mb)?,
+                down_proj: proj(w, format!("{p}.mlp.down_proj.weight"), [d, inter], mb)?,
+            },
+        });
     }
+    let final_norm = norm(w, "model.norm.weight".into())?;
+    let lm_head = if config.tie_word_embeddings {
+        w.skip("lm_head.weight");
+        None
+    } else {
+        Some(proj(w, "lm_head.weight".into(), [v, d], false)?)
+    };
+    w.finish()?;
+    Ok(Llama {
+        embed_tokens,
+        layers,
+        norm: final_norm,
+        lm_head,
+    })
 }
 
 /// The files beside tokenizer.json that say how the model's texts look

@@ -79,6 +79,19 @@ impl ChatTemplate {
         })
     }
 
+    /// The model's own template, for `template: chat`; an error naming the
+    /// model (`what`) when its files have none.
+    pub fn of_model(specials: &Specials, what: &str) -> Result<ChatTemplate, babelflow_stage::StageError> {
+        let source = specials.chat_template.as_deref().ok_or_else(|| {
+            babelflow_stage::StageError::failed(format!(
+                "`template: chat` needs the model's chat template, and {what} has none (no `chat_template` in \
+                 tokenizer_config.json, no chat_template.jinja); use the template it was tuned with (alpaca, \
+                 bactrian, belle, or your own)"
+            ))
+        })?;
+        ChatTemplate::new(source, specials).map_err(babelflow_stage::StageError::failed)
+    }
+
     /// The template's text for `messages`; with `add_generation_prompt`,
     /// ending where the assistant's answer begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, String> {

@@ -322,6 +322,23 @@ impl Specials {
         })
     }
 
+    /// The special tokens a model is read with: its folder's files decide;
+    /// only when the folder has no tokenizer.json of its own (and one is
+    /// bound, at `tokenizer_path`) does that tokenizer's folder.
+    pub fn for_model(
+        tok: &LoadedTokenizer,
+        model_dir: &Path,
+        tokenizer_path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Specials, StageError> {
+        let folder = if model_dir.join("tokenizer.json").is_file() {
+            Some(model_dir)
+        } else {
+            tokenizer_path.parent()
+        };
+        Specials::resolve(tok, folder, overrides)
+    }
+
     /// The `BOS` (when added) for the start of a text.
     pub fn prefix(&self) -> Vec<u32> {
         match (&self.bos, self.add_bos) {

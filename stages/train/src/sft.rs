@@ -250,12 +250,12 @@ impl StageKind for Sft {
         let model_dir = &ctx.single_input("model")?.path;
         let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
         let (tok_path, tok) = LoadedTokenizer::for_model(model_dir, bound)?;
-        let folder = if bound.is_some() && !model_dir.join("tokenizer.json").is_file() {
-            tok_path.parent().map(std::path::Path::to_path_buf)
-        } else {
-            Some(model_dir.clone())
-        };
-        let specials = Specials::resolve(&tok, folder.as_deref(), &babelflow_tokens::specials::overrides_of(p)?)?;
+        let specials = Specials::for_model(
+            &tok,
+            model_dir,
+            &tok_path,
+            &babelflow_tokens::specials::overrides_of(p)?,
+        )?;
         let eos = specials.eos.as_ref().map(|t| t.id).ok_or_else(|| {
             StageError::failed(
                 "the tokenizer has no EOS token, and instruction tuning teaches the model to end its answer with \
@@ -264,16 +264,7 @@ impl StageKind for Sft {
         })?;
         let prefix = specials.prefix();
         let chat = match template {
-            Template::Chat => {
-                let source = specials.chat_template.as_deref().ok_or_else(|| {
-                    StageError::failed(format!(
-                        "`template: chat` needs the model's chat template, and {} has none (no `chat_template` in \
-                         tokenizer_config.json, no chat_template.jinja); use alpaca, bactrian, belle or your own",
-                        model_dir.display()
-                    ))
-                })?;
-                Some(ChatTemplate::new(source, &specials).map_err(StageError::failed)?)
-            }
+            Template::Chat => Some(ChatTemplate::of_model(&specials, &model_dir.display().to_string())?),
             _ => None,
         };
 

@@ -320,7 +320,7 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
                 CONTROL
             } else if user_ids.contains(&i) {
                 USER_DEFINED
-            } else if byte_fallback && crate_is_byte_piece(t) {
+            } else if byte_fallback && is_byte_piece(t) {
                 BYTE
             } else {
                 NORMAL
@@ -392,8 +392,9 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
     Ok(meta)
 }
 
-/// `<0x0A>`-style byte pieces.
-fn crate_is_byte_piece(token: &str) -> bool {
+/// `<0x0A>`-style byte pieces (the tokens crate has the same test; the
+/// model crate does not depend on it).
+fn is_byte_piece(token: &str) -> bool {
     let b = token.as_bytes();
     b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
 }
