@@ -4,6 +4,7 @@
 
 pub mod diagnostics;
 pub mod engine;
+pub mod executor;
 pub mod graph;
 pub mod recipe;
 pub mod registry;

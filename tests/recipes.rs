@@ -97,6 +97,30 @@ fn sample_paths(p: &Project, recipe: &std::path::Path) -> Vec<String> {
         std::fs::write(&gguf, b"GGUF").unwrap();
         return vec![format!("vars.gguf={}", gguf.display())];
     }
+    if recipe.ends_with("beyond-english-mini.yaml") {
+        // The model and the Bible text are fetched by scripts/fetch-mini-study.sh;
+        // `plan` needs files in their layout to fingerprint.
+        let gguf = p.path("model.gguf");
+        std::fs::write(&gguf, b"GGUF").unwrap();
+        let corpora = p.path("corpora");
+        for lang in ["ny", "en"] {
+            p.write(&format!("corpora/{lang}/train.jsonl"), "{\"text\": \"a\"}\n");
+            p.write(&format!("corpora/{lang}/heldout.jsonl"), "{\"text\": \"b\"}\n");
+            for split in ["dev", "test"] {
+                p.write(
+                    &format!("corpora/exams/{lang}/bible_translation_{split}.csv"),
+                    "q,a,b,c,d,A\n",
+                );
+            }
+        }
+        for split in ["train", "test"] {
+            p.write(&format!("corpora/sft/{split}.json"), "[]");
+        }
+        return vec![
+            format!("vars.gguf={}", gguf.display()),
+            format!("vars.corpora={}", corpora.display()),
+        ];
+    }
     if !recipe.to_string_lossy().contains("llama-beyond-english") {
         return Vec::new();
     }

@@ -51,10 +51,31 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
         Err(code) => return Ok(code),
     };
     let lock = LockFile::load(&store.lockfile_path(&pipeline.id));
+    // Jobs a Slurm run has in the queue now (its driver keeps this list).
+    let running: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(babelflow::executor::slurm::Slurm::live_path(&store, &pipeline.id))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+    let states = (!running.is_empty())
+        .then(babelflow::executor::slurm::queue_states)
+        .flatten();
     let mut rows = Vec::new();
     for p in &planned {
         let last = lock.instances.get(&p.name);
         let artifact = (p.action == Action::Cached).then(|| store.artifact_dir(&p.fingerprint));
+        let (job, job_state) = match running.get(&p.name) {
+            Some(id) => (
+                Some(format!("slurm {id}")),
+                Some(
+                    states
+                        .as_ref()
+                        .and_then(|s| s.get(id).cloned())
+                        .unwrap_or_else(|| "in queue".into()),
+                ),
+            ),
+            None => (last.and_then(|l| l.job.clone()), None),
+        };
         rows.push(serde_json::json!({
             "name": p.name,
             "kind": p.kind,
@@ -64,6 +85,8 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
             "last_finished_at": last.map(|l| l.finished_at),
             "last_error": last.and_then(|l| l.error.clone()),
             "artifact": artifact,
+            "job": job,
+            "job_state": job_state,
         }));
     }
     if json {
@@ -71,19 +94,41 @@ pub fn status(registry: &Registry, args: &RecipeArgs, json: bool) -> anyhow::Res
         return Ok(ExitCode::SUCCESS);
     }
     let width = planned.iter().map(|p| p.name.len()).max().unwrap_or(8).max(8);
+    let with_jobs = rows.iter().any(|r| !r["job"].is_null());
     println!(
-        "{:width$}  {:10}  {:>8}  {:8}  artifact",
-        "instance", "last run", "time", "current"
+        "{:width$}  {:10}  {:>8}  {:8}  {}artifact",
+        "instance",
+        "last run",
+        "time",
+        "current",
+        if with_jobs {
+            format!("{:24}  ", "job")
+        } else {
+            String::new()
+        }
     );
     for (p, row) in planned.iter().zip(&rows) {
-        let last = row["last_status"].as_str().unwrap_or("never");
+        let last = match row["job_state"].as_str() {
+            Some(_) => "running",
+            None => row["last_status"].as_str().unwrap_or("never"),
+        };
         let time = row["last_duration_s"]
             .as_f64()
             .map(|s| format!("{s:.1}s"))
             .unwrap_or_default();
         let current = if p.action == Action::Cached { "yes" } else { "stale" };
         let artifact = row["artifact"].as_str().unwrap_or("-");
-        println!("{:width$}  {last:10}  {time:>8}  {current:8}  {artifact}", p.name);
+        let job = if with_jobs {
+            let text = match (row["job"].as_str(), row["job_state"].as_str()) {
+                (Some(j), Some(state)) => format!("{j} {}", state.to_lowercase()),
+                (Some(j), None) => j.to_string(),
+                _ => "-".into(),
+            };
+            format!("{text:24}  ")
+        } else {
+            String::new()
+        };
+        println!("{:width$}  {last:10}  {time:>8}  {current:8}  {job}{artifact}", p.name);
     }
     Ok(ExitCode::SUCCESS)
 }

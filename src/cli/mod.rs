@@ -1,5 +1,6 @@
 //! Commands as the user asked for them; the engine does the work.
 
+mod exec;
 mod inspect;
 mod run;
 mod verify;
@@ -74,6 +75,8 @@ pub enum Command {
         /// Fail at once instead of waiting when another run holds the store.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Show what `run` would do for each instance, and why.
     Plan {
@@ -134,6 +137,45 @@ pub enum Command {
         /// Show one kind in full.
         kind: Option<String>,
     },
+    /// Run one planned instance into the store (what a cluster job runs;
+    /// the driver writes its handoff folder).
+    #[command(hide = true)]
+    Exec {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        #[arg(long)]
+        instance: String,
+        /// The fingerprint the driver planned; the job refuses to build another.
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long, value_name = "DIR")]
+        handoff: PathBuf,
+    },
+}
+
+/// Where instances run; each flag overrides the recipe's `executor:`.
+#[derive(clap::Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Where instances run: `local` (threads here, the default) or `slurm`
+    /// (one `sbatch` job per ready instance; the store must be on a
+    /// filesystem every node sees).
+    #[arg(long, value_name = "KIND", value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
+    /// Slurm partition of every job.
+    #[arg(long, value_name = "NAME")]
+    pub partition: Option<String>,
+    /// Slurm account of every job.
+    #[arg(long, value_name = "NAME")]
+    pub account: Option<String>,
+    /// Slurm QOS of every job.
+    #[arg(long, value_name = "NAME")]
+    pub qos: Option<String>,
+    /// Default time limit of a job (a stage's `resources.time` wins): 90, 2:00:00, 1-12:00:00.
+    #[arg(long, value_name = "LIMIT")]
+    pub time: Option<String>,
+    /// A further sbatch flag for every job (`--sbatch-flag=--exclusive`). Repeatable.
+    #[arg(long = "sbatch-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub sbatch_flags: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,7 +194,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             jobs,
             keep_going,
             no_wait,
-        } => run::run(&registry, &recipe, only, force, jobs, keep_going, !no_wait),
+            cluster,
+        } => run::run(&registry, &recipe, only, force, jobs, keep_going, !no_wait, &cluster),
         Command::Plan {
             recipe,
             only,
@@ -165,6 +208,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gc { store, dry_run } => inspect::gc(store, dry_run),
         Command::Verify { store, dry_run } => verify::verify(store, dry_run),
         Command::Kinds { kind } => inspect::kinds(&registry, kind.as_deref()),
+        Command::Exec {
+            recipe,
+            instance,
+            fingerprint,
+            handoff,
+        } => exec::exec(&registry, &recipe, &instance, &fingerprint, &handoff),
     }
 }
 

@@ -10,8 +10,49 @@ use babelflow::registry::Registry;
 use babelflow::store::Store;
 use babelflow_stage::CancelFlag;
 
-use super::{load, report, RecipeArgs, EXIT_CANCELLED, EXIT_ERROR};
+use babelflow::engine::Pipeline;
+use babelflow::executor::slurm::{Invocation, Slurm};
+use babelflow::executor::Executor;
 
+use super::{load, report, ClusterArgs, RecipeArgs, EXIT_CANCELLED, EXIT_ERROR, EXIT_INVALID};
+
+/// The recipe's `executor:` with the command line's flags over it.
+fn executor_for(pipeline: &Pipeline, cli: &ClusterArgs, args: &RecipeArgs, store: &Store) -> Result<Executor, String> {
+    let mut settings = pipeline.executor.clone();
+    if let Some(kind) = &cli.executor {
+        settings.kind = kind.clone();
+    }
+    for (value, slot) in [
+        (&cli.partition, &mut settings.partition),
+        (&cli.account, &mut settings.account),
+        (&cli.qos, &mut settings.qos),
+    ] {
+        if value.is_some() {
+            *slot = value.clone();
+        }
+    }
+    if let Some(t) = &cli.time {
+        if !babelflow::recipe::valid_time(t) {
+            return Err(format!("--time {t}: not a Slurm time limit (90, 2:00:00, 1-12:00:00)"));
+        }
+        settings.time = Some(t.clone());
+    }
+    settings.sbatch_flags.extend(cli.sbatch_flags.iter().cloned());
+    if settings.kind != "slurm" {
+        return Ok(Executor::Local);
+    }
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let invocation = Invocation {
+        binary: std::env::current_exe().map_err(|e| format!("cannot find this babelflow binary: {e}"))?,
+        recipe: absolute(&args.recipe),
+        sets: args.sets.clone(),
+        store: absolute(store.root()),
+        workdir: std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?,
+    };
+    Ok(Executor::Slurm(Box::new(Slurm::new(settings, invocation))))
+}
+
+#[allow(clippy::too_many_arguments)] // one per `run` flag group, as clap gives them
 pub fn run(
     registry: &Registry,
     args: &RecipeArgs,
@@ -20,6 +61,7 @@ pub fn run(
     jobs: Option<usize>,
     keep_going: bool,
     wait_for_lock: bool,
+    cluster: &ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
     let pipeline = match load(registry, args) {
         Ok(p) => p,
@@ -28,6 +70,13 @@ pub fn run(
     let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
         Ok(s) => Arc::new(s),
         Err(e) => return Ok(report(e.into())),
+    };
+    let executor = match executor_for(&pipeline, cluster, args, &store) {
+        Ok(e) => e,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
     };
     let cancel = CancelFlag::new();
     {
@@ -41,8 +90,16 @@ pub fn run(
             cancel.cancel();
         });
     }
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let options = SchedulerOptions { jobs, keep_going };
+    let jobs = jobs.unwrap_or_else(|| match executor {
+        // Jobs in the queue at once; the cluster decides how many run.
+        Executor::Slurm(_) => 64,
+        Executor::Local => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    let options = SchedulerOptions {
+        jobs,
+        keep_going,
+        executor: Arc::new(executor),
+    };
     let selection = Selection { only, force };
     let progress = Arc::new(Progress::new());
     let started = std::time::Instant::now();

@@ -29,6 +29,7 @@ pub struct Job {
 }
 
 /// A producing instance: its artifact folder, or why it has none.
+#[derive(Debug, Clone)]
 pub struct Producer {
     pub name: String,
     pub dir: Option<PathBuf>,
@@ -39,6 +40,8 @@ pub struct JobResult {
     pub index: usize,
     pub seconds: f64,
     pub outcome: Result<Built, StageError>,
+    /// The cluster job that ran it (`slurm 1234`); `None` when it ran here.
+    pub job: Option<String>,
 }
 
 /// A committed artifact.
@@ -107,6 +110,7 @@ pub fn execute(
         index: job.index,
         seconds: started.elapsed().as_secs_f64(),
         outcome,
+        job: None,
     }
 }
 

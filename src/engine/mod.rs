@@ -13,6 +13,7 @@ use babelflow_stage::CancelFlag;
 
 use crate::diagnostics::Diagnostics;
 use crate::graph::Graph;
+use crate::recipe::executor::ExecutorSettings;
 use crate::recipe::{expand, RecipeSource};
 use crate::registry::Registry;
 use crate::store::lockfile::{LockEntry, LockFile};
@@ -39,12 +40,15 @@ pub struct Pipeline {
     /// How the store knows this recipe (lock file, logs).
     pub id: RecipeId,
     pub graph: Graph,
+    /// The recipe's `executor:` (the CLI may override it).
+    pub executor: ExecutorSettings,
 }
 
 impl Pipeline {
     pub fn load(path: &Path, sets: &[String], registry: &Registry) -> Result<Pipeline, Diagnostics> {
         let source = RecipeSource::load(path, sets)?;
         let (instances, mut diags) = expand::expand(&source, registry);
+        let executor = crate::recipe::executor::settings(&source, &mut diags);
         let graph = match Graph::new(&source, instances) {
             Ok(graph) => graph,
             Err(cycle) => {
@@ -62,6 +66,7 @@ impl Pipeline {
             name,
             id,
             graph,
+            executor,
         })
     }
 
@@ -124,7 +129,7 @@ impl Pipeline {
         if let Ok(mut l) = lockfile.lock() {
             l.recipe = self.id.path.display().to_string();
         }
-        let mut on_done = |i: usize, p: &PlannedInstance, outcome: &Outcome| {
+        let mut on_done = |i: usize, p: &PlannedInstance, outcome: &Outcome, job: Option<&str>| {
             let inst = &self.graph.instances[i];
             let (status, error, seconds, artifact) = match outcome {
                 Outcome::Ran { seconds } => ("ok", None, *seconds, None),
@@ -157,6 +162,7 @@ impl Pipeline {
                         duration_s: seconds,
                         finished_at: execute::now_unix(),
                         backend: inst.backend.clone(),
+                        job: job.map(str::to_string),
                     },
                 );
                 // Saved after every instance so a killed run keeps what finished.
@@ -200,6 +206,7 @@ impl Pipeline {
                             duration_s: 0.0,
                             finished_at: execute::now_unix(),
                             backend: inst.backend.clone(),
+                            job: None,
                         },
                     );
                 }

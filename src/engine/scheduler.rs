@@ -14,9 +14,10 @@ use std::sync::Arc;
 use babelflow_stage::{CancelFlag, StageError, Upstream, UpstreamOutcome};
 use crossbeam_channel::{unbounded, RecvTimeoutError};
 
-use super::execute::{execute, Job, JobResult, Producer};
+use super::execute::{Job, JobResult, Producer};
 use super::plan::{Action, PlannedInstance};
 use super::progress::Progress;
+use crate::executor::Executor;
 use crate::graph::Graph;
 use crate::store::{RecipeId, Store};
 
@@ -72,12 +73,14 @@ impl Outcome {
 const STOPPED: &str = "run stopped after a failure (use --keep-going to continue other branches)";
 
 pub struct SchedulerOptions {
+    /// Instances in flight at once: CPU slots locally, jobs in the queue on a cluster.
     pub jobs: usize,
     pub keep_going: bool,
+    pub executor: Arc<Executor>,
 }
 
 /// Called on the main thread as each instance finishes (for the lock file).
-pub type OnDone<'a> = dyn FnMut(usize, &PlannedInstance, &Outcome) + 'a;
+pub type OnDone<'a> = dyn FnMut(usize, &PlannedInstance, &Outcome, Option<&str>) + 'a;
 
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -127,11 +130,39 @@ pub fn run(
             let store = Arc::clone(store);
             let cancel = cancel.clone();
             let progress = Arc::clone(progress);
+            let executor = Arc::clone(&options.executor);
             scope.spawn(move || {
-                for job in job_rx.iter() {
-                    let bar = progress.start(&job.instance.name);
-                    let result = execute(&job, &store, recipe, base_dir, &cancel, &bar);
-                    drop(bar);
+                for mut job in job_rx.iter() {
+                    let retries = job
+                        .instance
+                        .policy
+                        .retries
+                        .unwrap_or_else(|| executor.default_retries());
+                    let mut attempt = 0;
+                    let result = loop {
+                        let bar = progress.start(&job.instance.name);
+                        let result = executor.run(&job, &store, recipe, base_dir, &cancel, &bar);
+                        drop(bar);
+                        match &result.outcome {
+                            Err(e)
+                                if !matches!(e, StageError::Cancelled)
+                                    && attempt < retries
+                                    && !cancel.is_cancelled() =>
+                            {
+                                attempt += 1;
+                                progress.line(&format!(
+                                    "↻ {} failed; retrying (attempt {} of {}):\n{}",
+                                    job.instance.name,
+                                    attempt + 1,
+                                    retries + 1,
+                                    indent(&e.to_string())
+                                ));
+                                // A retry resumes from the checkpoint; `--force` meant the first attempt.
+                                job.planned.forced = false;
+                            }
+                            _ => break result,
+                        }
+                    };
                     if result_tx.send(result).is_err() {
                         break;
                     }
@@ -172,8 +203,16 @@ pub fn run(
                         continue;
                     }
                     let inst = &graph.instances[i];
-                    let cpus = inst.resources.cpus.min(jobs);
-                    let gpu = inst.resources.gpu.then_some(inst.device);
+                    // Locally instances are packed under the CPU slots and
+                    // one per GPU; on a cluster the scheduler there packs
+                    // them, and a slot here is one job in flight.
+                    let (cpus, gpu, threads) = match options.executor.as_ref() {
+                        Executor::Local => {
+                            let cpus = inst.resources.cpus.min(jobs);
+                            (cpus, inst.resources.gpu.then_some(inst.device), cpus)
+                        }
+                        Executor::Slurm(_) => (1, None, inst.resources.cpus),
+                    };
                     if cpus > cpu_free || gpu.is_some_and(|d| gpus_busy.contains(&d)) {
                         continue;
                     }
@@ -203,7 +242,7 @@ pub fn run(
                         planned: planned[i].clone(),
                         producers,
                         upstream: upstream_of(graph, planned, store, &outcomes, i),
-                        threads: cpus,
+                        threads,
                     };
                     if job_tx.send(job).is_err() {
                         break;
@@ -276,7 +315,7 @@ pub fn run(
                     }
                 }
             };
-            on_done(result.index, &planned[result.index], &outcome);
+            on_done(result.index, &planned[result.index], &outcome, result.job.as_deref());
             outcomes[result.index] = Some(outcome);
         }
         drop(job_tx);

@@ -26,12 +26,34 @@ pub struct Resources {
     pub cpus: usize,
     /// Takes the slot of its device (one GPU-using instance per device).
     pub gpu: bool,
+    /// GPUs a cluster job asks for (`gpu: true` is one).
+    pub gpus: usize,
+    /// A cluster job's memory (`--mem`), as written.
+    pub memory: Option<String>,
+    /// A cluster job's time limit (`--time`), as written.
+    pub time: Option<String>,
 }
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpus: 1, gpu: false }
+        Resources {
+            cpus: 1,
+            gpu: false,
+            gpus: 0,
+            memory: None,
+            time: None,
+        }
     }
+}
+
+/// What to do when an instance fails or its job is preempted. Not part of
+/// the fingerprint: it changes how an artifact is made, never what it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPolicy {
+    /// Attempts after the first; `None`: the executor's default (0 locally, 1 on Slurm).
+    pub retries: Option<u32>,
+    /// On Slurm: `--requeue --signal=B:USR1@120`; the job checkpoints on the signal and requeues itself.
+    pub requeue: bool,
 }
 
 /// Where one bound input comes from.
@@ -63,6 +85,7 @@ pub struct Instance {
     pub backend: String,
     pub device: usize,
     pub resources: Resources,
+    pub policy: RunPolicy,
     pub span: Span,
 }
 
@@ -228,7 +251,8 @@ fn expand_stage(
             }
         };
         let params = check_params(source, kind.as_ref(), &node, stage_span, diags);
-        let (backend, device, resources) = settings(source, &node, defaults, &scope_vars, registry.backends(), diags);
+        let (backend, device, resources, policy) =
+            settings(source, &node, defaults, &scope_vars, registry.backends(), diags);
         let outputs = kind.outputs(&params);
         let (refs, input_spans, needs_span) = needs(source, &node, diags);
         pending.push(Pending {
@@ -243,6 +267,7 @@ fn expand_stage(
                 backend,
                 device,
                 resources,
+                policy,
                 span: stage_span,
             },
             refs,

@@ -1,20 +1,22 @@
 //! Recipes: reading the YAML, applying `--set` overrides, and expanding
 //! `foreach`/`matrix` stages into checked instances (see [`expand`]).
 
+pub mod executor;
 pub mod expand;
 mod fanout;
 mod interpolate;
 mod needs;
 mod overrides;
-mod params;
+pub(crate) mod params;
 pub mod schema;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
-pub use expand::{InputBinding, Instance, Resources};
+pub use expand::{InputBinding, Instance, Resources, RunPolicy};
 pub use overrides::Override;
+pub use params::{valid_memory, valid_time};
 use yaml::{Node, Span};
 
 /// The recipe's text: UTF-8, with a leading byte-order mark dropped (some

@@ -7,7 +7,7 @@
 //! Overridden nodes get a span with line 0 and the override's number as
 //! column, so errors about them point at the `--set` rather than the file.
 
-use super::schema::{DEFAULT_KEYS, RECIPE_KEYS, STAGE_KEYS};
+use super::schema::{DEFAULT_KEYS, EXECUTOR_KEYS, RECIPE_KEYS, STAGE_KEYS};
 use super::yaml::{self, Node, NodeKind, Span};
 use crate::diagnostics::did_you_mean;
 
@@ -104,6 +104,9 @@ pub fn check_path(root: &Node, o: &Override) -> Result<(), (String, Option<Strin
         }
         ("defaults", Some(key)) if !DEFAULT_KEYS.contains(&key) => {
             unknown(format!("`defaults` has no key `{key}`"), key, &owned(DEFAULT_KEYS))
+        }
+        ("executor", Some(key)) if !EXECUTOR_KEYS.contains(&key) => {
+            unknown(format!("`executor` has no key `{key}`"), key, &owned(EXECUTOR_KEYS))
         }
         ("stages", Some(target)) => {
             let stage = target.split_once('@').map_or(target, |(s, _)| s);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use babelflow_stage::{ParamSpec, Params, StageKind};
 use serde_json::{Map, Value};
 
-use super::expand::Resources;
+use super::expand::{Resources, RunPolicy};
 use super::interpolate::Scope;
 use super::schema::BACKENDS;
 use super::yaml::{Node, Span};
@@ -102,7 +102,7 @@ fn default_value(spec: &ParamSpec) -> Option<Value> {
     spec.default.and_then(|text| serde_json::from_str(text).ok())
 }
 
-/// backend, device and resources: the stage's own, else `defaults:`.
+/// backend, device, resources, retries and requeue: the stage's own, else `defaults:`.
 pub fn settings(
     source: &RecipeSource,
     node: &Node,
@@ -110,7 +110,7 @@ pub fn settings(
     scope: &Scope,
     compiled_backends: &[&str],
     diags: &mut Diagnostics,
-) -> (String, usize, Resources) {
+) -> (String, usize, Resources, RunPolicy) {
     let pick = |key: &str| -> Option<Node> {
         node.get(key)
             .cloned()
@@ -158,37 +158,117 @@ pub fn settings(
         ..Resources::default()
     };
     if let Some(r) = pick("resources") {
-        match r.as_map() {
-            None => diags.push(source.diag(r.span, "`resources` must be a mapping like {cpus: 2, gpu: true}", None)),
-            Some(entries) => {
-                for (k, v) in entries {
-                    match (k.as_str().unwrap_or_default(), v.to_value()) {
-                        ("cpus", Value::Number(n)) if n.as_u64().is_some_and(|c| c >= 1) => {
-                            resources.cpus = n.as_u64().unwrap_or(1) as usize
-                        }
-                        ("gpu", Value::Bool(b)) => resources.gpu = b,
-                        (key @ ("cpus" | "gpu"), _) => diags.push(source.diag(
-                            v.span,
-                            format!(
-                                "`resources.{key}` must be {}, found {}",
-                                if key == "cpus" {
-                                    "a positive integer"
-                                } else {
-                                    "true or false"
-                                },
-                                v.describe()
-                            ),
-                            None,
-                        )),
-                        (key, _) => diags.push(source.diag(
-                            k.span,
-                            format!("unknown resource `{key}`"),
-                            did_you_mean(key, ["cpus", "gpu"]).or_else(|| Some("resources are cpus and gpu".into())),
-                        )),
-                    }
-                }
-            }
+        resources_of(source, &r, &mut resources, diags);
+    }
+    let mut policy = RunPolicy::default();
+    if let Some(n) = pick("retries") {
+        match n.to_value().as_u64() {
+            Some(k) if k <= 100 => policy.retries = Some(k as u32),
+            _ => diags.push(source.diag(
+                n.span,
+                format!("`retries` must be a whole number from 0 to 100, found {}", n.describe()),
+                None,
+            )),
         }
     }
-    (backend, device, resources)
+    if let Some(b) = pick("requeue") {
+        match b.to_value() {
+            Value::Bool(v) => policy.requeue = v,
+            _ => diags.push(source.diag(
+                b.span,
+                format!("`requeue` must be true or false, found {}", b.describe()),
+                None,
+            )),
+        }
+    }
+    (backend, device, resources, policy)
+}
+
+const RESOURCE_KEYS: [&str; 5] = ["cpus", "gpu", "gpus", "memory", "time"];
+
+/// `resources: {cpus, gpu | gpus, memory, time}`: what the local scheduler
+/// packs by (cpus, gpu) and what a cluster job asks for (all of them).
+fn resources_of(source: &RecipeSource, r: &Node, resources: &mut Resources, diags: &mut Diagnostics) {
+    let Some(entries) = r.as_map() else {
+        diags.push(source.diag(r.span, "`resources` must be a mapping like {cpus: 2, gpu: true}", None));
+        return;
+    };
+    for (k, v) in entries {
+        let key = k.as_str().unwrap_or_default();
+        let value = v.to_value();
+        let wrong = |expected: &str| {
+            source.diag(
+                v.span,
+                format!("`resources.{key}` must be {expected}, found {}", v.describe()),
+                None,
+            )
+        };
+        match key {
+            "cpus" => match value.as_u64() {
+                Some(c) if c >= 1 => resources.cpus = c as usize,
+                _ => diags.push(wrong("a positive integer")),
+            },
+            "gpu" => match value {
+                Value::Bool(b) => {
+                    resources.gpu = b;
+                    resources.gpus = usize::from(b);
+                }
+                _ => diags.push(wrong("true or false")),
+            },
+            "gpus" => match value.as_u64() {
+                Some(n) => {
+                    resources.gpus = n as usize;
+                    resources.gpu = n > 0;
+                }
+                None => diags.push(wrong("a whole number of GPUs")),
+            },
+            "memory" => match value_text(&value).filter(|t| valid_memory(t)) {
+                Some(t) => resources.memory = Some(t),
+                None => diags.push(wrong("an amount like 8G, 512M or 16000 (megabytes)")),
+            },
+            "time" => match value_text(&value).filter(|t| valid_time(t)) {
+                Some(t) => resources.time = Some(t),
+                None => diags.push(wrong("a Slurm time limit like 90 (minutes), 2:00:00 or 1-12:00:00")),
+            },
+            _ => diags.push(
+                source.diag(
+                    k.span,
+                    format!("unknown resource `{key}`"),
+                    did_you_mean(key, RESOURCE_KEYS)
+                        .or_else(|| Some(format!("resources are {}", RESOURCE_KEYS.join(", ")))),
+                ),
+            ),
+        }
+    }
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// Slurm's `--mem`: a number, optionally K, M, G or T.
+pub fn valid_memory(text: &str) -> bool {
+    let digits = text
+        .strip_suffix(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't'])
+        .unwrap_or(text);
+    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Slurm's `--time`: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+pub fn valid_time(text: &str) -> bool {
+    let numbers = |part: &str, most: usize| {
+        let fields: Vec<&str> = part.split(':').collect();
+        fields.len() <= most
+            && fields
+                .iter()
+                .all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()))
+    };
+    match text.split_once('-') {
+        Some((days, rest)) => numbers(days, 1) && numbers(rest, 3),
+        None => numbers(text, 3),
+    }
 }

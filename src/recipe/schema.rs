@@ -6,7 +6,7 @@ use super::yaml::Node;
 use super::RecipeSource;
 use crate::diagnostics::{did_you_mean, Diagnostics};
 
-pub const RECIPE_KEYS: &[&str] = &["name", "description", "vars", "defaults", "stages"];
+pub const RECIPE_KEYS: &[&str] = &["name", "description", "vars", "defaults", "executor", "stages"];
 pub const STAGE_KEYS: &[&str] = &[
     "kind",
     "description",
@@ -17,8 +17,21 @@ pub const STAGE_KEYS: &[&str] = &[
     "backend",
     "device",
     "resources",
+    "retries",
+    "requeue",
 ];
-pub const DEFAULT_KEYS: &[&str] = &["backend", "device", "resources"];
+pub const DEFAULT_KEYS: &[&str] = &["backend", "device", "resources", "retries", "requeue"];
+/// `executor:` at the top of a recipe: where instances run (see `crate::executor`).
+pub const EXECUTOR_KEYS: &[&str] = &[
+    "kind",
+    "partition",
+    "account",
+    "qos",
+    "time",
+    "sbatch_flags",
+    "poll_interval_s",
+    "grace_s",
+];
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "vulkan", "cuda"];
 
 pub fn valid_name(name: &str) -> bool {

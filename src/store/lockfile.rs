@@ -41,6 +41,9 @@ pub struct LockEntry {
     pub finished_at: u64,
     #[serde(default)]
     pub backend: String,
+    /// The cluster job that made it (`slurm 1234`), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

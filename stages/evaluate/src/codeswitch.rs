@@ -52,7 +52,7 @@ pub fn script_of(c: char) -> Option<Script> {
 /// The script a language is written in (the study's 13 and a few more).
 pub fn script_for(lang: &str) -> Option<Script> {
     Some(match lang {
-        "en" | "sw" | "vi" | "id" | "fr" | "de" | "es" | "pt" | "it" | "tr" => Script::Latin,
+        "en" | "sw" | "ny" | "vi" | "id" | "fr" | "de" | "es" | "pt" | "it" | "tr" => Script::Latin,
         "hi" | "mr" | "ne" => Script::Devanagari,
         "bn" => Script::Bengali,
         "gu" => Script::Gujarati,

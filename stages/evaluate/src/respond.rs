@@ -87,7 +87,8 @@ impl StageKind for Respond {
     fn code_version(&self) -> &'static str {
         // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
         // 4: BOS and stop tokens as transformers reads them; `template: chat`.
-        "4"
+        // 5: Chichewa (ny) known as a Latin-script language for code-switching.
+        "5"
     }
     fn summary(&self) -> &'static str {
         "generate answers to instructions; chrF against references and code-switching rates"

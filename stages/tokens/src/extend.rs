@@ -41,7 +41,7 @@ const INPUTS: &[InputSpec] = &[
         name: "tokenizer",
         required: true,
         many: false,
-        doc: "the base HF tokenizer.json (BPE: LLaMA-1/2/3 style)",
+        doc: "the base HF tokenizer.json (BPE: LLaMA-1/2/3 style), or a model folder (its tokenizer.json)",
     },
     InputSpec {
         name: "corpus",
@@ -110,7 +110,13 @@ impl StageKind for ExtendVocab {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
-        let base_path = &ctx.single_input("tokenizer")?.path;
+        // A model folder stands for its tokenizer.json, as in `tokenize`.
+        let bound = &ctx.single_input("tokenizer")?.path;
+        let base_path = &if bound.is_dir() {
+            bound.join("tokenizer.json")
+        } else {
+            bound.clone()
+        };
         let base = LoadedTokenizer::load(base_path)?;
         let mut doc: Value =
             serde_json::from_str(&std::fs::read_to_string(base_path).map_err(|e| StageError::io(base_path, e))?)
