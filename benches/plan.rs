@@ -25,7 +25,7 @@ fn cached_plan(c: &mut Criterion) {
     let options = SchedulerOptions {
         jobs: 2,
         keep_going: false,
-        executor: Arc::new(babelflow::executor::Executor::Local),
+        executor: Arc::new(babelflow::executor::Executor::local()),
     };
     pipeline
         .run(

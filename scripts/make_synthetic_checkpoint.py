@@ -4,6 +4,7 @@ measurements that need real sizes but no download.
 
     python3 scripts/make_synthetic_checkpoint.py smollm2-135m OUT_DIR
     python3 scripts/make_synthetic_checkpoint.py tinyllama-1.1b OUT_DIR
+    python3 scripts/make_synthetic_checkpoint.py bench-d256 OUT_DIR
 
 Needs numpy. Weights are normal(0, 0.02), written shard by
 shard (at most ~1 GB each, with model.safetensors.index.json), so writing
@@ -16,6 +17,10 @@ import sys
 import numpy as np
 
 SHAPES = {
+    # benches/model.rs's `default` config: d256, 4 layers, 8 heads, V8192.
+    "bench-d256": dict(vocab_size=8192, hidden_size=256, intermediate_size=682, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False,
+                       rope_theta=10000.0, max_position_embeddings=512),
     # HuggingFaceTB/SmolLM2-135M: tied, GQA 9/3, head_dim 64.
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,

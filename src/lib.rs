@@ -3,6 +3,7 @@
 //! reached only through [`registry::Registry`].
 
 pub mod diagnostics;
+pub mod distributed;
 pub mod engine;
 pub mod executor;
 pub mod graph;

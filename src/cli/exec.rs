@@ -30,6 +30,24 @@ pub fn exec(
     handoff_dir: &Path,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Which rank this process is (one, unless mpirun or srun started
+    // several); only rank 0 answers the driver.
+    let world = match babelflow::distributed::world_from_env() {
+        Ok(w) => w,
+        Err(e) => {
+            let report = JobReport {
+                ended: Ended::Failed { error: e.clone() },
+                seconds: 0.0,
+            };
+            // The launcher's rank 0, by its variables, speaks for the rest.
+            if babelflow::distributed::Launch::from_env(|k| std::env::var(k).ok()).is_ok_and(|l| l.rank == 0) {
+                let _ = handoff::write_result(handoff_dir, &report);
+            }
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    let root = world.is_root();
     let finish = |ended: Ended| -> anyhow::Result<ExitCode> {
         let code = match &ended {
             Ended::Built { .. } | Ended::Requeued => ExitCode::SUCCESS,
@@ -39,6 +57,9 @@ pub fn exec(
             }
             Ended::Cancelled => ExitCode::from(EXIT_CANCELLED),
         };
+        if !root {
+            return Ok(code);
+        }
         let report = JobReport {
             ended,
             seconds: started.elapsed().as_secs_f64(),
@@ -103,6 +124,7 @@ pub fn exec(
     let cancel = CancelFlag::new();
     let warned = Arc::new(AtomicBool::new(false));
     watch_signals(&cancel, &warned)?;
+    watch_launcher(&cancel);
 
     let job = Job {
         index,
@@ -111,6 +133,7 @@ pub fn exec(
         producers: context.producers,
         upstream: context.upstream,
         threads: context.threads,
+        world: std::sync::Arc::clone(&world),
     };
     let progress = Progress::new();
     let bar = progress.start(instance);
@@ -121,11 +144,20 @@ pub fn exec(
             fingerprint: built.fingerprint,
             missing: built.missing,
         },
-        Err(StageError::Cancelled) if warned.load(Ordering::SeqCst) && requeue_self() => Ended::Requeued,
+        Err(StageError::Cancelled) if root && warned.load(Ordering::SeqCst) && requeue_self() => Ended::Requeued,
         Err(StageError::Cancelled) => Ended::Cancelled,
         Err(e) => Ended::Failed { error: e.to_string() },
     };
-    finish(ended)
+    let failed_here = !matches!(ended, Ended::Built { .. } | Ended::Requeued);
+    let code = finish(ended)?;
+    if failed_here && world.world_size() > 1 {
+        // A rank that fails alone would leave the others waiting in the
+        // next all-reduce: exiting non-zero makes mpirun/srun stop them all
+        // (rank 0 has written the result first).
+        std::process::exit(EXIT_ERROR as i32);
+    }
+    drop(world);
+    Ok(code)
 }
 
 fn watch_signals(cancel: &CancelFlag, warned: &Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -144,6 +176,22 @@ fn watch_signals(cancel: &CancelFlag, warned: &Arc<AtomicBool>) -> anyhow::Resul
         }
     });
     Ok(())
+}
+
+/// Stops this process at its next step when whoever started it (mpirun,
+/// srun, the batch script) is gone: an orphaned rank would otherwise train
+/// on alone and race the next run for the instance's checkpoint.
+fn watch_launcher(cancel: &CancelFlag) {
+    let parent = std::os::unix::process::parent_id();
+    let cancel = cancel.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            eprintln!("babelflow exec: the process that started this one (pid {parent}) is gone: stopping");
+            cancel.cancel();
+            return;
+        }
+    });
 }
 
 /// After Slurm's warning signal: put this job back in the queue, so the

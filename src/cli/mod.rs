@@ -176,6 +176,12 @@ pub struct ClusterArgs {
     /// A further sbatch flag for every job (`--sbatch-flag=--exclusive`). Repeatable.
     #[arg(long = "sbatch-flag", value_name = "FLAG", allow_hyphen_values = true)]
     pub sbatch_flags: Vec<String>,
+    /// Train data-parallel on this many processes per machine (the training
+    /// stages' `resources.tasks_per_node`): `mpirun -np N` here, `srun` on
+    /// Slurm. The global batch, and so the result, stays the same. Needs a
+    /// babelflow built with `--features mpi`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: Option<u16>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

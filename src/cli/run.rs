@@ -11,6 +11,7 @@ use babelflow::store::Store;
 use babelflow_stage::CancelFlag;
 
 use babelflow::engine::Pipeline;
+use babelflow::executor::mpirun::{self, Mpirun};
 use babelflow::executor::slurm::{Invocation, Slurm};
 use babelflow::executor::Executor;
 
@@ -38,9 +39,6 @@ fn executor_for(pipeline: &Pipeline, cli: &ClusterArgs, args: &RecipeArgs, store
         settings.time = Some(t.clone());
     }
     settings.sbatch_flags.extend(cli.sbatch_flags.iter().cloned());
-    if settings.kind != "slurm" {
-        return Ok(Executor::Local);
-    }
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let invocation = Invocation {
         binary: std::env::current_exe().map_err(|e| format!("cannot find this babelflow binary: {e}"))?,
@@ -49,7 +47,44 @@ fn executor_for(pipeline: &Pipeline, cli: &ClusterArgs, args: &RecipeArgs, store
         store: absolute(store.root()),
         workdir: std::env::current_dir().map_err(|e| format!("no current folder: {e}"))?,
     };
+    let multi = pipeline.graph.instances.iter().find(|i| i.resources.processes() > 1);
+    if let Some(inst) = multi {
+        if !babelflow::distributed::MPI_BUILT {
+            return Err(format!(
+                "`{}` is to train on {} processes, but this babelflow was built without MPI: rebuild with `cargo build --release --features mpi` (needs libopenmpi-dev and libclang-dev), or drop --processes / resources.tasks_per_node",
+                inst.name,
+                inst.resources.processes()
+            ));
+        }
+    }
+    if settings.kind != "slurm" {
+        if let Some(inst) = pipeline.graph.instances.iter().find(|i| i.resources.nodes > 1) {
+            return Err(format!(
+                "`{}` asks for {} nodes, and this run is on this machine alone: run it with `--executor slurm`, or set `resources.nodes` to 1 (and `--processes N` for N processes here)",
+                inst.name, inst.resources.nodes
+            ));
+        }
+        let mpirun = Mpirun::new(invocation);
+        if multi.is_some() && !mpirun::launcher_available(&mpirun.program) {
+            return Err(format!(
+                "`{}` is not there to start the data-parallel processes: install OpenMPI (apt install openmpi-bin) or point BABELFLOW_MPIRUN at your launcher",
+                mpirun.program
+            ));
+        }
+        return Ok(Executor::Local(Some(Box::new(mpirun))));
+    }
     Ok(Executor::Slurm(Box::new(Slurm::new(settings, invocation))))
+}
+
+/// `--processes N`: every data-parallel instance runs on N ranks per machine.
+fn apply_processes(pipeline: &mut Pipeline, cli: &ClusterArgs) {
+    if let Some(n) = cli.processes {
+        for inst in &mut pipeline.graph.instances {
+            if inst.kind.data_parallel() {
+                inst.resources.tasks_per_node = n as usize;
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)] // one per `run` flag group, as clap gives them
@@ -63,10 +98,11 @@ pub fn run(
     wait_for_lock: bool,
     cluster: &ClusterArgs,
 ) -> anyhow::Result<ExitCode> {
-    let pipeline = match load(registry, args) {
+    let mut pipeline = match load(registry, args) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    apply_processes(&mut pipeline, cluster);
     let store = match Store::open(&pipeline.default_store(args.store.as_deref())) {
         Ok(s) => Arc::new(s),
         Err(e) => return Ok(report(e.into())),
@@ -93,7 +129,7 @@ pub fn run(
     let jobs = jobs.unwrap_or_else(|| match executor {
         // Jobs in the queue at once; the cluster decides how many run.
         Executor::Slurm(_) => 64,
-        Executor::Local => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        Executor::Local(_) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     let options = SchedulerOptions {
         jobs,

@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use babelflow_stage::{
-    CancelFlag, DeviceRequest, InputItem, MissingInput, ProgressSink, StageContext, StageError, Upstream,
+    CancelFlag, Collective, DeviceRequest, InputItem, MissingInput, ProgressSink, StageContext, StageError, Upstream,
 };
 use serde_json::json;
 
 use super::plan::PlannedInstance;
 use crate::recipe::expand::Source;
-use crate::recipe::Instance;
+use crate::recipe::{Instance, LOCAL_RANK_DEVICE};
 use crate::store::{RecipeId, Store};
 
 /// Everything a worker needs to run one instance, owned so it can cross threads.
@@ -26,6 +27,9 @@ pub struct Job {
     /// Everything upstream and how it fared (for the report's run table).
     pub upstream: Vec<Upstream>,
     pub threads: usize,
+    /// The processes running this instance together: one, except in a
+    /// data-parallel `babelflow exec` started by `mpirun` or `srun`.
+    pub world: Arc<dyn Collective>,
 }
 
 /// A producing instance: its artifact folder, or why it has none.
@@ -124,18 +128,28 @@ fn build(
     started: Instant,
 ) -> Result<Built, StageError> {
     let inst = &job.instance;
+    let world = &job.world;
     let store_err = |e: crate::store::StoreError| StageError::failed(e.to_string());
     let planned_fp = &job.planned.fingerprint;
     let temp = store.new_temp(planned_fp).map_err(store_err)?;
     let result = (|| {
         let resume = store.resume_dir(planned_fp);
-        if job.planned.forced && resume.exists() {
-            // `--force` means from scratch: a checkpoint of an earlier
-            // attempt (even a broken one) must not be resumed.
-            std::fs::remove_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
+        // Of several ranks, rank 0 owns the resume folder, the log, the
+        // outputs and the commit; the others only read the checkpoint, after
+        // rank 0 has set the folder up (the barrier).
+        if world.is_root() {
+            if job.planned.forced && resume.exists() {
+                // `--force` means from scratch: a checkpoint of an earlier
+                // attempt (even a broken one) must not be resumed.
+                std::fs::remove_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
+            }
+            std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
         }
-        std::fs::create_dir_all(&resume).map_err(|e| StageError::io(&resume, e))?;
-        let log_path = store.log_path(recipe, &inst.name);
+        world.barrier();
+        let mut log_path = store.log_path(recipe, &inst.name);
+        if !world.is_root() {
+            log_path = log_path.with_extension(format!("rank{}.log", world.rank()));
+        }
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
         }
@@ -191,7 +205,11 @@ fn build(
             job.threads,
             DeviceRequest {
                 backend: inst.backend.clone(),
-                index: inst.device,
+                index: if inst.device == LOCAL_RANK_DEVICE {
+                    world.local_rank()
+                } else {
+                    inst.device
+                },
             },
             cancel.clone(),
             progress,
@@ -200,6 +218,18 @@ fn build(
         ctx.shared_cache = Some(store.cache_dir(inst.kind.name()));
         ctx.upstream = job.upstream.clone();
         ctx.missing = missing.clone();
+        ctx.world = Arc::clone(world);
+        if world.world_size() > 1 {
+            if !inst.kind.data_parallel() {
+                return Err(StageError::failed(format!(
+                    "`{}` runs in one process, but this one is {}",
+                    inst.kind.name(),
+                    world.describe()
+                )));
+            }
+            ctx.log(&format!("data-parallel: {}", world.describe()));
+            ctx.note("world_size", world.world_size());
+        }
         let ran =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.kind.run(&ctx))).unwrap_or_else(|panic| {
                 let message = panic
@@ -219,6 +249,14 @@ fn build(
             ctx.log_file_only(&format!("error: {e}"));
         }
         ran?;
+        if !world.is_root() {
+            // Rank 0 writes and commits the artifact; this rank's share is done.
+            return Ok(Built {
+                dir: store.artifact_dir(fp),
+                fingerprint: fp.clone(),
+                missing: missing_names,
+            });
+        }
         for output in &inst.outputs {
             if !temp.join(output).exists() {
                 return Err(StageError::failed(format!(

@@ -207,9 +207,15 @@ pub fn run(
                     // one per GPU; on a cluster the scheduler there packs
                     // them, and a slot here is one job in flight.
                     let (cpus, gpu, threads) = match options.executor.as_ref() {
-                        Executor::Local => {
-                            let cpus = inst.resources.cpus.min(jobs);
-                            (cpus, inst.resources.gpu.then_some(inst.device), cpus)
+                        Executor::Local(_) => {
+                            // Each rank of a data-parallel instance has its own threads.
+                            let ranks = inst.resources.processes();
+                            let cpus = (inst.resources.cpus * ranks).min(jobs);
+                            (
+                                cpus,
+                                inst.resources.gpu.then_some(inst.device),
+                                inst.resources.cpus.min(jobs),
+                            )
                         }
                         Executor::Slurm(_) => (1, None, inst.resources.cpus),
                     };
@@ -243,6 +249,7 @@ pub fn run(
                         producers,
                         upstream: upstream_of(graph, planned, store, &outcomes, i),
                         threads,
+                        world: babelflow_stage::distributed::single_process(),
                     };
                     if job_tx.send(job).is_err() {
                         break;

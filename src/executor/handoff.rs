@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use babelflow_stage::{Upstream, UpstreamOutcome};
+use babelflow_stage::{StageError, Upstream, UpstreamOutcome};
 use serde_json::{json, Value};
 
-use crate::engine::execute::Producer;
+use crate::engine::execute::{Job, Producer};
 use crate::store::write_atomic;
 
 pub const CONTEXT: &str = "context.json";
@@ -58,6 +58,24 @@ pub fn write_context(dir: &Path, c: &Context) -> std::io::Result<()> {
         &dir.join(CONTEXT),
         &serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?,
     )
+}
+
+/// Sets up `dir` for a new attempt at `job`: an earlier attempt's answer
+/// is not this one's, and the context is the driver's view of this run.
+pub fn begin(dir: &Path, job: &Job) -> Result<(), StageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    let _ = std::fs::remove_file(dir.join(RESULT));
+    write_context(
+        dir,
+        &Context {
+            fingerprint: job.planned.fingerprint.clone(),
+            forced: job.planned.forced,
+            threads: job.threads,
+            producers: job.producers.clone(),
+            upstream: job.upstream.clone(),
+        },
+    )
+    .map_err(|e| StageError::io(dir, e))
 }
 
 pub fn read_context(dir: &Path) -> Result<Context, String> {

@@ -10,6 +10,8 @@ use super::RecipeSource;
 use crate::diagnostics::{did_you_mean, Diagnostics};
 
 pub const EXECUTOR_KINDS: &[&str] = &["local", "slurm"];
+/// What `srun --mpi=` takes on the clusters babelflow knows of.
+pub const MPI_PLUGINS: &[&str] = &["pmix", "pmi2", "pmix_v4", "pmix_v5", "cray_shasta"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutorSettings {
@@ -27,6 +29,9 @@ pub struct ExecutorSettings {
     /// How long a job that left the queue may take to show its committed
     /// artifact (a shared filesystem's attribute cache) before it is failed.
     pub grace_s: f64,
+    /// `srun --mpi=` for data-parallel stages: the PMI plugin the cluster's
+    /// MPI was built for (`pmix` for Debian's OpenMPI, `pmi2` for MPICH).
+    pub mpi: String,
 }
 
 impl Default for ExecutorSettings {
@@ -40,6 +45,7 @@ impl Default for ExecutorSettings {
             sbatch_flags: Vec::new(),
             poll_interval_s: 10.0,
             grace_s: 30.0,
+            mpi: "pmix".into(),
         }
     }
 }
@@ -61,6 +67,22 @@ pub fn settings(source: &RecipeSource, diags: &mut Diagnostics) -> ExecutorSetti
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         };
+        // A value from a closed list, or a diagnostic with the nearest one.
+        let mut one_of = |allowed: &[&str]| match v.as_str() {
+            Some(s) if allowed.contains(&s) => Some(s.to_string()),
+            other => {
+                diags.push(source.diag(
+                    v.span,
+                    format!(
+                        "`executor.{key}` must be one of {}, found {}",
+                        allowed.join(", "),
+                        v.describe()
+                    ),
+                    other.and_then(|s| did_you_mean(s, allowed.iter().copied())),
+                ));
+                None
+            }
+        };
         let wrong = |expected: &str| {
             source.diag(
                 v.span,
@@ -69,18 +91,11 @@ pub fn settings(source: &RecipeSource, diags: &mut Diagnostics) -> ExecutorSetti
             )
         };
         match key {
-            "kind" => match v.as_str() {
-                Some(s) if EXECUTOR_KINDS.contains(&s) => out.kind = s.to_string(),
-                other => diags.push(source.diag(
-                    v.span,
-                    format!(
-                        "`executor.kind` must be one of {}, found {}",
-                        EXECUTOR_KINDS.join(", "),
-                        v.describe()
-                    ),
-                    other.and_then(|s| did_you_mean(s, EXECUTOR_KINDS.iter().copied())),
-                )),
-            },
+            "kind" => {
+                if let Some(kind) = one_of(EXECUTOR_KINDS) {
+                    out.kind = kind;
+                }
+            }
             "partition" | "account" | "qos" => match text() {
                 Some(t) => match key {
                     "partition" => out.partition = Some(t),
@@ -118,6 +133,11 @@ pub fn settings(source: &RecipeSource, diags: &mut Diagnostics) -> ExecutorSetti
                 }
                 _ => diags.push(wrong("a positive number of seconds")),
             },
+            "mpi" => {
+                if let Some(plugin) = one_of(MPI_PLUGINS) {
+                    out.mpi = plugin;
+                }
+            }
             _ => {} // check_keys said so
         }
     }

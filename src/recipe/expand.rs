@@ -32,6 +32,17 @@ pub struct Resources {
     pub memory: Option<String>,
     /// A cluster job's time limit (`--time`), as written.
     pub time: Option<String>,
+    /// Machines a data-parallel stage spans (`srun --nodes`).
+    pub nodes: usize,
+    /// Processes (ranks) per machine: `mpirun -np` locally, `--ntasks-per-node` on Slurm.
+    pub tasks_per_node: usize,
+}
+
+impl Resources {
+    /// Ranks in all: more than one only for a data-parallel stage.
+    pub fn processes(&self) -> usize {
+        self.nodes * self.tasks_per_node
+    }
 }
 
 impl Default for Resources {
@@ -42,6 +53,8 @@ impl Default for Resources {
             gpus: 0,
             memory: None,
             time: None,
+            nodes: 1,
+            tasks_per_node: 1,
         }
     }
 }
@@ -253,6 +266,22 @@ fn expand_stage(
         let params = check_params(source, kind.as_ref(), &node, stage_span, diags);
         let (backend, device, resources, policy) =
             settings(source, &node, defaults, &scope_vars, registry.backends(), diags);
+        let (backend, device, mut resources, policy) = (backend, device, resources, policy);
+        if resources.processes() > 1 && !kind.data_parallel() && node.get("resources").is_none() {
+            // `defaults: resources: {tasks_per_node: 4}` is meant for the
+            // training stages; the others keep running in one process.
+            (resources.nodes, resources.tasks_per_node) = (1, 1);
+        }
+        if resources.processes() > 1 && !kind.data_parallel() {
+            diags.push(source.diag(
+                node.get("resources").map_or(stage_span, |r| r.span),
+                format!(
+                    "`{}` runs in one process: `resources.nodes` and `resources.tasks_per_node` are for the data-parallel kinds (pretrain, sft)",
+                    kind.name()
+                ),
+                None,
+            ));
+        }
         let outputs = kind.outputs(&params);
         let (refs, input_spans, needs_span) = needs(source, &node, diags);
         pending.push(Pending {

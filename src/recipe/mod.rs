@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
 pub use expand::{InputBinding, Instance, Resources, RunPolicy};
 pub use overrides::Override;
-pub use params::{valid_memory, valid_time};
+pub use params::{valid_memory, valid_time, LOCAL_RANK_DEVICE};
 use yaml::{Node, Span};
 
 /// The recipe's text: UTF-8, with a leading byte-order mark dropped (some

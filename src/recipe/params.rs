@@ -144,11 +144,15 @@ pub fn settings(
     }
     let mut device = 0;
     if let Some(d) = pick("device") {
-        match d.to_value().as_u64() {
-            Some(i) => device = i as usize,
-            None => diags.push(source.diag(
+        match (d.to_value().as_u64(), d.as_str()) {
+            (Some(i), _) => device = i as usize,
+            (None, Some("local")) => device = LOCAL_RANK_DEVICE,
+            _ => diags.push(source.diag(
                 d.span,
-                format!("`device` must be a device number, found {}", d.describe()),
+                format!(
+                    "`device` must be a device number or `local` (the local rank's), found {}",
+                    d.describe()
+                ),
                 None,
             )),
         }
@@ -184,10 +188,15 @@ pub fn settings(
     (backend, device, resources, policy)
 }
 
-const RESOURCE_KEYS: [&str; 5] = ["cpus", "gpu", "gpus", "memory", "time"];
+const RESOURCE_KEYS: [&str; 7] = ["cpus", "gpu", "gpus", "memory", "time", "nodes", "tasks_per_node"];
 
-/// `resources: {cpus, gpu | gpus, memory, time}`: what the local scheduler
-/// packs by (cpus, gpu) and what a cluster job asks for (all of them).
+/// `device: local`: each rank of a data-parallel run takes the device of
+/// its local rank (`LOCAL_RANK`, `SLURM_LOCALID`); one process takes 0.
+pub const LOCAL_RANK_DEVICE: usize = usize::MAX;
+
+/// `resources: {cpus, gpu | gpus, memory, time, nodes, tasks_per_node}`:
+/// what the local scheduler packs by (cpus, gpu, processes) and what a
+/// cluster job asks for (all of them). `cpus` and `gpus` are per process.
 fn resources_of(source: &RecipeSource, r: &Node, resources: &mut Resources, diags: &mut Diagnostics) {
     let Some(entries) = r.as_map() else {
         diags.push(source.diag(r.span, "`resources` must be a mapping like {cpus: 2, gpu: true}", None));
@@ -221,6 +230,14 @@ fn resources_of(source: &RecipeSource, r: &Node, resources: &mut Resources, diag
                     resources.gpu = n > 0;
                 }
                 None => diags.push(wrong("a whole number of GPUs")),
+            },
+            "nodes" => match value.as_u64() {
+                Some(n) if n >= 1 => resources.nodes = n as usize,
+                _ => diags.push(wrong("a positive number of machines")),
+            },
+            "tasks_per_node" => match value.as_u64() {
+                Some(n) if n >= 1 => resources.tasks_per_node = n as usize,
+                _ => diags.push(wrong("a positive number of processes per machine")),
             },
             "memory" => match value_text(&value).filter(|t| valid_memory(t)) {
                 Some(t) => resources.memory = Some(t),

@@ -31,6 +31,7 @@ pub const EXECUTOR_KEYS: &[&str] = &[
     "sbatch_flags",
     "poll_interval_s",
     "grace_s",
+    "mpi",
 ];
 pub const BACKENDS: &[&str] = &["auto", "cpu", "wgpu", "vulkan", "cuda"];
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use babelflow_stage::{CancelFlag, ProgressSink, StageError};
 
-use super::handoff::{self, Context, Ended};
+use super::handoff::{self, Ended};
 use crate::engine::execute::{Built, Job, JobResult};
 use crate::recipe::executor::ExecutorSettings;
 use crate::store::{RecipeId, Store};
@@ -114,22 +114,9 @@ impl Slurm {
         let fp = &job.planned.fingerprint;
         let dir = Self::job_dir(store, fp);
         let failed = |what: &str, e: &dyn std::fmt::Display| StageError::failed(format!("{what}: {e}"));
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
-        // An earlier attempt's answer is not this one's.
-        let _ = std::fs::remove_file(dir.join(handoff::RESULT));
-        handoff::write_context(
-            &dir,
-            &Context {
-                fingerprint: fp.clone(),
-                forced: job.planned.forced,
-                threads: job.threads,
-                producers: job.producers.clone(),
-                upstream: job.upstream.clone(),
-            },
-        )
-        .map_err(|e| StageError::io(&dir, e))?;
+        handoff::begin(&dir, job)?;
         let script_path = dir.join("job.sh");
-        let text = script::script(&self.invocation, &inst.name, fp, &dir);
+        let text = script::script(&self.invocation, inst, fp, &dir, &self.settings);
         std::fs::write(&script_path, text).map_err(|e| StageError::io(&script_path, e))?;
         let log = job_log(store, recipe, &inst.name);
         if let Some(parent) = log.parent() {
@@ -245,7 +232,7 @@ fn sleep_unless_cancelled(total: Duration, cancel: &CancelFlag) {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };

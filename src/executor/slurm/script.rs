@@ -31,9 +31,14 @@ pub fn sbatch_flags(inst: &Instance, settings: &ExecutorSettings, output: &Path)
         // Appended: a requeued job's second part follows its first.
         format!("--output={}", output.display()),
         "--open-mode=append".to_string(),
-        "--ntasks=1".to_string(),
-        format!("--cpus-per-task={}", r.cpus),
     ];
+    if r.processes() > 1 {
+        flags.push(format!("--nodes={}", r.nodes));
+        flags.push(format!("--ntasks-per-node={}", r.tasks_per_node));
+    } else {
+        flags.push("--ntasks=1".to_string());
+    }
+    flags.push(format!("--cpus-per-task={}", r.cpus));
     if r.gpus > 0 {
         flags.push(format!("--gres=gpu:{}", r.gpus));
     }
@@ -66,28 +71,61 @@ pub fn sbatch_flags(inst: &Instance, settings: &ExecutorSettings, output: &Path)
     flags
 }
 
-/// The batch script: `exec`, so babelflow is the process Slurm signals.
-pub fn script(inv: &Invocation, instance: &str, fingerprint: &str, handoff: &Path) -> String {
+/// `babelflow exec` for one instance, as program and arguments (unquoted).
+pub fn exec_command(inv: &Invocation, instance: &str, fingerprint: &str, handoff: &Path) -> Vec<String> {
     let mut args = vec![
-        quote(&inv.binary.display().to_string()),
+        inv.binary.display().to_string(),
         "exec".into(),
-        quote(&inv.recipe.display().to_string()),
+        inv.recipe.display().to_string(),
         "--store".into(),
-        quote(&inv.store.display().to_string()),
+        inv.store.display().to_string(),
         "--instance".into(),
-        quote(instance),
+        instance.to_string(),
         "--fingerprint".into(),
-        quote(fingerprint),
+        fingerprint.to_string(),
         "--handoff".into(),
-        quote(&handoff.display().to_string()),
+        handoff.display().to_string(),
     ];
     for s in &inv.sets {
         args.push("--set".into());
-        args.push(quote(s));
+        args.push(s.clone());
     }
+    args
+}
+
+/// The batch script: `exec`, so babelflow (or, for a data-parallel stage,
+/// `srun`, which forwards signals to every rank) is the process Slurm
+/// signals.
+pub fn script(
+    inv: &Invocation,
+    inst: &Instance,
+    fingerprint: &str,
+    handoff: &Path,
+    settings: &ExecutorSettings,
+) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let r = &inst.resources;
+    if r.processes() > 1 {
+        // One step of N×M tasks; each is a rank (SLURM_PROCID) that finds
+        // the others through the PMI plugin OpenMPI or MPICH was built for.
+        args.extend([
+            "srun".to_string(),
+            format!("--mpi={}", settings.mpi),
+            format!("--ntasks={}", r.processes()),
+            format!("--ntasks-per-node={}", r.tasks_per_node),
+            format!("--cpus-per-task={}", r.cpus),
+            "--kill-on-bad-exit=1".to_string(),
+        ]);
+    }
+    args.extend(exec_command(inv, &inst.name, fingerprint, handoff));
+    let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     format!(
-        "#!/bin/sh\n# babelflow: instance {instance} (fingerprint {fingerprint})\ncd {} || exit 1\nexec {}\n",
+        "#!/bin/sh\n# babelflow: instance {} (fingerprint {fingerprint})\ncd {} || exit 1\n{}exec {}\n",
+        inst.name,
         quote(&inv.workdir.display().to_string()),
+        // The compute pool (rayon) sizes itself by the node's cores, not by
+        // the job's allocation: hold it to `cpus` unless the user chose.
+        format_args!("export RAYON_NUM_THREADS=\"${{RAYON_NUM_THREADS:-{}}}\"\n", r.cpus),
         args.join(" ")
     )
 }

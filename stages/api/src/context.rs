@@ -121,6 +121,9 @@ pub struct StageContext<'a> {
     pub missing: Vec<MissingInput>,
     pub device: DeviceRequest,
     pub cancel: CancelFlag,
+    /// The processes running this instance together (one, unless a
+    /// data-parallel stage was launched on several ranks).
+    pub world: Arc<dyn crate::Collective>,
     progress: &'a dyn ProgressSink,
     log: Mutex<Option<File>>,
     notes: Mutex<serde_json::Map<String, serde_json::Value>>,
@@ -158,6 +161,7 @@ impl<'a> StageContext<'a> {
             missing: Vec::new(),
             device,
             cancel,
+            world: crate::distributed::single_process(),
             progress,
             log: Mutex::new(log),
             notes: Mutex::new(Default::default()),

@@ -7,6 +7,7 @@
 //! else of the engine.
 
 mod context;
+pub mod distributed;
 mod error;
 pub mod memory;
 mod params;
@@ -16,6 +17,7 @@ pub use context::{
     CancelFlag, DeviceRequest, InputItem, Inputs, MissingInput, ProgressSink, StageContext, Upstream, UpstreamOutcome,
     REDACTED,
 };
+pub use distributed::Collective;
 pub use error::StageError;
 pub use params::{ParamSpec, ParamType, Params, Range};
 
@@ -76,6 +78,14 @@ pub trait StageKind: Send + Sync {
     /// of "no earlier run". Read only; never fails.
     fn resume_point(&self, _resume_dir: &std::path::Path) -> Option<String> {
         None
+    }
+
+    /// True when several processes can run one instance together
+    /// (`resources: {nodes, tasks_per_node}`, `run --processes`), agreeing
+    /// through `ctx.world`: each rank computes its share, rank 0 writes the
+    /// outputs. The training kinds; everything else runs in one process.
+    fn data_parallel(&self) -> bool {
+        false
     }
 
     /// Reads `ctx.inputs`, writes each declared output under `ctx.out_dir`.

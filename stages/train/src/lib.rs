@@ -10,6 +10,7 @@ mod pretrain;
 pub mod schedule;
 pub mod sft;
 mod start;
+pub mod sync;
 pub mod trainable;
 pub mod trainer;
 

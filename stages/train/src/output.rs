@@ -24,6 +24,10 @@ pub fn write(
     tokenizer: Option<&Path>,
     extra: serde_json::Value,
 ) -> Result<(), StageError> {
+    if !ctx.world.is_root() {
+        // Rank 0 writes the outputs of a data-parallel run.
+        return Ok(());
+    }
     outcome.metrics.write(&ctx.output("metrics.parquet"))?;
     let out = ctx.output("model");
     let exported = trainable.export(&outcome.model);
@@ -47,6 +51,8 @@ pub fn write(
         "trainable_parameters": trainable_params,
         "parameters": outcome.model.num_params(),
         "resumed_from_step": outcome.resumed_from,
+        "world_size": outcome.world_size,
+        "allreduce_seconds": outcome.allreduce_seconds,
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
         "memory": { "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes() },

@@ -63,6 +63,10 @@ impl StageKind for Pretrain {
         trainable::check(params)
     }
 
+    fn data_parallel(&self) -> bool {
+        true
+    }
+
     fn resume_point(&self, resume_dir: &std::path::Path) -> Option<String> {
         crate::checkpoint::resume_point(resume_dir)
     }
@@ -73,7 +77,7 @@ impl StageKind for Pretrain {
         let settings = Settings::from_params(p)?;
         let trainable = Trainable::from_params(p)?;
         let train = Windows::open_artifact(&ctx.single_input("tokens")?.path, seq_len)?;
-        let (start, model) = Start::load(ctx, &trainable, seq_len)?;
+        let (start, model) = Start::load(ctx, &trainable, seq_len, settings.seed)?;
         start.check_tokens(&train, "the training tokens")?;
         start.check_vocab(train.vocab_size() as usize, "the tokenizer of the training tokens")?;
         let outcome = trainer::train(ctx, &settings, &start, model, &train)?;

@@ -237,6 +237,10 @@ impl StageKind for Sft {
         problems
     }
 
+    fn data_parallel(&self) -> bool {
+        true
+    }
+
     fn resume_point(&self, resume_dir: &std::path::Path) -> Option<String> {
         crate::checkpoint::resume_point(resume_dir)
     }
@@ -326,7 +330,7 @@ impl StageKind for Sft {
             set.examples.len()
         ));
 
-        let (start, model) = Start::load(ctx, &trainable, max_len)?;
+        let (start, model) = Start::load(ctx, &trainable, max_len, settings.seed)?;
         start.check_vocab(tok.vocab_size as usize, "the tokenizer")?;
         let outcome = trainer::train(ctx, &settings, &start, model, &set)?;
         ctx.note("examples", count);

@@ -49,8 +49,15 @@ fn failed(e: ModelError) -> StageError {
 }
 
 impl Start {
-    /// The setting, and the model ready to train.
-    pub fn load(ctx: &StageContext, trainable: &Trainable, seq_len: usize) -> Result<(Self, Llama), StageError> {
+    /// The setting, and the model ready to train. `seed` seeds what the
+    /// preparation draws (LoRA's adapters): every run, and every rank of a
+    /// data-parallel one, starts from the same weights.
+    pub fn load(
+        ctx: &StageContext,
+        trainable: &Trainable,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<(Self, Llama), StageError> {
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(failed)?;
         let ad = device.clone().autodiff();
         let model_dir = ctx.single_input("model")?.path.clone();
@@ -65,6 +72,7 @@ impl Start {
         for set in &validation {
             ensure_model_reads(&model_dir, set.tokenizer_hash(), set.path(), "the validation tokens")?;
         }
+        ad.seed(seed);
         let model = trainable.prepare(model)?;
         let start = Start {
             config,

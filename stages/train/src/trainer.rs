@@ -9,7 +9,8 @@ use std::time::Instant;
 use babelflow_model::fused::adamw::AdamW;
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{Llama, Rope};
-use babelflow_stage::{ParamSpec, ParamType, Params, StageContext, StageError};
+use babelflow_stage::distributed::shard;
+use babelflow_stage::{Collective, ParamSpec, ParamType, Params, StageContext, StageError};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -19,13 +20,20 @@ use crate::data::{Order, Windows};
 use crate::metrics::Metrics;
 use crate::schedule::{Decay, Schedule};
 use crate::start::Start;
+use crate::sync::{check_replicas, sum_gradients};
 
 /// Optimizer, schedule, validation and checkpoint parameters, shared by the
 /// training kinds. Each declares its range; the engine checks it before
 /// anything runs (a negative learning rate never reaches the loop).
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec::required("steps", ParamType::Int, "optimizer steps").positive(),
-    ParamSpec::with_default("batch_size", ParamType::Int, "8", "sequences per micro-batch").positive(),
+    ParamSpec::with_default(
+        "batch_size",
+        ParamType::Int,
+        "8",
+        "sequences per micro-batch, over all ranks together (each trains on its slice)",
+    )
+    .positive(),
     ParamSpec::with_default("grad_accum", ParamType::Int, "1", "micro-batches per optimizer step").positive(),
     ParamSpec::with_default("lr", ParamType::Float, "3e-4", "peak learning rate").positive(),
     ParamSpec::with_default("min_lr", ParamType::Float, "3e-5", "learning rate at the last step").non_negative(),
@@ -47,7 +55,12 @@ pub const PARAMS: &[ParamSpec] = &[
         "clip the gradient norm to this (0: off)",
     )
     .non_negative(),
-    ParamSpec::with_default("seed", ParamType::Int, "0", "seed of the data order"),
+    ParamSpec::with_default(
+        "seed",
+        ParamType::Int,
+        "0",
+        "seed of the data order and of LoRA's adapters",
+    ),
     ParamSpec::with_default(
         "eval_every",
         ParamType::Int,
@@ -75,6 +88,17 @@ pub struct Batch {
     pub cols: usize,
     /// Tokens this batch trains on (for tokens seen and tokens/s).
     pub tokens: usize,
+}
+
+impl Batch {
+    /// What the batch's mean loss divides by: its counted positions (the
+    /// weights' sum, at least 1, as `cross_entropy` clamps it), or all of them.
+    pub fn loss_denominator(&self) -> f64 {
+        match &self.weights {
+            Some(w) => w.iter().map(|&x| x as f64).sum::<f64>().max(1.0),
+            None => (self.rows * self.cols) as f64,
+        }
+    }
 }
 
 /// What a training kind trains on: a fixed set of examples, batched.
@@ -144,6 +168,10 @@ pub struct Outcome {
     pub seconds: f64,
     /// The step a checkpoint let this run start from.
     pub resumed_from: Option<usize>,
+    /// Ranks that trained together, and the seconds their gradient
+    /// all-reduce took (0 for one process).
+    pub world_size: usize,
+    pub allreduce_seconds: f64,
 }
 
 /// A batch's inputs, targets and loss weights as tensors on `device`.
@@ -222,8 +250,28 @@ fn weights_finite(model: &Llama) -> bool {
     v.ok
 }
 
+/// One rank's share of a micro-batch of the global batch `indices`: its
+/// rows, and the factor that turns its mean loss into its part of the
+/// global mean (exactly 1 for one process, which is then unchanged).
+fn my_share(examples: &dyn Examples, indices: &[usize], world: &dyn Collective) -> (Batch, Option<f64>) {
+    if world.world_size() == 1 {
+        return (examples.batch(indices), None);
+    }
+    let rows = shard(indices.len(), world.rank(), world.world_size());
+    let mine = examples.batch(&indices[rows]);
+    let global = examples.batch(indices).loss_denominator();
+    let scale = mine.loss_denominator() / global;
+    (mine, Some(scale))
+}
+
 /// Trains `model` (prepared by `Trainable`, on `start`'s autodiff device)
 /// on `examples`, resuming from the instance's checkpoint when there is one.
+///
+/// On several ranks (`ctx.world`), every rank runs this loop on its slice
+/// of each global batch; gradients are summed before each optimizer step
+/// (`sync`), so every rank steps the same model. Rank 0 validates and
+/// writes checkpoints; all ranks read them, so a run may resume on another
+/// number of ranks (the data cursor counts global examples).
 pub fn train(
     ctx: &StageContext,
     settings: &Settings,
@@ -232,12 +280,24 @@ pub fn train(
     examples: &dyn Examples,
 ) -> Result<Outcome, StageError> {
     let (device, rope, rope_eval, validation) = (&start.device, &start.rope, &start.rope_eval, &start.validation);
+    let world = ctx.world.as_ref();
+    let (rank, ranks) = (world.rank(), world.world_size());
     let ad = device.clone().autodiff();
     let s = settings;
+    if s.batch_size < ranks {
+        return Err(StageError::failed(format!(
+            "batch_size {} is smaller than the {ranks} ranks: each rank needs at least one sequence of the global batch",
+            s.batch_size
+        )));
+    }
     let mut optim: ModuleOptimizer = s.optimizer.clone().init((s.clip > 0.0).then_some(s.clip as f32));
     let checkpoints = Checkpoints::new(ctx.resume_dir);
     let mut metrics = Metrics::default();
     let evaluate = |model: &Llama, step: usize, tokens: u64, metrics: &mut Metrics| -> Vec<(String, f64)> {
+        if rank != 0 {
+            // Rank 0 reports; the others wait for it at the next all-reduce.
+            return Vec::new();
+        }
         let plain = model.valid();
         let mut out = Vec::new();
         for set in validation {
@@ -258,7 +318,15 @@ pub fn train(
         initial_validation: Vec::new(),
     };
     let mut resumed_from = None;
-    match checkpoints.load(model.clone(), optim.clone(), &|m| ctx.warn(m))? {
+    // Rank 0 reads first (it may set a damaged checkpoint aside), then the rest.
+    let mut loaded = None;
+    for turn in [true, false] {
+        if (rank == 0) == turn {
+            loaded = Some(checkpoints.load(model.clone(), optim.clone(), &|m| ctx.warn(m)));
+        }
+        world.barrier();
+    }
+    match loaded.expect("every rank took its turn")? {
         Some(r) => {
             ctx.log(&format!("resuming from the checkpoint at step {}", r.position.step));
             (model, optim, pos, metrics.rows) = (r.model, r.optim, r.position, r.metrics);
@@ -269,32 +337,62 @@ pub fn train(
             pos.initial_validation = evaluate(&model, 0, 0, &mut metrics)
         }
     }
+    let mut at = [pos.step as f64, -(pos.step as f64)];
+    world.max_f64(&mut at);
+    if at[0] != -at[1] {
+        return Err(StageError::failed(format!(
+            "the ranks found different checkpoints (steps {} to {}): is the store's resume folder shared by every node?",
+            -at[1], at[0]
+        )));
+    }
 
     let mut order = Order::new(examples.len(), s.seed);
     let (earlier_seconds, started) = (pos.seconds, Instant::now());
+    let mut allreduce_seconds = 0.0;
     while pos.step < s.steps {
-        ctx.check_cancelled()?;
+        // Together: a rank that stopped alone would leave the others waiting.
+        if world.any(ctx.cancel.is_cancelled()) {
+            return Err(StageError::Cancelled);
+        }
         let step = pos.step;
         let lr = s.schedule.at(step);
         let t0 = Instant::now();
         let mut acc = GradientsAccumulator::<Llama>::new();
         let mut step_loss = 0.0;
         let mut step_tokens = 0;
+        let mut bad_loss = None;
         for _ in 0..s.grad_accum {
             let indices: Vec<usize> = (0..s.batch_size).map(|k| order.at(pos.cursor + k)).collect();
             pos.cursor += s.batch_size;
-            let batch = examples.batch(&indices);
+            let (batch, share) = my_share(examples, &indices, world);
             step_tokens += batch.tokens;
             let (x, y, w) = tensors(batch, &ad);
-            let loss = cross_entropy(model.forward(x, rope, None), y, w) / s.grad_accum as f64;
+            let mut loss = cross_entropy(model.forward(x, rope, None), y, w);
+            if let Some(share) = share {
+                loss = loss * share;
+            }
+            let loss = loss / s.grad_accum as f64;
             let value: f32 = loss.clone().into_scalar();
             if !value.is_finite() {
-                return Err(diverged(&checkpoints, format!("the loss became {value}"), step + 1));
+                bad_loss = Some(value);
+                break;
             }
             step_loss += value as f64;
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
-        let grads = acc.grads();
+        let mut totals = [step_loss, step_tokens as f64, f64::from(u8::from(bad_loss.is_some()))];
+        world.sum_f64(&mut totals);
+        let (step_loss, step_tokens) = (totals[0], totals[1] as usize);
+        if totals[2] > 0.0 {
+            let value = bad_loss.map_or("NaN or infinite on another rank".to_string(), |v| v.to_string());
+            return Err(diverged(&checkpoints, format!("the loss became {value}"), step + 1));
+        }
+        let mut grads = acc.grads();
+        if ranks > 1 {
+            let seconds;
+            (grads, seconds) = sum_gradients(world, &model, grads, device);
+            allreduce_seconds += seconds;
+        }
         let norm = grad_norm(&model, &grads);
         if !norm.is_finite() {
             // Stepped with, these gradients would turn the weights into NaN,
@@ -321,6 +419,7 @@ pub fn train(
             &format!("loss {step_loss:.3}, {tps:.0} tokens/s"),
         );
         if pos.step.is_multiple_of(s.eval_every) && pos.step != s.steps {
+            check_replicas(world, &model, pos.step)?;
             evaluate(&model, pos.step, seen, &mut metrics);
         }
         if s.checkpoint_every > 0 && pos.step.is_multiple_of(s.checkpoint_every) && pos.step != s.steps {
@@ -334,8 +433,14 @@ pub fn train(
                 ));
             }
             pos.seconds = earlier_seconds + started.elapsed().as_secs_f64();
-            checkpoints.save(&model, &optim, &pos, &metrics.rows)?;
+            if rank == 0 {
+                checkpoints.save(&model, &optim, &pos, &metrics.rows)?;
+            }
         }
+    }
+    check_replicas(world, &model, s.steps)?;
+    if ranks > 1 {
+        metrics.push(pos.step as u64, pos.tokens, "allreduce_s", "", allreduce_seconds);
     }
     let final_validation = evaluate(&model, s.steps, pos.tokens, &mut metrics);
     Ok(Outcome {
@@ -347,5 +452,7 @@ pub fn train(
         tokens: pos.tokens,
         seconds: earlier_seconds + started.elapsed().as_secs_f64(),
         resumed_from,
+        world_size: ranks,
+        allreduce_seconds,
     })
 }
