@@ -134,9 +134,12 @@ mod with_mpi {
         there
     }
 
-    /// The per-step training losses of an instance in a store, and its stats.
-    fn losses(p: &Project, store: &str, instance: &str) -> (Vec<f64>, serde_json::Value) {
-        let plan = p.plan("r.yaml", &["--store", store]);
+    /// The per-step training losses of an instance in a store, and its
+    /// stats, as the recipe with `sets` (`--set` flags) plans it.
+    fn losses(p: &Project, store: &str, instance: &str, sets: &[&str]) -> (Vec<f64>, serde_json::Value) {
+        let mut args = vec!["--store", store];
+        args.extend_from_slice(sets);
+        let plan = p.plan("r.yaml", &args);
         let losses = metrics_of(p, &plan, instance)
             .into_iter()
             .filter(|(_, metric, _)| metric == "loss")
@@ -174,7 +177,8 @@ mod with_mpi {
         assert!(out.status.success(), "{}", text(&out));
         // LoRA on 4 examples moves the loss less than full pretraining does.
         for (instance, drop) in [("train", 0.3), ("sft", 0.03)] {
-            let ((one, one_stats), (two, two_stats)) = (losses(&p, "one", instance), losses(&p, "two", instance));
+            let ((one, one_stats), (two, two_stats)) =
+                (losses(&p, "one", instance, &[]), losses(&p, "two", instance, &[]));
             assert_same_losses(&one, &two, 20, drop);
             assert_eq!(one_stats["world_size"], 1, "{one_stats}");
             assert_eq!(two_stats["world_size"], 2, "{two_stats}");
@@ -201,7 +205,8 @@ mod with_mpi {
             return;
         }
         let p = project();
-        let long = ["--set", "stages.train.with.steps=300", "--only", "train"];
+        let longer = ["--set", "stages.train.with.steps=300"];
+        let long = [longer[0], longer[1], "--only", "train"];
         let mut args = vec!["run", "r.yaml", "--store", "whole"];
         args.extend_from_slice(&long);
         p.ok(&args);
@@ -248,24 +253,12 @@ mod with_mpi {
         let mut args = vec!["run", "r.yaml", "--store", "killed"];
         args.extend_from_slice(&long);
         p.ok(&args);
-        let (whole, _) = losses_with(&p, "whole", &long);
-        let (resumed, stats) = losses_with(&p, "killed", &long);
+        let (whole, _) = losses(&p, "whole", "train", &longer);
+        let (resumed, stats) = losses(&p, "killed", "train", &longer);
         let from = stats["resumed_from_step"].as_u64().expect("resumed from a checkpoint");
         assert!(from > 0 && from < 300, "{stats}");
         assert_eq!(stats["world_size"], 1, "{stats}");
         assert_same_losses(&whole, &resumed, 300, 1.0);
-    }
-
-    fn losses_with(p: &Project, store: &str, sets: &[&str]) -> (Vec<f64>, serde_json::Value) {
-        let mut args = vec!["--store", store];
-        args.extend_from_slice(&sets[..2]);
-        let plan = p.plan("r.yaml", &args);
-        let losses = metrics_of(p, &plan, "train")
-            .into_iter()
-            .filter(|(_, metric, _)| metric == "loss")
-            .map(|(_, _, v)| v)
-            .collect();
-        (losses, stats_of(p, &plan, "train"))
     }
 
     fn cluster() -> bool {
@@ -308,18 +301,14 @@ mod with_mpi {
             "executor.poll_interval_s=0.5",
         ]);
         assert!(out.status.success(), "{}", text(&out));
-        let (one, _) = losses(&p, "one", "train");
-        let plan = p.plan(
-            "r.yaml",
-            &["--store", "cluster", "--set", "stages.train.resources.tasks_per_node=2"],
+        let (one, _) = losses(&p, "one", "train", &[]);
+        let (two, stats) = losses(
+            &p,
+            "cluster",
+            "train",
+            &["--set", "stages.train.resources.tasks_per_node=2"],
         );
-        let two: Vec<f64> = metrics_of(&p, &plan, "train")
-            .into_iter()
-            .filter(|(_, metric, _)| metric == "loss")
-            .map(|(_, _, v)| v)
-            .collect();
         assert_same_losses(&one, &two, 20, 0.3);
-        let stats = stats_of(&p, &plan, "train");
         assert_eq!(stats["world_size"], 2, "{stats}");
         let log = std::fs::read_dir(p.path("cluster/logs"))
             .unwrap()

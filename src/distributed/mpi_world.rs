@@ -73,6 +73,8 @@ impl Collective for MpiWorld {
     fn local_rank(&self) -> usize {
         self.local_rank
     }
+    // rsmpi has no MPI_IN_PLACE, so each reduction sends a copy: one
+    // bucket (`stages/train/src/sync.rs`) at most.
     fn sum_f32(&self, values: &mut [f32]) {
         let send = values.to_vec();
         self.with(|c| c.all_reduce_into(&send[..], values, SystemOperation::sum()));

@@ -16,7 +16,7 @@ use babelflow_stage::{StageError, Upstream, UpstreamOutcome};
 use serde_json::{json, Value};
 
 use crate::engine::execute::{Job, Producer};
-use crate::store::write_atomic;
+use crate::store::{write_atomic, Store};
 
 pub const CONTEXT: &str = "context.json";
 pub const RESULT: &str = "result.json";
@@ -58,6 +58,12 @@ pub fn write_context(dir: &Path, c: &Context) -> std::io::Result<()> {
         &dir.join(CONTEXT),
         &serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?,
     )
+}
+
+/// The instance's folder under the store's `jobs/`: the handoff both ways
+/// (and a Slurm job's script).
+pub fn job_dir(store: &Store, fingerprint: &str) -> PathBuf {
+    store.root().join("jobs").join(fingerprint)
 }
 
 /// Sets up `dir` for a new attempt at `job`: an earlier attempt's answer

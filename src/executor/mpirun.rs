@@ -58,7 +58,7 @@ impl Mpirun {
         let inst = &job.instance;
         let fp = &job.planned.fingerprint;
         let ranks = inst.resources.processes();
-        let dir = store.root().join("jobs").join(fp);
+        let dir = handoff::job_dir(store, fp);
         handoff::begin(&dir, job)?;
         let log = store.log_path(recipe, &inst.name).with_extension("mpi.log");
         if let Some(parent) = log.parent() {

@@ -264,9 +264,8 @@ fn expand_stage(
             }
         };
         let params = check_params(source, kind.as_ref(), &node, stage_span, diags);
-        let (backend, device, resources, policy) =
+        let (backend, device, mut resources, policy) =
             settings(source, &node, defaults, &scope_vars, registry.backends(), diags);
-        let (backend, device, mut resources, policy) = (backend, device, resources, policy);
         if resources.processes() > 1 && !kind.data_parallel() && node.get("resources").is_none() {
             // `defaults: resources: {tasks_per_node: 4}` is meant for the
             // training stages; the others keep running in one process.

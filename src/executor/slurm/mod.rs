@@ -52,12 +52,6 @@ impl Slurm {
         }
     }
 
-    /// The instance's folder under the store's `jobs/`: its script, the
-    /// handoff both ways.
-    pub fn job_dir(store: &Store, fingerprint: &str) -> PathBuf {
-        store.root().join("jobs").join(fingerprint)
-    }
-
     /// Where `squeue`-visible jobs of this run are listed for `babelflow status`.
     pub fn live_path(store: &Store, recipe: &RecipeId) -> PathBuf {
         store.root().join("jobs").join(format!("{}.running.json", recipe.key))
@@ -112,7 +106,7 @@ impl Slurm {
     ) -> Result<Built, StageError> {
         let inst = &job.instance;
         let fp = &job.planned.fingerprint;
-        let dir = Self::job_dir(store, fp);
+        let dir = handoff::job_dir(store, fp);
         let failed = |what: &str, e: &dyn std::fmt::Display| StageError::failed(format!("{what}: {e}"));
         handoff::begin(&dir, job)?;
         let script_path = dir.join("job.sh");

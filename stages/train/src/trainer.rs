@@ -91,11 +91,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// What the batch's mean loss divides by: its counted positions (the
-    /// weights' sum, at least 1, as `cross_entropy` clamps it), or all of them.
-    pub fn loss_denominator(&self) -> f64 {
+    /// The positions the loss counts: the weights' sum, or all of them.
+    pub fn counted_positions(&self) -> f64 {
         match &self.weights {
-            Some(w) => w.iter().map(|&x| x as f64).sum::<f64>().max(1.0),
+            Some(w) => w.iter().map(|&x| x as f64).sum::<f64>(),
             None => (self.rows * self.cols) as f64,
         }
     }
@@ -259,8 +258,12 @@ fn my_share(examples: &dyn Examples, indices: &[usize], world: &dyn Collective) 
     }
     let rows = shard(indices.len(), world.rank(), world.world_size());
     let mine = examples.batch(&indices[rows]);
-    let global = examples.batch(indices).loss_denominator();
-    let scale = mine.loss_denominator() / global;
+    // A mean divides by its counted positions, at least 1 (as
+    // `cross_entropy` clamps them): this rank's, and the global batch's,
+    // which the ranks' counts sum to.
+    let mut global = [mine.counted_positions()];
+    world.sum_f64(&mut global);
+    let scale = mine.counted_positions().max(1.0) / global[0].max(1.0);
     (mine, Some(scale))
 }
 
