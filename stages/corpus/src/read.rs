@@ -52,7 +52,8 @@ impl Format {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub fields: Value,
-    /// 1-based line (text, JSONL, CSV) or record number (JSON array, Parquet).
+    /// 1-based line (text, JSONL, CSV, and where a JSON array's element
+    /// starts) or row number (Parquet).
     pub line: u64,
 }
 
@@ -97,6 +98,49 @@ pub struct Utf8Policy {
 /// Calls `each` for every record of a file. `each` returns `Err` to stop.
 /// Invalid UTF-8 is an error naming the byte offset under `strict`; otherwise
 /// the record is passed as `None` so the caller can count it.
+/// The 1-based line where the first value of a JSON text starts.
+fn first_line(text: &str) -> u64 {
+    let start = text.len() - text.trim_start().len();
+    1 + text[..start].matches('\n').count() as u64
+}
+
+/// The 1-based line where each element of a top-level JSON array starts
+/// (the text has already parsed as JSON): a message about the 2nd
+/// conversation then points at its line, not at "2".
+fn element_lines(text: &str) -> Vec<u64> {
+    let (mut lines, mut line, mut depth) = (Vec::new(), 1u64, 0usize);
+    let (mut in_string, mut escaped, mut expect_element) = (false, false, false);
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if expect_element && !c.is_whitespace() && c != ']' {
+            lines.push(line);
+            expect_element = false;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                expect_element = depth == 1 && c == '[';
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 1 => expect_element = true,
+            _ => {}
+        }
+    }
+    lines
+}
+
 pub fn for_each_record(
     path: &Path,
     format: Format,
@@ -112,14 +156,14 @@ pub fn for_each_record(
                 .map_err(|e| StageError::input(path, None, format!("cannot read as UTF-8 JSON: {e}")))?;
             let value: Value = serde_json::from_str(&text)
                 .map_err(|e| StageError::input(path, Some(e.line() as u64), format!("invalid JSON: {e}")))?;
-            let items = match value {
-                Value::Array(items) => items,
-                other => vec![other],
+            let (items, lines) = match value {
+                Value::Array(items) => (items, element_lines(&text)),
+                other => (vec![other], vec![first_line(&text)]),
             };
             for (i, fields) in items.into_iter().enumerate() {
                 each(Ok(Record {
                     fields,
-                    line: i as u64 + 1,
+                    line: lines.get(i).copied().unwrap_or(i as u64 + 1),
                 }))?;
             }
             return Ok(());

@@ -239,3 +239,36 @@ fn split_is_deterministic_by_id_and_never_overlaps() {
     );
     assert!((20..=60).contains(&a[2].len()), "about 10% test, got {}", a[2].len());
 }
+
+#[test]
+fn a_sharegpt_array_record_without_an_answer_is_named_by_its_line() {
+    // A pretty-printed JSON array (as ShareGPT dumps are): the second
+    // conversation starts on line 15, and "conv.json:2" would point into
+    // the first one.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("conv.json");
+    let records = json!([
+        {"id": "a", "conversations": [{"from": "human", "value": "hi, [1], {x}"}, {"from": "gpt", "value": "\"hello\""}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "no answer"}]}
+    ]);
+    let text = serde_json::to_string_pretty(&records).unwrap();
+    let line = 1 + text.lines().enumerate().filter(|(_, l)| *l == "  {").nth(1).unwrap().0;
+    assert_eq!(line, 15);
+    std::fs::write(&f, &text).unwrap();
+    let out = dir.path().join("o");
+    std::fs::create_dir_all(&out).unwrap();
+    let err = run_kind(
+        kind("ingest-instructions").as_ref(),
+        json!({"lang": "en"}),
+        &inputs(&[("files", &[&f])]),
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!(
+            "conv.json:{line}: record lacks a conversation with a user turn and an assistant turn"
+        )),
+        "{err}\n{text}"
+    );
+}

@@ -76,15 +76,36 @@ impl StageKind for ExportGguf {
             ctx.progress(done as u64, Some(total as u64), "writing tensors")
         })
         .map_err(|e| StageError::failed(e.to_string()))?;
+        let types: Vec<String> = written.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
         ctx.log(&format!(
-            "wrote {} tensors, {:.1} MB ({})",
+            "wrote {} tensors, {:.1} MB (asked {}; stored {})",
             written.tensors,
             written.bytes as f64 / 1e6,
-            ctx.params.str("type")?
+            ctx.params.str("type")?,
+            types.join(", ")
         ));
+        // Say which tensors are not in the asked type, and why, grouped.
+        let mut groups: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+        for (tensor, stored, why) in &written.fallbacks {
+            groups.entry((stored, why)).or_default().push(tensor);
+        }
+        for ((stored, why), names) in groups {
+            ctx.log(&format!(
+                "{} tensors written {stored}, not {}, because {why}: {}",
+                names.len(),
+                ctx.params.str("type")?,
+                names.join(", ")
+            ));
+        }
+        let fallbacks: Vec<serde_json::Value> = written
+            .fallbacks
+            .iter()
+            .map(|(tensor, stored, why)| serde_json::json!({"tensor": tensor, "stored": stored, "why": why}))
+            .collect();
         ctx.write_json(
             "stats.json",
             &serde_json::json!({"type": ctx.params.str("type")?, "tensors": written.tensors, "bytes": written.bytes,
+                                "stored_types": written.types, "fallbacks": fallbacks,
                                 "special_tokens": s.describe()}),
         )?;
         Ok(())

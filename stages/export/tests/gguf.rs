@@ -299,3 +299,46 @@ fn safetensors_f32(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+#[test]
+fn a_q8_0_export_names_every_tensor_it_wrote_in_another_type() {
+    let fixture = root().join("stages/model/tests/fixtures/hf-smollm2");
+    let dir = tempfile::tempdir().unwrap();
+    run_kind(
+        kind("export-gguf").as_ref(),
+        json!({"type": "q8_0"}),
+        &inputs(&[("model", &[&fixture])]),
+        dir.path(),
+    )
+    .unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("stats.json")).unwrap()).unwrap();
+    let file = babelflow_model::gguf::GgufFile::open(&dir.path().join("model.gguf")).unwrap();
+    // What the file holds: every matrix not stored Q8_0 is listed, with why.
+    let not_q8: Vec<&str> = file
+        .tensors
+        .iter()
+        .filter(|t| t.dims.len() == 2 && t.ty != GgmlType::Q8_0)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(!not_q8.is_empty(), "the fixture's 48-wide rows are not whole blocks");
+    let listed: Vec<&str> = stats["fallbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["tensor"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, not_q8);
+    assert_eq!(
+        stats["fallbacks"][0]["why"],
+        "its rows of 48 values are not whole Q8_0 blocks of 32"
+    );
+    let counted: u64 = stats["stored_types"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, file.tensors.len());
+    assert!(stats["stored_types"]["Q8_0"].as_u64().unwrap() >= 1, "{stats}");
+}

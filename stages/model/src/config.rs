@@ -196,6 +196,29 @@ impl LlamaConfig {
             )));
         }
         self.rope_scaling().map_err(bad)?;
+        // An id past the embedding table would only fail later, far from
+        // here ("no BOS token" at tokenize, an index error in training).
+        if let Some(id) = self.bos_token_id.filter(|&id| id as usize >= self.vocab_size) {
+            return Err(bad(format!(
+                "bos_token_id {id} is not a token of this model (vocab_size {}, ids 0..{})",
+                self.vocab_size,
+                self.vocab_size.saturating_sub(1)
+            )));
+        }
+        let eos: Vec<u64> = match &self.eos_token_id {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_u64).collect(),
+            Some(v) => v.as_u64().into_iter().collect(),
+            None => Vec::new(),
+        };
+        for id in eos {
+            if id as usize >= self.vocab_size {
+                return Err(bad(format!(
+                    "eos_token_id {id} is not a token of this model (vocab_size {}, ids 0..{})",
+                    self.vocab_size,
+                    self.vocab_size.saturating_sub(1)
+                )));
+            }
+        }
         Ok(())
     }
 

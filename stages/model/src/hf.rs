@@ -26,6 +26,13 @@ pub enum DiskDtype {
     Bf16,
 }
 
+/// What to do with pickled PyTorch weights, which babelflow does not read
+/// (unpickling can run code, and safetensors is what the hub ships now).
+pub const PICKLE_HINT: &str = "babelflow reads safetensors, not pickles: convert once with \
+    `python -c \"from transformers import AutoModelForCausalLM as M; \
+    M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\"` \
+    (copy the tokenizer files along) and import OUT";
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
         path: path.to_path_buf(),
@@ -43,9 +50,22 @@ pub fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String
         return Ok((vec![single], BTreeMap::new()));
     }
     if !index.is_file() {
+        let pickled = [
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+            "consolidated.00.pth",
+        ]
+        .into_iter()
+        .find(|name| dir.join(name).is_file());
+        let message = match pickled {
+            Some(name) => format!(
+                "no model.safetensors or model.safetensors.index.json in this folder, only {name}: pickled PyTorch weights; {PICKLE_HINT}"
+            ),
+            None => "no model.safetensors or model.safetensors.index.json in this folder".into(),
+        };
         return Err(ModelError::Weights {
             path: dir.to_path_buf(),
-            message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
+            message,
         });
     }
     let bad = |message: String| ModelError::Weights {

@@ -11,7 +11,9 @@ pub mod hf;
 pub mod llama;
 pub mod loss;
 pub mod precision;
+pub mod recast;
 pub mod resize;
+pub mod safetensors_out;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use babelflow_stage::{InputSpec, ParamSpec, ParamType, Params, StageContext, Sta
 
 use crate::config::LlamaConfig;
 use crate::hf::{self, DiskDtype};
+use crate::recast;
 
 /// Files of an HF model folder that babelflow carries along.
 const CARRIED: &[&str] = &[
@@ -45,19 +46,44 @@ const IMPORT_INPUTS: &[InputSpec] = &[InputSpec {
           .gguf file (dequantised into one)",
 }];
 
-const IMPORT_PARAMS: &[ParamSpec] = &[ParamSpec::with_default(
+const IMPORT_PARAMS: &[ParamSpec] = &[ParamSpec::optional(
     "dtype",
     ParamType::Choice(&["f32", "bf16"]),
-    r#""f32""#,
-    "for a GGUF file: the dtype its dequantised weights are stored in (an HF folder is copied as it is)",
+    "the dtype the weights are stored in: a GGUF file is dequantised into it (default f32); an HF folder is \
+     rewritten in it (default: copied as it is)",
 )];
 
-/// True when `path` is a file that starts with GGUF's magic.
-fn is_gguf(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok_and(|()| &magic == b"GGUF")
+/// The first bytes of a file (up to 4), to tell a GGUF from the rest.
+fn magic_of(path: &Path) -> Result<Vec<u8>, StageError> {
+    let mut magic = Vec::with_capacity(4);
+    let file = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 4), &mut magic).map_err(|e| StageError::io(path, e))?;
+    Ok(magic)
+}
+
+/// What a checkpoint that is a file is: a GGUF (by its magic, or by its
+/// name with a damaged magic, which `GgufFile::open` then names), or a
+/// file babelflow does not read, with what to do instead.
+fn import_file(ctx: &StageContext, file: &Path) -> Result<(), StageError> {
+    let magic = magic_of(file)?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+    if magic == b"GGUF" || name.ends_with(".gguf") {
+        return import_gguf(ctx, file);
+    }
+    let why = if magic.is_empty() {
+        "empty file (0 bytes)".to_string()
+    } else if [".bin", ".pt", ".pth", ".ckpt"].iter().any(|ext| name.ends_with(ext)) {
+        format!("pickled PyTorch weights; {}", hf::PICKLE_HINT)
+    } else if name.ends_with(".safetensors") {
+        "a safetensors file alone: bind `checkpoint:` to the folder that holds it with its config.json".into()
+    } else {
+        format!("not a GGUF file (magic `{}`, expected `GGUF`)", magic.escape_ascii())
+    };
+    Err(StageError::input(
+        file,
+        None,
+        format!("{why}; a checkpoint is an HF folder (config.json + safetensors) or a .gguf file"),
+    ))
 }
 
 impl StageKind for ImportModel {
@@ -66,7 +92,8 @@ impl StageKind for ImportModel {
     }
     fn code_version(&self) -> &'static str {
         // 2: files are copied (or reflinked), never hard-linked; only the weight files the checkpoint uses.
-        "2"
+        // 3: `dtype:` applies to an HF folder too.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "bring an HF LLaMA checkpoint folder (checked, copied) or a GGUF file (dequantised) into the store"
@@ -83,8 +110,8 @@ impl StageKind for ImportModel {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let dir = &ctx.single_input("checkpoint")?.path;
-        if dir.is_file() && is_gguf(dir) {
-            return import_gguf(ctx, dir);
+        if dir.is_file() {
+            return import_file(ctx, dir);
         }
         if !dir.is_dir() {
             return Err(StageError::input(
@@ -97,8 +124,17 @@ impl StageKind for ImportModel {
         let (weights, tensors) = hf::check_checkpoint(dir, &config).map_err(model_err)?;
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(|e| StageError::io(&out, e))?;
+        // `dtype:` rewrites the weight files unless they are in it already.
+        let dtype = ctx.params.opt_str("dtype")?;
+        let recast = match dtype {
+            Some(d) if !recast::already(&weights, d).map_err(model_err)? => Some(d),
+            _ => None,
+        };
         let carried = CARRIED.iter().map(|name| dir.join(name)).filter(|p| p.is_file());
-        let mut copied: Vec<std::path::PathBuf> = weights.into_iter().chain(carried).collect();
+        let mut copied: Vec<std::path::PathBuf> = carried.collect();
+        if recast.is_none() {
+            copied.extend(weights.iter().cloned());
+        }
         copied.sort();
         copied.dedup();
         for (n, path) in copied.iter().enumerate() {
@@ -107,17 +143,65 @@ impl StageKind for ImportModel {
             let name = path.file_name().unwrap_or_default();
             copy_in(path, &out.join(name))?;
         }
+        let stored = match recast {
+            Some(d) => {
+                let done = recast::recast(&weights, &out, d, &|n, total| {
+                    ctx.progress(n as u64, Some(total as u64), &format!("rewriting the weights as {d}"))
+                })
+                .map_err(model_err)?;
+                retag_dtype(&out, d, done.bytes)?;
+                ctx.note("converted_tensors", done.converted);
+                format!(
+                    "rewritten as {d}: {} tensors converted, {} already {d}",
+                    done.converted, done.kept
+                )
+            }
+            None => match dtype {
+                Some(d) => format!("copied, already {d}"),
+                None => "copied as stored".to_string(),
+            },
+        };
         ctx.note("tensors", tensors);
         ctx.note("layers", config.num_hidden_layers);
-        ctx.log(&format!("imported {} ({tensors} tensors)", dir.display()));
+        ctx.note("dtype", dtype.unwrap_or("as stored"));
+        ctx.log(&format!("imported {} ({tensors} tensors; {stored})", dir.display()));
         Ok(())
     }
+}
+
+/// After a recast: `config.json` names the new dtype (transformers reads
+/// `torch_dtype`, and `dtype` in version 5) and the shard index its new
+/// total size.
+fn retag_dtype(out: &Path, dtype: &str, total_bytes: u64) -> Result<(), StageError> {
+    let edit = |name: &str, change: &dyn Fn(&mut serde_json::Value)| -> Result<(), StageError> {
+        let path = out.join(name);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| StageError::input(&path, None, format!("not JSON: {e}")))?;
+        change(&mut v);
+        let bytes = serde_json::to_vec_pretty(&v).map_err(|e| StageError::failed(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))
+    };
+    edit("config.json", &|v| {
+        v["torch_dtype"] = recast::torch_name(dtype).into();
+        if v.get("dtype").is_some() {
+            v["dtype"] = recast::torch_name(dtype).into();
+        }
+    })?;
+    edit("model.safetensors.index.json", &|v| {
+        if v.get("metadata").is_some_and(serde_json::Value::is_object) {
+            v["metadata"]["total_size"] = total_bytes.into();
+        }
+    })
 }
 
 /// A GGUF file dequantised into an HF folder (`gguf::import`).
 fn import_gguf(ctx: &StageContext, file: &Path) -> Result<(), StageError> {
     let out = ctx.output("model");
-    let dtype = ctx.params.str("dtype")?;
+    let dtype = ctx.params.opt_str("dtype")?.unwrap_or("f32");
     let imported = crate::gguf::import::import(file, &out, dtype, &|done, total| {
         ctx.progress(done as u64, Some(total as u64), "dequantising")
     })

@@ -21,6 +21,14 @@ pub struct LoadedTokenizer {
 impl LoadedTokenizer {
     pub fn load(path: &Path) -> Result<Self, StageError> {
         let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+        if bytes.starts_with(b"GGUF") {
+            return Err(StageError::input(
+                path,
+                None,
+                "a GGUF model file, not a tokenizer.json: bring it in with an `import-model` stage and bind \
+                 `tokenizer:` to that stage (a model folder stands for its tokenizer)",
+            ));
+        }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| StageError::input(path, None, "not a tokenizer.json: the file is not UTF-8 text"))?;
         let tokenizer = Tokenizer::from_str(text)

@@ -260,34 +260,63 @@ impl Specials {
         let unk = resolve_one("unk", None, UNK_NAMES)?;
 
         let template_adds = post_processor_adds(tok);
-        let config_flag = |name: &str| {
-            files
-                .tokenizer_config
-                .as_ref()
-                .and_then(|(_, v)| v.get(name))
-                .and_then(Value::as_bool)
-        };
-        let mut flag = |role: &str, over: Option<bool>, config: Option<bool>, template: Option<bool>, default: bool| {
-            let (value, from) = match (over, config, template) {
-                (Some(v), _, _) => (v, format!("the stage's `add_{role}`")),
-                (None, Some(v), _) => (v, format!("tokenizer_config.json `add_{role}_token`")),
-                (None, None, Some(v)) => (v, "the tokenizer.json post-processor".to_string()),
-                (None, None, None) => (default, "the LLaMA default".to_string()),
+        // A flag that is not a boolean (`"false"` is a string, and true in
+        // Python) is refused: reading it either way would be a guess.
+        let config_flag = |name: &str| -> Result<Option<bool>, StageError> {
+            let Some((path, value)) = &files.tokenizer_config else {
+                return Ok(None);
             };
-            sources.insert(format!("add_{role}"), from);
-            value
+            match value.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(other) => Err(StageError::input(
+                    path,
+                    None,
+                    format!("`{name}` is {other}, not a boolean: write true or false (without quotes)"),
+                )),
+            }
+        };
+        let add_bos_config = config_flag("add_bos_token")?;
+        let add_eos_config = config_flag("add_eos_token")?;
+        // The first source that says wins; every later one that says
+        // otherwise is recorded as `add_…_ignored`.
+        let mut flag = |role: &str, over: Option<bool>, config: Option<bool>, template: Option<bool>, default: bool| {
+            let said = [
+                (over, format!("the stage's `add_{role}`")),
+                (config, format!("tokenizer_config.json `add_{role}_token`")),
+                (template, "the tokenizer.json post-processor".to_string()),
+            ];
+            let mut chosen: Option<bool> = None;
+            let mut ignored = Vec::new();
+            for (value, from) in said {
+                match (value, chosen) {
+                    (Some(v), None) => {
+                        chosen = Some(v);
+                        sources.insert(format!("add_{role}"), from);
+                    }
+                    (Some(v), Some(c)) if v != c => ignored.push(format!("{from} says {v}")),
+                    _ => {}
+                }
+            }
+            if !ignored.is_empty() {
+                sources.insert(format!("add_{role}_ignored"), ignored.join("; "));
+            }
+            chosen.unwrap_or_else(|| {
+                sources.insert(format!("add_{role}"), "the LLaMA default".to_string());
+                default
+            })
         };
         let add_bos = flag(
             "bos",
             overrides.add_bos,
-            config_flag("add_bos_token"),
+            add_bos_config,
             template_adds.map(|(first, _)| first),
             bos.is_some(),
         );
         let add_eos = flag(
             "eos",
             overrides.add_eos,
-            config_flag("add_eos_token"),
+            add_eos_config,
             template_adds.map(|(_, last)| last),
             false,
         );

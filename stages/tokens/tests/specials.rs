@@ -98,3 +98,67 @@ fn ids_and_chat_ids_equal_transformers() {
     assert_eq!(counted, [36, 2, 201]);
     assert_eq!(chat.end_of_turn(&tok), Some(2));
 }
+
+/// A copy of the SmolLM2 fixture's tokenizer files with `edit` applied to
+/// (tokenizer_config.json, tokenizer.json).
+fn edited(dir: &std::path::Path, edit: impl Fn(&mut serde_json::Value, &mut serde_json::Value)) -> LoadedTokenizer {
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(smollm2().join(name)).unwrap()).unwrap()
+    };
+    let (mut config, mut tokenizer) = (read("tokenizer_config.json"), read("tokenizer.json"));
+    edit(&mut config, &mut tokenizer);
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    LoadedTokenizer::load(&dir.join("tokenizer.json")).unwrap()
+}
+
+#[test]
+fn a_flag_written_as_a_string_is_refused_with_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = edited(dir.path(), |config, _| config["add_bos_token"] = "false".into());
+    let err = Specials::resolve(&tok, Some(dir.path()), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer_config.json: `add_bos_token` is \"false\", not a boolean: write true or false"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_source_that_disagrees_about_bos_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    // add_bos_token: false (the fixture's), and a post-processor that adds BOS.
+    let tok = edited(dir.path(), |_, tokenizer| {
+        tokenizer["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}
+        })
+    });
+    let s = Specials::resolve(&tok, Some(dir.path()), &Overrides::default()).unwrap();
+    assert!(!s.add_bos, "tokenizer_config.json wins");
+    assert_eq!(s.sources["add_bos"], "tokenizer_config.json `add_bos_token`");
+    assert_eq!(
+        s.sources["add_bos_ignored"],
+        "the tokenizer.json post-processor says true"
+    );
+    assert_eq!(
+        s.describe()["sources"]["add_bos_ignored"],
+        "the tokenizer.json post-processor says true"
+    );
+
+    // A stage's own add_bos: true over both; the file that said false is recorded.
+    let over = Overrides {
+        add_bos: Some(true),
+        ..Overrides::default()
+    };
+    let s = Specials::resolve(&tok, Some(dir.path()), &over).unwrap();
+    assert!(s.add_bos);
+    assert_eq!(
+        s.sources["add_bos_ignored"],
+        "tokenizer_config.json `add_bos_token` says false"
+    );
+}

@@ -47,6 +47,10 @@ fn file_type(ty: GgmlType) -> u32 {
 pub struct Exported {
     pub tensors: usize,
     pub bytes: u64,
+    /// Tensor count per stored ggml type (`Q8_0: 7`).
+    pub types: std::collections::BTreeMap<String, usize>,
+    /// Matrices stored in another type than asked: (tensor, stored type, why).
+    pub fallbacks: Vec<(String, String, String)>,
 }
 
 fn bad(path: &Path, message: impl Into<String>) -> ModelError {
@@ -164,17 +168,25 @@ pub fn export(
         });
     }
     let skip = infos.len();
+    let mut fallbacks = Vec::new();
     for (hf, shape) in &expected {
         let cols = shape.get(1).copied().unwrap_or(1);
+        let name = gguf_name(hf).unwrap_or_else(|| hf.clone());
         let stored = if shape.len() == 1 {
             GgmlType::F32
         } else if ty == GgmlType::Q8_0 && !cols.is_multiple_of(32) {
+            // As convert_hf_to_gguf.py does: a row must be whole blocks.
+            fallbacks.push((
+                name.clone(),
+                GgmlType::F16.name().to_string(),
+                format!("its rows of {cols} values are not whole Q8_0 blocks of 32"),
+            ));
             GgmlType::F16
         } else {
             ty
         };
         infos.push(TensorOut {
-            name: gguf_name(hf).unwrap_or_else(|| hf.clone()),
+            name,
             dims: shape.iter().rev().map(|&d| d as u64).collect(),
             ty: stored,
         });
@@ -210,11 +222,16 @@ pub fn export(
         path: out.to_path_buf(),
         source,
     })?;
-    let tensors = infos;
+    let mut types = std::collections::BTreeMap::new();
+    for t in &infos {
+        *types.entry(t.ty.name().to_string()).or_default() += 1;
+    }
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     Ok(Exported {
-        tensors: tensors.len(),
+        tensors: infos.len(),
         bytes,
+        types,
+        fallbacks,
     })
 }
 

@@ -134,13 +134,40 @@ impl Reader<'_> {
     fn fail(&self, what: &str) -> ModelError {
         ModelError::Weights {
             path: self.path.to_path_buf(),
-            message: format!("not a readable GGUF file: {what} at byte {}", self.at),
+            message: format!("not a readable GGUF file: {what}"),
         }
+    }
+
+    /// `step` with what was being read put in front of its error: a
+    /// damaged count otherwise surfaces as "N more bytes are needed" with
+    /// no hint of which entry the reader was in.
+    fn within<T>(
+        &mut self,
+        what: &str,
+        step: impl FnOnce(&mut Self) -> Result<T, ModelError>,
+    ) -> Result<T, ModelError> {
+        step(self).map_err(|e| match e {
+            ModelError::Weights { path, message } => ModelError::Weights {
+                path,
+                message: message.replacen(
+                    "not a readable GGUF file: ",
+                    &format!("not a readable GGUF file: {what}: "),
+                    1,
+                ),
+            },
+            other => other,
+        })
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], ModelError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| self.fail(&format!("the file ends before {n} more bytes")))?;
+        let end = end.ok_or_else(|| {
+            self.fail(&format!(
+                "{n} bytes from byte {} run past the end of the file ({} bytes)",
+                self.at,
+                self.bytes.len()
+            ))
+        })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
@@ -159,7 +186,8 @@ impl Reader<'_> {
     fn string(&mut self) -> Result<String, ModelError> {
         let n = self.u64()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.fail("a string that is not UTF-8"))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| self.fail(&format!("a string that is not UTF-8 before byte {}", self.at)))
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> Result<MetaValue, ModelError> {
@@ -187,7 +215,7 @@ impl Reader<'_> {
                 let item = self.u32()?;
                 let n = self.u64()? as usize;
                 if n > self.bytes.len() {
-                    return Err(self.fail(&format!("an array of {n} items")));
+                    return Err(self.fail(&format!("an array of {n} items, more than the file has bytes")));
                 }
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -198,7 +226,7 @@ impl Reader<'_> {
             10 => MetaValue::U64(u64::from_le_bytes(b8(self)?)),
             11 => MetaValue::I64(i64::from_le_bytes(b8(self)?)),
             12 => MetaValue::F64(f64::from_le_bytes(b8(self)?)),
-            other => return Err(self.fail(&format!("metadata value type {other}"))),
+            other => return Err(self.fail(&format!("metadata value type {other} before byte {}", self.at))),
         })
     }
 }
@@ -209,56 +237,92 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         })?;
+        let bad = |message: String| ModelError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let len = file.metadata().map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if len.len() == 0 {
+            return Err(bad("empty file (0 bytes); a GGUF file starts with `GGUF`".into()));
+        }
         // SAFETY: the file is only read while the map lives; babelflow
         // never writes a file it has mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let magic = &map[..map.len().min(4)];
+        if magic != b"GGUF" {
+            return Err(bad(format!(
+                "not a GGUF file (magic `{}`, expected `GGUF`)",
+                magic.escape_ascii()
+            )));
+        }
         let mut r = Reader {
             bytes: &map,
-            at: 0,
+            at: 4,
             path,
         };
-        if r.take(4)? != b"GGUF" {
-            return Err(ModelError::Weights {
-                path: path.to_path_buf(),
-                message: "not a GGUF file (it does not start with `GGUF`)".into(),
-            });
-        }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
             return Err(r.fail(&format!("GGUF version {version} (babelflow reads 2 and 3)")));
         }
         let (n_tensors, n_kv) = (r.u64()?, r.u64()?);
         let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string()?;
-            let ty = r.u32()?;
-            let value = r.value(ty, 0)?;
+        for i in 0..n_kv {
+            let what = format!("the header lists {n_kv} key-values; reading key-value {}", i + 1);
+            let (key, value) = r.within(&what, |r| {
+                let key = r.string()?;
+                let ty = r.u32()?;
+                Ok((key.clone(), r.value(ty, 0)?))
+            })?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 20) as usize);
-        for _ in 0..n_tensors {
-            let name = r.string()?;
-            let n_dims = r.u32()?;
-            if n_dims > 4 {
-                return Err(r.fail(&format!("tensor `{name}` with {n_dims} dimensions")));
-            }
-            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
-            let ty_id = r.u32()?;
-            let ty = GgmlType::from_id(ty_id).map_err(|e| ModelError::Weights {
-                path: path.to_path_buf(),
-                message: format!("tensor `{name}`: {e}"),
-            })?;
-            let offset = r.u64()?;
-            tensors.push(TensorInfo { name, dims, ty, offset });
+        // Each tensor description takes at least 28 bytes (an empty name,
+        // one dimension, the type and the offset): a count the rest of the
+        // file cannot hold is a damaged header, said before reading on.
+        let room = (map.len() - r.at) as u64 / 28;
+        if n_tensors > room {
+            return Err(r.fail(&format!(
+                "the header lists {n_tensors} tensors, and the {} bytes left after the key-values hold at most {room} tensor descriptions",
+                map.len() - r.at
+            )));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(MetaValue::as_u64)
-            .unwrap_or(32) as usize;
-        let data_start = r.at.div_ceil(alignment.max(1)) * alignment.max(1);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+        for i in 0..n_tensors {
+            let what = match tensors.last() {
+                Some(prev) => format!(
+                    "the header lists {n_tensors} tensors; reading tensor {} (after `{}`)",
+                    i + 1,
+                    prev.name
+                ),
+                None => format!("the header lists {n_tensors} tensors; reading the first"),
+            };
+            let info = r.within(&what, |r| {
+                let name = r.string()?;
+                let n_dims = r.u32()?;
+                if n_dims > 4 {
+                    return Err(r.fail(&format!("tensor `{name}` with {n_dims} dimensions")));
+                }
+                let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+                let ty_id = r.u32()?;
+                let ty = GgmlType::from_id(ty_id).map_err(|e| r.fail(&format!("tensor `{name}`: {e}")))?;
+                let offset = r.u64()?;
+                Ok(TensorInfo { name, dims, ty, offset })
+            })?;
+            tensors.push(info);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() => a as usize,
+                _ => return Err(bad(format!("general.alignment is {v:?}; it must be a power of two"))),
+            },
+        };
+        let data_start = r.at.div_ceil(alignment) * alignment;
         let gguf = GgufFile {
             path: path.to_path_buf(),
             version,
@@ -267,10 +331,39 @@ impl GgufFile {
             data_start,
             map,
         };
-        for t in &gguf.tensors {
-            gguf.bytes_of(t)?;
-        }
+        gguf.check_layout(alignment)?;
         Ok(gguf)
+    }
+
+    /// llama.cpp's rule for the data section: tensors lie in the order of
+    /// their descriptions, each at the running offset padded to
+    /// `general.alignment`, and all inside the file. A tensor table that
+    /// breaks it (a shifted or duplicated offset) would otherwise read
+    /// another tensor's bytes, or bytes between two, as weights.
+    fn check_layout(&self, alignment: usize) -> Result<(), ModelError> {
+        let mut expected = 0u64;
+        for t in &self.tensors {
+            let fail = |m: String| ModelError::Weights {
+                path: self.path.clone(),
+                message: format!("tensor `{}`: {m}", t.name),
+            };
+            if t.offset != expected {
+                let why = if !t.offset.is_multiple_of(alignment as u64) {
+                    format!("not a multiple of general.alignment ({alignment})")
+                } else if t.offset < expected {
+                    "inside the tensors before it".to_string()
+                } else {
+                    "leaving a gap after the tensors before it".to_string()
+                };
+                return Err(fail(format!(
+                    "its data offset is {}, expected {expected} ({why}): the tensor table is damaged",
+                    t.offset
+                )));
+            }
+            let n = self.bytes_of(t)?.len() as u64;
+            expected = (expected + n).div_ceil(alignment as u64) * alignment as u64;
+        }
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -295,11 +388,13 @@ impl GgufFile {
                 t.ty.block().0
             ))
         })?;
-        let start = self.data_start + t.offset as usize;
-        self.map.get(start..start + n).ok_or_else(|| {
+        let start = (self.data_start as u64).saturating_add(t.offset);
+        let end = start.saturating_add(n as u64);
+        self.map.get(start as usize..end as usize).ok_or_else(|| {
             fail(format!(
-                "its {n} bytes at offset {} lie past the end of the file",
-                t.offset
+                "its {n} bytes at data offset {} (bytes {start}..{end}) run past the end of the file ({} bytes): the file is cut short",
+                t.offset,
+                self.map.len()
             ))
         })
     }

@@ -16,6 +16,7 @@ use super::names::{gguf_name, hf_name, permuted_heads, unpermute};
 use super::vocab;
 use crate::config::LlamaConfig;
 use crate::hf::expected_tensors;
+use crate::safetensors_out::SafetensorsWriter;
 use crate::ModelError;
 
 /// What an import did, for the stage's log and stats.
@@ -176,34 +177,6 @@ pub fn fit_llama3(config: &LlamaConfig, factors: &[f32]) -> Option<Value> {
         near(want, f)
     });
     ok.then_some(scaling)
-}
-
-/// Writes a safetensors file tensor by tensor: the header first (all
-/// shapes are known from the GGUF's infos), then each tensor's bytes.
-struct SafetensorsWriter {
-    out: std::io::BufWriter<std::fs::File>,
-}
-
-impl SafetensorsWriter {
-    fn create(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str, width: usize) -> std::io::Result<Self> {
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut offset = 0usize;
-        for (name, shape) in tensors {
-            let n = shape.iter().product::<usize>() * width;
-            header.insert(
-                name.clone(),
-                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
-            );
-            offset += n;
-        }
-        let mut text = serde_json::to_vec(&Value::Object(header)).map_err(std::io::Error::other)?;
-        text.resize(text.len().div_ceil(8) * 8, b' ');
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        out.write_all(&(text.len() as u64).to_le_bytes())?;
-        out.write_all(&text)?;
-        Ok(SafetensorsWriter { out })
-    }
 }
 
 /// Imports `gguf` into the HF folder `out`, weights as `dtype` (`f32` or `bf16`).

@@ -168,9 +168,13 @@ pub fn to_hf(f: &GgufFile) -> Result<HfTokenizer, String> {
                           "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
                           "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
             });
+            let n_merges = json["model"]["merges"].as_array().map_or(0, Vec::len);
             (
                 json,
-                format!("byte-level BPE, pre-tokenizer `{pre}`, {} merges", tokens.len()),
+                format!(
+                    "byte-level BPE, pre-tokenizer `{pre}`, {} tokens, {n_merges} merges",
+                    tokens.len()
+                ),
             )
         }
         "llama" => {
@@ -209,7 +213,13 @@ pub fn to_hf(f: &GgufFile) -> Result<HfTokenizer, String> {
             } else {
                 "as stored"
             };
-            (json, format!("SentencePiece-style BPE, {n_merges} merges {how}"))
+            (
+                json,
+                format!(
+                    "SentencePiece-style BPE, {} tokens, {n_merges} merges {how}",
+                    tokens.len()
+                ),
+            )
         }
         other => {
             return Err(format!(
