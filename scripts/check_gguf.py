@@ -13,6 +13,15 @@ after `babelflow run pipelines/examples/smollm2-gguf.yaml`:
    exported loads and scores the same windows within 2 % of babelflow's
    perplexity.
 
+With --vocab, after `babelflow run pipelines/examples/extended-gguf.yaml`,
+it checks the extended vocabularies instead (both tokenizer styles): for
+every exported GGUF, llama.cpp's tokenizer (llama-cpp-python, vocab only)
+gives, on every document, the ids babelflow's `tokenize` gave with the
+extended model's tokenizer, and so does `import-model` of that GGUF. That
+mode needs only llama-cpp-python, numpy, pyarrow and pyyaml.
+
+  python3 scripts/check_gguf.py pipelines/examples/.babelflow --recipe extended-gguf --vocab
+
 Needs torch, transformers, gguf, numpy, pyarrow, pyyaml; llama-cpp-python
 for step 4 (CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF
 -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install llama-cpp-python on these
@@ -28,9 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 import yaml
-from safetensors.numpy import load_file
 
 HEADER_LEN = 64
 
@@ -73,12 +80,66 @@ def nll_of(logits_fn, windows):
     return total
 
 
+def texts_of(store: Path, inst: dict, tokens_entry: dict) -> dict:
+    corpus = tokens_entry["inputs"]["corpus"][0]["instance"]
+    rows = pq.read_table(artifact(store, inst[corpus]) / "corpus.parquet").to_pylist()
+    return {row["id"]: row["text"] for row in rows}
+
+
+def check_vocab(store: Path, recipe: str) -> int:
+    """Extended vocabularies: llama.cpp's ids and the re-import's equal babelflow's."""
+    from llama_cpp import Llama
+
+    inst = instances(store, recipe)
+    ok = True
+    tokenizer_of = lambda e: e["inputs"]["tokenizer"][0]["instance"]
+    for name, entry in sorted(inst.items()):
+        if entry["kind"] != "export-gguf":
+            continue
+        model = entry["inputs"]["model"][0]["instance"]
+        path = artifact(store, entry) / "model.gguf"
+        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        bos, eos = llm.token_bos(), llm.token_eos()
+        reimported = next(n for n, e in inst.items() if e["kind"] == "import-model"
+                          and e["inputs"]["checkpoint"][0].get("instance") == name)
+        for tname, tentry in sorted(inst.items()):
+            if tentry["kind"] != "tokenize" or tokenizer_of(tentry) != model:
+                continue
+            texts = texts_of(store, inst, tentry)
+            ours = dict(read_tokens(artifact(store, tentry)))
+            twin = next(n for n, e in inst.items() if e["kind"] == "tokenize" and tokenizer_of(e) == reimported
+                        and e["inputs"]["corpus"] == tentry["inputs"]["corpus"])
+            back = dict(read_tokens(artifact(store, inst[twin])))
+            differ_cpp = differ_back = 0
+            total = 0
+            for doc_id, ids in ours.items():
+                body = ids[1:] if ids and ids[0] == bos else ids
+                body = body[:-1] if body and body[-1] == eos else body
+                cpp = llm.tokenize(texts[doc_id].encode(), add_bos=False, special=False)
+                total += len(body)
+                if cpp != body:
+                    differ_cpp += 1
+                    print(f"   {tname} {doc_id}: babelflow {body[:12]}… llama.cpp {cpp[:12]}…")
+                if back.get(doc_id) != ids:
+                    differ_back += 1
+            print(f"{tname} ({path.stat().st_size / 1e6:.1f} MB GGUF, {llm.n_vocab()} tokens): {len(ours)} documents, "
+                  f"{total} tokens; llama.cpp's ids differ on {differ_cpp}, the re-import's on {differ_back}")
+            ok &= differ_cpp == 0 and differ_back == 0
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("store", type=Path)
     ap.add_argument("--recipe", default="smollm2-gguf")
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--vocab", action="store_true", help="check extended vocabularies (extended-gguf recipe)")
     args = ap.parse_args()
+    if args.vocab:
+        return check_vocab(args.store, args.recipe)
+    import torch
+    from safetensors.numpy import load_file
+
     inst = instances(args.store, args.recipe)
     base = artifact(args.store, inst["base"])
     gguf_path = Path(inst["base"]["inputs"]["checkpoint"][0]["file"])

@@ -11,6 +11,7 @@ pub mod distributed;
 mod error;
 pub mod memory;
 mod params;
+pub mod spm;
 pub mod testing;
 
 pub use context::{

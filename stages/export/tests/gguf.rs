@@ -342,3 +342,76 @@ fn a_q8_0_export_names_every_tensor_it_wrote_in_another_type() {
     assert_eq!(counted as usize, file.tensors.len());
     assert!(stats["stored_types"]["Q8_0"].as_u64().unwrap() >= 1, "{stats}");
 }
+
+/// `stage` of `kind` with `params` and `inputs`, into `dir/name`.
+fn stage(dir: &Path, name: &str, kind_name: &str, params: serde_json::Value, bound: &[(&str, &[&Path])]) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let k = babelflow_corpus::kinds()
+        .into_iter()
+        .chain(babelflow_tokens::kinds())
+        .chain(babelflow_model::kinds())
+        .find(|k| k.name() == kind_name)
+        .unwrap();
+    run_kind(k.as_ref(), params, &inputs(bound), &out).unwrap();
+    out
+}
+
+/// The study's EXT path: a base tokenizer trained on English, extended on
+/// Swahili, a model resized for it, exported to GGUF and imported back.
+/// Every added token is reachable (no dead rows), and the imported
+/// tokenizer gives the ids the model was trained with, for both styles.
+#[test]
+fn an_extended_vocabulary_keeps_its_ids_through_gguf() {
+    let samples = root().join("data/samples/text");
+    for (style, base_vocab) in [("sentencepiece", 500), ("byte-level", 600)] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let en_txt = samples.join("en.txt");
+        let sw_txt = samples.join("sw.txt");
+        let en = stage(d, "en", "ingest", json!({"lang": "en"}), &[("files", &[&en_txt])]).join("corpus.parquet");
+        let sw = stage(d, "sw", "ingest", json!({"lang": "sw"}), &[("files", &[&sw_txt])]).join("corpus.parquet");
+        let base = stage(
+            d,
+            "base",
+            "train-tokenizer",
+            json!({"vocab_size": base_vocab, "style": style}),
+            &[("corpus", &[&en])],
+        )
+        .join("tokenizer.json");
+        let ext = stage(
+            d,
+            "ext",
+            "extend-vocab",
+            json!({"new_tokens": 1000, "train_vocab_size": 4000, "min_frequency": 1}),
+            &[("tokenizer", &[&base]), ("corpus", &[&sw])],
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(ext.join("stats.json")).unwrap()).unwrap();
+        assert!(stats["added"].as_u64().unwrap() > 100, "{style}: {stats}");
+        let init = stage(
+            d,
+            "init",
+            "init-model",
+            json!({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}),
+            &[("tokenizer", &[&base])],
+        )
+        .join("model");
+        let added = ext.join("added_tokens.json");
+        let ext_tok = ext.join("tokenizer.json");
+        let resized = stage(
+            d,
+            "resized",
+            "resize-vocab",
+            json!({}),
+            &[("model", &[&init]), ("added", &[&added]), ("tokenizer", &[&ext_tok])],
+        )
+        .join("model");
+        let back = round_trip(d, &resized, "f32");
+        for text in [&sw_txt, &en_txt] {
+            let text = std::fs::read_to_string(text).unwrap();
+            let (want, got) = (ids_of(&resized, &text), ids_of(&back, &text));
+            assert_eq!(got.len(), want.len(), "{style}: token counts");
+            assert_eq!(got, want, "{style}: ids");
+        }
+    }
+}

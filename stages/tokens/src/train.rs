@@ -209,7 +209,8 @@ impl StageKind for TrainTokenizer {
     }
     fn code_version(&self) -> &'static str {
         // 2: a `BOS $A` post-processor, so transformers adds the BOS the model is trained with.
-        "2"
+        // 3: sentencepiece style: merges closed (babelflow_stage::spm), as SentencePiece merges.
+        "3"
     }
     fn summary(&self) -> &'static str {
         "train a LLaMA-style BPE tokenizer.json (sentencepiece-like or byte-level) on a corpus"
@@ -301,6 +302,11 @@ impl StageKind for TrainTokenizer {
         .map_err(|e| StageError::failed(e.to_string()))?;
         if byte_fallback {
             insert_byte_pieces(&mut doc, specials.len())?;
+        }
+        if style == Style::SentencePiece && byte_fallback {
+            // Merge as SentencePiece (and llama.cpp, after export-gguf) does:
+            // any two adjacent pieces that make a token, best first.
+            babelflow_stage::spm::close_merges_of(&mut doc);
         }
         add_bos_template(&mut doc, &specials);
         let text = serde_json::to_string_pretty(&doc).map_err(|e| StageError::failed(e.to_string()))?;

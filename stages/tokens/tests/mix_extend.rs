@@ -8,6 +8,7 @@ use babelflow_stage::testing::{inputs, run_kind};
 use babelflow_stage::StageKind;
 use babelflow_tokens::artifact::{read_index, TokenFile};
 use serde_json::{json, Value};
+use tokenizers::Model;
 use tokenizers::Tokenizer;
 
 fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
@@ -196,6 +197,13 @@ fn extend_vocab_lowers_fertility_and_keeps_every_existing_id() {
         assert_eq!(record["base_vocab_size"], base_size);
         for (i, a) in added.iter().enumerate() {
             assert_eq!(a["id"], base_size + i as u64, "new ids follow the old ones");
+            // No dead rows: the extended tokenizer makes each new token from its text.
+            let pieces = merged.get_model().tokenize(a["token"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                pieces.iter().map(|p| p.id as u64).collect::<Vec<_>>(),
+                vec![a["id"].as_u64().unwrap()],
+                "{lang}: {a} is unreachable"
+            );
             let pieces: Vec<u32> = a["base_pieces"]
                 .as_array()
                 .unwrap()
@@ -208,4 +216,88 @@ fn extend_vocab_lowers_fertility_and_keeps_every_existing_id() {
             );
         }
     }
+}
+
+/// llama.cpp's SentencePiece rule (`llm_tokenizer_spm`) on one word: start
+/// from characters, join the adjacent pair whose concatenation is the
+/// best-scoring token (leftmost on ties) until none is; characters the
+/// vocabulary lacks become `<0xNN>` byte pieces.
+fn spm_reference(word: &str, ids: &std::collections::HashMap<String, u32>, scores: &[f64]) -> Vec<u32> {
+    let mut symbols: Vec<String> = word.chars().map(String::from).collect();
+    loop {
+        let best = (0..symbols.len().saturating_sub(1))
+            .filter_map(|i| {
+                let joined = format!("{}{}", symbols[i], symbols[i + 1]);
+                ids.get(&joined).map(|&id| (i, scores[id as usize]))
+            })
+            .fold(None, |best: Option<(usize, f64)>, (i, s)| match best {
+                Some((_, b)) if b >= s => best,
+                _ => Some((i, s)),
+            });
+        let Some((i, _)) = best else { break };
+        let right = symbols.remove(i + 1);
+        symbols[i].push_str(&right);
+    }
+    symbols
+        .iter()
+        .flat_map(|s| match ids.get(s) {
+            Some(&id) => vec![id],
+            None => s.bytes().map(|b| ids[&format!("<0x{b:02X}>")]).collect(),
+        })
+        .collect()
+}
+
+/// The extended LLaMA-2-style tokenizer merges as SentencePiece does, so
+/// the GGUF it exports (scores, no merges) tokenizes every word of the
+/// target and English text as babelflow trained on it, in llama.cpp too.
+#[test]
+fn an_extended_sentencepiece_tokenizer_merges_as_sentencepiece_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let en = corpus(dir.path(), "en");
+    let sw = corpus(dir.path(), "sw");
+    let base = train_style(dir.path(), "base", &[&en], 500, "sentencepiece");
+    let o = out(dir.path(), "ext");
+    run_kind(
+        kind("extend-vocab").as_ref(),
+        json!({"new_tokens": 1000, "train_vocab_size": 4000, "min_frequency": 1}),
+        &inputs(&[("tokenizer", &[&base]), ("corpus", &[&sw])]),
+        &o,
+    )
+    .unwrap();
+    let doc: Value = serde_json::from_slice(&std::fs::read(o.join("tokenizer.json")).unwrap()).unwrap();
+    let tokens = babelflow_stage::spm::tokens_by_id(&doc);
+    let scores = babelflow_stage::spm::scores_from_merges(&tokens, &babelflow_stage::spm::merges_of(&doc["model"]));
+    let ids: std::collections::HashMap<String, u32> =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let merged = Tokenizer::from_file(o.join("tokenizer.json")).unwrap();
+    let mut differ = Vec::new();
+    let mut words = 0;
+    for lang in ["sw", "en"] {
+        let text = std::fs::read_to_string(
+            babelflow_stage::testing::package_dir().join(format!("../../data/samples/text/{lang}.txt")),
+        )
+        .unwrap();
+        for word in text.split_whitespace() {
+            let word = format!("▁{word}");
+            words += 1;
+            let ours: Vec<u32> = merged
+                .get_model()
+                .tokenize(&word)
+                .unwrap()
+                .iter()
+                .map(|t| t.id)
+                .collect();
+            let theirs = spm_reference(&word, &ids, &scores);
+            if ours != theirs {
+                differ.push(format!("{word}: {ours:?} vs {theirs:?}"));
+            }
+        }
+    }
+    assert!(words > 300);
+    assert!(
+        differ.is_empty(),
+        "{} of {words} words differ: {:?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
 }

@@ -24,7 +24,7 @@
 //! merge does (`-rank`, so llama.cpp's score-driven merging follows the
 //! BPE order).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -91,28 +91,7 @@ fn byte_level(pre: &str) -> Result<(Value, bool), String> {
     })
 }
 
-/// transformers' `generate_merges`: every split of a token into two
-/// tokens, best score first (ties: longer left piece, then longer right).
-pub fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
-    let vocab: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
-    let mut merges: Vec<(String, String, f64)> = Vec::new();
-    for (token, &score) in tokens.iter().zip(scores) {
-        let mut local: Vec<(&str, &str)> = token
-            .char_indices()
-            .skip(1)
-            .map(|(i, _)| (&token[..i], &token[i..]))
-            .filter(|(l, r)| vocab.contains_key(l) && vocab.contains_key(r))
-            .collect();
-        local.sort_by_key(|(l, r)| (vocab[l], vocab[r]));
-        merges.extend(local.into_iter().map(|(l, r)| (l.to_string(), r.to_string(), score)));
-    }
-    let key = |m: &(String, String, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
-    merges.sort_by(|a, b| {
-        let (ka, kb) = (key(a), key(b));
-        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(kb.2.cmp(&ka.2))
-    });
-    merges.into_iter().map(|(l, r, _)| (l, r)).collect()
-}
+pub use babelflow_stage::spm::merges_from_scores;
 
 /// The HF tokenizer files of a GGUF's `tokenizer.ggml.*` metadata.
 pub fn to_hf(f: &GgufFile) -> Result<HfTokenizer, String> {
@@ -359,16 +338,15 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
     ));
     if !is_byte_level {
         // llama.cpp's SentencePiece tokenizer merges the best-scoring pair
-        // first: a token's score is minus the rank of the merge that makes it.
-        let mut rank: HashMap<String, usize> = HashMap::new();
-        for (r, m) in merges.iter().enumerate() {
-            if let Some((l, rt)) = m.split_once(' ') {
-                rank.entry(format!("{l}{rt}")).or_insert(r);
-            }
-        }
-        let scores = tokens
+        // first: a token's score is minus the rank of the merge that makes
+        // it (exact in f32 below 2^24 merges).
+        let pairs: Vec<(String, String)> = merges
             .iter()
-            .map(|t| MetaValue::F32(rank.get(t).map_or(0.0, |&r| -(r as f32) - 1.0)))
+            .filter_map(|m| m.split_once(' ').map(|(l, r)| (l.to_string(), r.to_string())))
+            .collect();
+        let scores = babelflow_stage::spm::scores_from_merges(&tokens, &pairs)
+            .into_iter()
+            .map(|s| MetaValue::F32(s as f32))
             .collect();
         meta.push(("tokenizer.ggml.scores".into(), MetaValue::Array(scores)));
         let prefix = !text.contains("\"prepend_scheme\":\"never\"");
@@ -407,23 +385,4 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
 fn is_byte_piece(token: &str) -> bool {
     let b = token.as_bytes();
     b.len() == 6 && b.starts_with(b"<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merges_from_scores_follow_transformers_generate_merges() {
-        // Pieces: a, b, c, ab, bc, abc; scores make `abc` best, then `ab`.
-        let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -0.5];
-        let merges = merges_from_scores(&tokens, &scores);
-        let pairs: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
-        // abc (-0.5): longer left piece first: ("ab","c") before ("a","bc").
-        assert_eq!(pairs, [("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
-    }
 }
