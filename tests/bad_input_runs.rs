@@ -659,3 +659,54 @@ fn a_full_disk_gives_a_plain_message_and_leaves_no_temporary_files() {
     // Listed inside the namespace, before the file system went with it.
     assert!(!text.contains("LEFTOVER"), "{text}");
 }
+
+// --- a Slurm cluster whose controller is down ---------------------------
+
+#[test]
+fn a_slurm_controller_that_is_down_is_one_message_and_nothing_is_submitted() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    // Stand-ins first on PATH: slurmctld down, and an sbatch that records
+    // being called (it must not be).
+    let shim = p.path("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let script = |name: &str, body: &str| {
+        let path = shim.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script("scontrol", "echo 'Slurmctld(primary) at head is DOWN'; exit 1");
+    script(
+        "sbatch",
+        &format!("touch {}; exit 1", p.path("sbatch-called").display()),
+    );
+    let stages: String = (1..=6)
+        .map(|i| format!("  s{i}:\n    kind: command\n    with: {{ run: 'echo {i} > \"$OUT_OUT\"' }}\n"))
+        .collect();
+    p.write("r.yaml", &format!("name: r\nstages:\n{stages}"));
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap_or_default());
+    let out = p
+        .cmd(&["run", "r.yaml", "--executor", "slurm", "--keep-going"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(
+        text.matches("the Slurm controller does not answer").count(),
+        1,
+        "the cause once:\n{text}"
+    );
+    assert!(
+        text.contains("Slurmctld(primary) at head is DOWN") && text.contains("nothing was submitted"),
+        "{text}"
+    );
+    // Every other line refers to it (retries included: Slurm retries once).
+    assert_eq!(text.matches("✗ ").count(), 6, "{text}");
+    assert_eq!(text.matches("the same cause as").count(), 11, "{text}");
+    assert!(!p.path("sbatch-called").exists(), "sbatch was called:\n{text}");
+}

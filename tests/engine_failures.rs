@@ -200,8 +200,25 @@ vars: { x: one }
     // A new value makes new artifacts; the old ones are no longer referenced.
     p.ok(&["run", "r.yaml", "--set", "vars.x=two"]);
     assert_eq!(std::fs::read_dir(p.path(".babelflow/artifacts")).unwrap().count(), 4);
+    // A dry run says what each would-be-deleted artifact was, and deletes nothing.
+    let dry = p.ok(&["gc", "--store", ".babelflow", "--dry-run"]);
+    for instance in ["a", "b"] {
+        assert!(
+            dry.contains(&format!("would delete {instance} of recipe tidy (command, made ")),
+            "{dry}"
+        );
+    }
+    assert!(dry.contains("2 unreferenced artifacts (would free"), "{dry}");
+    assert_eq!(std::fs::read_dir(p.path(".babelflow/artifacts")).unwrap().count(), 4);
     let out = p.ok(&["gc", "--store", ".babelflow"]);
-    assert!(out.starts_with("2 unreferenced artifacts"), "{out}");
+    assert!(out.contains("deleted a of recipe tidy (command, made "), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("2 unreferenced artifacts (freed"),
+        "{out}"
+    );
     assert_eq!(std::fs::read_dir(p.path(".babelflow/artifacts")).unwrap().count(), 2);
     let plan = p.plan("r.yaml", &["--set", "vars.x=two"]);
     assert_eq!(plan["summary"]["cached"], 2);

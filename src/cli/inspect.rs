@@ -213,16 +213,32 @@ pub fn gc(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let (mut count, mut bytes) = (0usize, 0u64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for fp in store.artifacts()? {
         if referenced.contains(&fp) {
             continue;
         }
         count += 1;
+        let dir = store.artifact_dir(&fp);
+        // What it was, so a user sees which trial (`run --set ...`) goes.
+        let what = match babelflow::store::MadeFor::read(&dir) {
+            Some(m) => {
+                let age = m.finished_at.map_or(String::new(), |t| {
+                    format!(", made {} ago", age_text(now.saturating_sub(t)))
+                });
+                format!("{} of recipe {} ({}{age})", m.instance, m.recipe, m.kind)
+            }
+            None => "no manifest: an unfinished or foreign folder".into(),
+        };
+        let size = babelflow::store::dir_size(&dir);
         if dry_run {
-            println!("would delete {}", store.artifact_dir(&fp).display());
-            bytes += babelflow::store::dir_size(&store.artifact_dir(&fp));
+            println!("would delete {what}, {:.1} MB: {}", size as f64 / 1e6, dir.display());
+            bytes += size;
         } else {
             bytes += store.remove_artifact(&fp)?;
+            println!("deleted {what}, {:.1} MB", size as f64 / 1e6);
         }
     }
     store.clean_temp()?;
@@ -234,6 +250,16 @@ pub fn gc(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
         referenced.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `90 s`, `12 min`, `5 h`, `3 days`.
+fn age_text(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
 }
 
 pub fn kinds(registry: &Registry, only: Option<&str>) -> anyhow::Result<ExitCode> {

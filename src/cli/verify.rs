@@ -36,7 +36,7 @@ pub fn verify(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode>
             }
             Verdict::Damaged(problems) => {
                 damaged += 1;
-                let instance = instance_of(&dir).unwrap_or_else(|| "?".into());
+                let instance = babelflow::store::MadeFor::read(&dir).map_or_else(|| "?".into(), |m| m.instance);
                 println!("{fp} ({instance}): damaged: {}", problems.join("; "));
                 if !dry_run {
                     let aside = store.set_aside(&fp)?;
@@ -51,11 +51,4 @@ pub fn verify(store: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The instance an artifact was made for, from its manifest.
-fn instance_of(dir: &std::path::Path) -> Option<String> {
-    let bytes = std::fs::read(dir.join("manifest.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(v["instance"].as_str()?.to_string())
 }

@@ -117,6 +117,20 @@ pub fn run(
     let mut gpus_busy: BTreeSet<usize> = BTreeSet::new();
     let mut stopping = false;
     let mut wound_down = false;
+    // Failure messages already printed, each with the first instance that
+    // had it: a cause shared by several instances (a cluster that is down,
+    // a full disk) is said once, then referred to.
+    let said: std::sync::Mutex<std::collections::HashMap<String, String>> = Default::default();
+    let first_with = |text: &str, name: &str| -> Option<String> {
+        let mut said = said.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match said.get(text) {
+            Some(first) => Some(first.clone()),
+            None => {
+                said.insert(text.to_string(), name.to_string());
+                None
+            }
+        }
+    };
     let tolerant: Vec<bool> = graph
         .instances
         .iter()
@@ -150,13 +164,17 @@ pub fn run(
                                     && !cancel.is_cancelled() =>
                             {
                                 attempt += 1;
-                                progress.line(&format!(
-                                    "↻ {} failed; retrying (attempt {} of {}):\n{}",
-                                    job.instance.name,
-                                    attempt + 1,
-                                    retries + 1,
-                                    indent(&e.to_string())
-                                ));
+                                let name = &job.instance.name;
+                                let (next, of) = (attempt + 1, retries + 1);
+                                progress.line(&match first_with(&e.to_string(), name) {
+                                    Some(first) => format!(
+                                        "↻ {name} failed (the same cause as {first}); retrying (attempt {next} of {of})"
+                                    ),
+                                    None => format!(
+                                        "↻ {name} failed; retrying (attempt {next} of {of}):\n{}",
+                                        indent(&e.to_string())
+                                    ),
+                                });
                                 // A retry resumes from the checkpoint; `--force` meant the first attempt.
                                 job.planned.forced = false;
                             }
@@ -308,11 +326,23 @@ pub fn run(
                     Outcome::Cancelled
                 }
                 Err(e) => {
-                    progress.line(&format!(
-                        "✗ {name} failed after {:.1}s:\n{}",
-                        result.seconds,
-                        indent(&e.to_string())
-                    ));
+                    // A retried instance said its cause at its first attempt.
+                    let text = e.to_string();
+                    match first_with(&text, name) {
+                        Some(first) if &first == name => progress.line(&format!(
+                            "✗ {name} failed after {:.1}s: the same cause as at its first attempt (above)",
+                            result.seconds
+                        )),
+                        Some(first) => progress.line(&format!(
+                            "✗ {name} failed after {:.1}s: the same cause as {first}",
+                            result.seconds
+                        )),
+                        None => progress.line(&format!(
+                            "✗ {name} failed after {:.1}s:\n{}",
+                            result.seconds,
+                            indent(&text)
+                        )),
+                    }
                     if !options.keep_going {
                         stopping = true;
                     }

@@ -269,6 +269,30 @@ impl Store {
     }
 }
 
+/// What an artifact was made for, from its `manifest.json`: recipe,
+/// instance, kind and when it finished (Unix seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MadeFor {
+    pub recipe: String,
+    pub instance: String,
+    pub kind: String,
+    pub finished_at: Option<u64>,
+}
+
+impl MadeFor {
+    pub fn read(artifact_dir: &Path) -> Option<MadeFor> {
+        let bytes = std::fs::read(artifact_dir.join("manifest.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let text = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+        Some(MadeFor {
+            recipe: text("recipe"),
+            instance: v["instance"].as_str()?.to_string(),
+            kind: text("kind"),
+            finished_at: v["finished_at"].as_f64().map(|t| t as u64),
+        })
+    }
+}
+
 pub fn dir_size(path: &Path) -> u64 {
     let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
     if meta.is_file() {

@@ -38,6 +38,8 @@ pub struct Slurm {
     queue: queue::Queue,
     /// Jobs in flight, instance → job id (for `status` and for the record).
     live: Mutex<std::collections::BTreeMap<String, String>>,
+    /// `scontrol ping`'s verdict, asked once, before the first submission.
+    controller: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl Slurm {
@@ -49,6 +51,7 @@ impl Slurm {
             invocation,
             queue: queue::Queue::new(min_age),
             live: Mutex::new(Default::default()),
+            controller: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +111,12 @@ impl Slurm {
         let fp = &job.planned.fingerprint;
         let dir = handoff::job_dir(store, fp);
         let failed = |what: &str, e: &dyn std::fmt::Display| StageError::failed(format!("{what}: {e}"));
+        // Concurrent workers wait for the one asking; all get its answer.
+        if let Err(e) = self.controller.get_or_init(queue::controller_up) {
+            return Err(StageError::failed(format!(
+                "{e}; nothing was submitted: start slurmctld or check the cluster (`sinfo`), then rerun"
+            )));
+        }
         handoff::begin(&dir, job)?;
         let script_path = dir.join("job.sh");
         let text = script::script(&self.invocation, inst, fp, &dir, &self.settings);

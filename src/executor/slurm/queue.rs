@@ -50,12 +50,59 @@ pub fn submit(flags: &[String], script: &Path) -> Result<String, String> {
     let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let script = script.display().to_string();
     args.push(&script);
-    let out = run("sbatch", &args)?;
+    // The flags and script path are per instance (and logged at debug):
+    // keep them out of the message so a cause shared by every instance
+    // (a controller gone mid-run) reads the same and is reported once.
+    let out = Command::new("sbatch")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("cannot run `sbatch`: {e} (is this a Slurm login node? is sbatch on PATH?)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`sbatch` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let id = out.trim().split(';').next().unwrap_or_default().to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
         return Err(format!("sbatch printed no job id: {:?}", out.trim()));
     }
     Ok(id)
+}
+
+/// Whether the controller answers: `scontrol ping` says `UP` for the
+/// primary (or a backup) slurmctld. Asked once before the first submission
+/// so a cluster that is down is one clear error, not one per instance.
+pub fn controller_up() -> Result<(), String> {
+    let out = Command::new("scontrol")
+        .arg("ping")
+        .output()
+        .map_err(|e| format!("cannot run `scontrol`: {e} (is this a Slurm login node? is scontrol on PATH?)"))?;
+    // `scontrol ping` prints its verdict on stdout and exits 1 when down.
+    let said = format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.contains("is UP") {
+        return Ok(());
+    }
+    // The verdict lines (`Slurmctld(primary) at head is DOWN`), not the banner.
+    let verdict: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("Slurmctld"))
+        .map(str::trim)
+        .collect();
+    let verdict = if verdict.is_empty() {
+        said.split_whitespace().collect::<Vec<_>>().join(" ")
+    } else {
+        verdict.join("; ")
+    };
+    Err(format!(
+        "the Slurm controller does not answer (`scontrol ping`: {verdict})"
+    ))
 }
 
 pub fn cancel(id: &str) -> Result<(), String> {
