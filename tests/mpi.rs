@@ -12,28 +12,14 @@
 
 mod common;
 
-use common::{repo_root, Project};
+use common::{repo_root, Project, TINY_LM_STAGES};
 
 /// A small model trained, then LoRA-tuned, on text no two lines alike.
-const RECIPE: &str = r#"
-name: data-parallel
-stages:
-  corpus:
-    kind: ingest
-    needs: { files: ./text.txt }
-    with: { lang: en, text_unit: line, langid: false }
-  tokenizer:
-    kind: train-tokenizer
-    needs: { corpus: corpus }
-    with: { vocab_size: 300, min_frequency: 1 }
-  tokens:
-    kind: tokenize
-    needs: { corpus: corpus, tokenizer: tokenizer }
-  model:
-    kind: init-model
-    needs: { tokenizer: tokenizer }
-    with: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }
-  train:
+fn recipe() -> String {
+    format!("name: data-parallel\nstages:\n{TINY_LM_STAGES}{TRAINING_STAGES}")
+}
+
+const TRAINING_STAGES: &str = r#"  train:
     kind: pretrain
     needs: { model: model, tokens: tokens }
     with: { steps: 20, batch_size: 8, seq_len: 32, checkpoint_every: 10, eval_every: 10, warmup_steps: 5 }
@@ -57,7 +43,7 @@ stages:
 
 fn project() -> Project {
     let p = Project::new();
-    p.write("r.yaml", RECIPE);
+    p.write("r.yaml", &recipe());
     // Deterministic varied lines: the loss keeps moving for 300 steps.
     let words =
         "the quick brown fox jumps over lazy dog while seven wizards quietly hex jolly vexed bugler near old river"
@@ -81,21 +67,12 @@ fn project() -> Project {
     p
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn several_processes_need_a_babelflow_built_with_mpi() {
     let p = project();
     let out = p.run(&["run", "r.yaml", "--processes", "2"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("`train` is to train on 2 processes") && stderr.contains("--features mpi"),
@@ -114,25 +91,13 @@ fn several_processes_need_a_babelflow_built_with_mpi() {
 #[cfg(feature = "mpi")]
 mod with_mpi {
     use std::process::Command;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use super::{project, text};
-    use crate::common::{artifact_dir, metrics_of, signal, spawn_run, stats_of, Project};
-
-    fn mpirun() -> bool {
-        let there = Command::new("mpirun")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !there {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI=true but `mpirun` is not installed (apt install openmpi-bin)"
-            );
-            eprintln!("skipped: no mpirun (apt install openmpi-bin)");
-        }
-        there
-    }
+    use super::project;
+    use crate::common::{
+        artifact_dir, metrics_of, mpirun_installed, output_text, signal, slurm_cluster_up, spawn_run, stats_of,
+        wait_until, Project,
+    };
 
     /// The per-step training losses of an instance in a store, and its
     /// stats, as the recipe with `sets` (`--set` flags) plans it.
@@ -168,13 +133,13 @@ mod with_mpi {
 
     #[test]
     fn two_processes_pretrain_and_tune_with_lora_as_one_does_with_the_same_global_batch() {
-        if !mpirun() {
+        if !mpirun_installed() {
             return;
         }
         let p = project();
         p.ok(&["run", "r.yaml", "--store", "one"]);
         let out = p.run(&["run", "r.yaml", "--store", "two", "--processes", "2"]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         // LoRA on 4 examples moves the loss less than full pretraining does.
         for (instance, drop) in [("train", 0.3), ("sft", 0.03)] {
             let ((one, one_stats), (two, two_stats)) =
@@ -201,7 +166,7 @@ mod with_mpi {
 
     #[test]
     fn a_two_process_run_killed_mid_way_resumes_on_one_and_ends_as_an_uninterrupted_run() {
-        if !mpirun() {
+        if !mpirun_installed() {
             return;
         }
         let p = project();
@@ -215,28 +180,21 @@ mod with_mpi {
         args.extend_from_slice(&long);
         let child = spawn_run(&p, &args);
         let resume = p.path("killed/resume");
-        let start = Instant::now();
-        while !std::fs::read_dir(&resume)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|d| d.path().join("checkpoint/position.json").is_file())
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "no checkpoint in {}",
-                resume.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until("a checkpoint of the two ranks", Duration::from_secs(120), || {
+            std::fs::read_dir(&resume)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("checkpoint/position.json").is_file())
+        });
         // A terminal's Ctrl-C: the whole foreground group.
         signal(&format!("-{}", child.id()), "-INT");
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(130), "{}", output_text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("train cancelled"),
             "{}",
-            text(&out)
+            output_text(&out)
         );
 
         // No rank trains on behind the driver's back.
@@ -261,24 +219,9 @@ mod with_mpi {
         assert_same_losses(&whole, &resumed, 300, 1.0);
     }
 
-    fn cluster() -> bool {
-        let up = Command::new("sinfo")
-            .args(["--noheader", "--responding", "-o", "%T"])
-            .output()
-            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-        if !up {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI=true but no Slurm cluster answers `sinfo` (start one with scripts/slurm-cluster.sh start)"
-            );
-            eprintln!("skipped: no Slurm cluster (scripts/slurm-cluster.sh start)");
-        }
-        up
-    }
-
     #[test]
     fn tasks_per_node_2_under_slurm_runs_through_srun_and_trains_as_one_process() {
-        if !cluster() {
+        if !slurm_cluster_up() {
             return;
         }
         let p = project();
@@ -300,7 +243,7 @@ mod with_mpi {
             "--set",
             "executor.poll_interval_s=0.5",
         ]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         let (one, _) = losses(&p, "one", "train", &[]);
         let (two, stats) = losses(
             &p,

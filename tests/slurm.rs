@@ -9,42 +9,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ran, repo_root, signal, spawn_run, Project};
+use common::{output_text, ran, repo_root, signal, slurm_cluster_up, spawn_run, wait_until, Project, TINY_LM_STAGES};
 
 /// Quick polling and a short grace: the one-node cluster's store is local.
 const FAST: [&str; 4] = ["--set", "executor.poll_interval_s=0.5", "--set", "executor.grace_s=3"];
-
-fn cluster() -> bool {
-    let up = Command::new("sinfo")
-        .args(["--noheader", "--responding", "-o", "%T"])
-        .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-    if !up {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI=true but no Slurm cluster answers `sinfo` (start one with scripts/slurm-cluster.sh start)"
-        );
-        eprintln!("skipped: no Slurm cluster (scripts/slurm-cluster.sh start)");
-    }
-    up
-}
 
 fn slurm_run(p: &Project, recipe: &str, store: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["run", recipe, "--store", store, "--executor", "slurm"];
     args.extend_from_slice(&FAST);
     args.extend_from_slice(extra);
     p.run(&args)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every artifact of a store: fingerprint → its files' blake3 (from the
@@ -73,7 +49,7 @@ fn artifacts(store: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
 
 #[test]
 fn the_quickstart_through_slurm_makes_the_local_runs_artifacts_and_a_rerun_submits_nothing() {
-    if !cluster() {
+    if !slurm_cluster_up() {
         return;
     }
     let p = Project::new();
@@ -81,8 +57,13 @@ fn the_quickstart_through_slurm_makes_the_local_runs_artifacts_and_a_rerun_submi
     let recipe = recipe.to_str().unwrap();
     p.ok(&["run", recipe, "--store", "local"]);
     let out = slurm_run(&p, recipe, "cluster", &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(ran(&String::from_utf8_lossy(&out.stdout)).len(), 28, "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        ran(&String::from_utf8_lossy(&out.stdout)).len(),
+        28,
+        "{}",
+        output_text(&out)
+    );
     let (local, cluster) = (artifacts(&p.path("local")), artifacts(&p.path("cluster")));
     assert_eq!(local.len(), 27, "every instance but the report");
     assert_eq!(local, cluster, "the same fingerprints holding the same bytes");
@@ -95,13 +76,13 @@ fn the_quickstart_through_slurm_makes_the_local_runs_artifacts_and_a_rerun_submi
     );
 
     let again = slurm_run(&p, recipe, "cluster", &[]);
-    assert!(again.status.success(), "{}", text(&again));
+    assert!(again.status.success(), "{}", output_text(&again));
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(ran(&stdout).is_empty(), "{stdout}");
     assert!(
         !String::from_utf8_lossy(&again.stderr).contains("Slurm job"),
         "nothing submitted: {}",
-        text(&again)
+        output_text(&again)
     );
 }
 
@@ -120,13 +101,13 @@ stages:
 
 #[test]
 fn a_failing_job_names_its_instance_and_its_logs() {
-    if !cluster() {
+    if !slurm_cluster_up() {
         return;
     }
     let p = Project::new();
     p.write("r.yaml", FAILING);
     let out = slurm_run(&p, "r.yaml", ".babelflow", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("✗ broken failed"), "{stderr}");
     assert!(
@@ -137,39 +118,26 @@ fn a_failing_job_names_its_instance_and_its_logs() {
         stderr.contains("Slurm job") && stderr.contains("broken.slurm.log"),
         "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fine"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fine"),
+        "{}",
+        output_text(&out)
+    );
     let status = p.ok(&["status", "r.yaml"]);
     let line = status.lines().find(|l| l.starts_with("broken")).unwrap();
     assert!(line.contains("failed") && line.contains("slurm "), "{status}");
 }
 
-const TRAINING: &str = r#"
-name: training
-stages:
-  corpus:
-    kind: ingest
-    needs: { files: ./text.txt }
-    with: { lang: en, text_unit: line, langid: false }
-  tokenizer:
-    kind: train-tokenizer
-    needs: { corpus: corpus }
-    with: { vocab_size: 300, min_frequency: 1 }
-  tokens:
-    kind: tokenize
-    needs: { corpus: corpus, tokenizer: tokenizer }
-  model:
-    kind: init-model
-    needs: { tokenizer: tokenizer }
-    with: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }
-  train:
-    kind: pretrain
-    needs: { model: model, tokens: tokens }
-    with: { steps: 300, batch_size: 4, seq_len: 32, checkpoint_every: 10, eval_every: 100, warmup_steps: 5 }
-"#;
+/// Long enough to be cancelled or requeued between checkpoints.
+fn training_recipe() -> String {
+    format!(
+        "name: training\nstages:\n{TINY_LM_STAGES}  train:\n    kind: pretrain\n    needs: {{ model: model, tokens: tokens }}\n    with: {{ steps: 300, batch_size: 4, seq_len: 32, checkpoint_every: 10, eval_every: 100, warmup_steps: 5 }}\n"
+    )
+}
 
 fn training_project() -> Project {
     let p = Project::new();
-    p.write("r.yaml", TRAINING);
+    p.write("r.yaml", &training_recipe());
     let line = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex the jolly vexed bugler\n";
     p.write("text.txt", &line.repeat(200));
     p
@@ -187,17 +155,9 @@ fn running_jobs(p: &Project, store: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_training_job_cancelled_mid_way_is_retried_from_its_checkpoint_and_ends_bit_identical() {
-    if !cluster() {
+    if !slurm_cluster_up() {
         return;
     }
     let p = training_project();
@@ -216,7 +176,7 @@ fn a_training_job_cancelled_mid_way_is_retried_from_its_checkpoint_and_ends_bit_
     let id = running_jobs(&p, "cluster")["train"].clone();
     assert!(Command::new("scancel").arg(&id).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("↻ train failed; retrying (attempt 2 of 2)"), "{stderr}");
     assert!(
@@ -239,7 +199,7 @@ fn a_training_job_cancelled_mid_way_is_retried_from_its_checkpoint_and_ends_bit_
 
 #[test]
 fn ctrl_c_on_the_driver_cancels_every_job_it_submitted() {
-    if !cluster() {
+    if !slurm_cluster_up() {
         return;
     }
     let p = Project::new();
@@ -263,7 +223,7 @@ stages:
     let ids: Vec<String> = running_jobs(&p, ".babelflow").into_values().collect();
     signal(&format!("-{}", child.id()), "-INT");
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(130), "{}", output_text(&out));
     let queue = String::from_utf8_lossy(
         &Command::new("squeue")
             .args(["--noheader", "--format=%i"])
@@ -298,7 +258,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn requeue_true_checkpoints_on_slurms_warning_and_the_requeued_job_resumes() {
-    if !cluster() {
+    if !slurm_cluster_up() {
         return;
     }
     let p = training_project();
@@ -329,7 +289,7 @@ fn requeue_true_checkpoints_on_slurms_warning_and_the_requeued_job_resumes() {
         .unwrap();
     assert!(warned.success());
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let job_log = walk(&p.path("cluster/logs"))
         .into_iter()
         .find(|f| f.ends_with("train.slurm.log"))

@@ -182,16 +182,84 @@ pub fn log_of(p: &Project, instance: &str) -> PathBuf {
 
 /// Waits (up to 30 s) until `path` exists.
 pub fn wait_for(path: &Path) {
+    wait_until(
+        &format!("{} to appear", path.display()),
+        Duration::from_secs(30),
+        || path.exists(),
+    );
+}
+
+/// Polls `ok` until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} never appeared",
-            path.display()
-        );
+    while !ok() {
+        assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether a system service or tool a test needs is there. Without it the
+/// test skips, except under CI=true, where `.ci/run` must have provided it
+/// and its absence is a failure.
+fn needed(present: bool, what: &str, how: &str) -> bool {
+    if !present {
+        assert!(std::env::var_os("CI").is_none(), "CI=true but {what} ({how})");
+        eprintln!("skipped: {what} ({how})");
+    }
+    present
+}
+
+/// A Slurm cluster answers `sinfo` with a responding node.
+pub fn slurm_cluster_up() -> bool {
+    let up = Command::new("sinfo")
+        .args(["--noheader", "--responding", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    needed(
+        up,
+        "no Slurm cluster answers `sinfo`",
+        "start one with scripts/slurm-cluster.sh start",
+    )
+}
+
+/// `mpirun` is installed.
+pub fn mpirun_installed() -> bool {
+    let there = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    needed(there, "`mpirun` is not installed", "apt install openmpi-bin")
+}
+
+/// The data half of a small training recipe: `./text.txt` line by line →
+/// a 300-token BPE → ids → a 2-block GQA model. A recipe appends its
+/// training stages (which read `model` and `tokens`).
+pub const TINY_LM_STAGES: &str = r#"  corpus:
+    kind: ingest
+    needs: { files: ./text.txt }
+    with: { lang: en, text_unit: line, langid: false }
+  tokenizer:
+    kind: train-tokenizer
+    needs: { corpus: corpus }
+    with: { vocab_size: 300, min_frequency: 1 }
+  tokens:
+    kind: tokenize
+    needs: { corpus: corpus, tokenizer: tokenizer }
+  model:
+    kind: init-model
+    needs: { tokenizer: tokenizer }
+    with: { hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }
+"#;
 
 /// `babelflow run r.yaml EXTRA...` in the background, in its own process
 /// group (so a signal reaches it as a terminal's Ctrl-C would).

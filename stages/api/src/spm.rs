@@ -18,6 +18,19 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+/// True for the style this module is about: a byte-fallback BPE without
+/// ByteLevel (LLaMA-1/2), which GGUF stores as scores (`llama`), not
+/// merges (`gpt2`).
+pub fn is_sentencepiece_style(tokenizer: &Value) -> bool {
+    tokenizer["model"]["byte_fallback"].as_bool().unwrap_or(false) && !is_byte_level(tokenizer)
+}
+
+/// True when any part of the tokenizer (pre-tokenizer, decoder,
+/// post-processor) is ByteLevel: GPT-2's byte-to-character mapping.
+pub fn is_byte_level(tokenizer: &Value) -> bool {
+    tokenizer.to_string().contains("\"ByteLevel\"")
+}
+
 /// Merges as pairs, from either serialisation (`["a", "b"]` or `"a b"`).
 pub fn merges_of(model: &Value) -> Vec<(String, String)> {
     model["merges"]

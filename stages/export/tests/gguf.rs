@@ -4,52 +4,38 @@
 //! tokenizer ids and special tokens; and a GGUF whose matrices are stored in
 //! every quantised type imports to gguf-py's dequantised values.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use babelflow_model::gguf::file::{write, MetaValue, TensorOut};
 use babelflow_model::gguf::quants::dequantize;
 use babelflow_model::gguf::{names, GgmlType};
 use babelflow_model::{hf, Rope};
-use babelflow_stage::testing::{inputs, run_kind};
 use babelflow_tokens::hf::LoadedTokenizer;
 use babelflow_tokens::specials::{Overrides, Specials};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::{root, smollm2_fixture, stage};
 use serde_json::json;
-
-fn root() -> PathBuf {
-    babelflow_stage::testing::package_dir().join("../..")
-}
-
-fn kind(name: &str) -> std::sync::Arc<dyn babelflow_stage::StageKind> {
-    babelflow_export::kinds()
-        .into_iter()
-        .chain(babelflow_model::kinds())
-        .find(|k| k.name() == name)
-        .unwrap()
-}
 
 /// export-gguf of `model` as `ty`, then import-model of the file: the new folder.
 fn round_trip(dir: &Path, model: &Path, ty: &str) -> PathBuf {
-    let exported = dir.join(format!("export-{ty}"));
-    std::fs::create_dir_all(&exported).unwrap();
-    run_kind(
-        kind("export-gguf").as_ref(),
+    let exported = stage(
+        dir,
+        &format!("export-{ty}"),
+        "export-gguf",
         json!({"type": ty}),
-        &inputs(&[("model", &[model])]),
-        &exported,
-    )
-    .unwrap();
-    let imported = dir.join(format!("import-{ty}"));
-    std::fs::create_dir_all(&imported).unwrap();
+        &[("model", &[model])],
+    );
     let file = exported.join("model.gguf");
-    run_kind(
-        kind("import-model").as_ref(),
+    stage(
+        dir,
+        &format!("import-{ty}"),
+        "import-model",
         json!({}),
-        &inputs(&[("checkpoint", &[&file])]),
-        &imported,
+        &[("checkpoint", &[&file])],
     )
-    .unwrap();
-    imported.join("model")
+    .join("model")
 }
 
 fn logits(model_dir: &Path, ids: &[i64]) -> Vec<f32> {
@@ -72,7 +58,7 @@ fn ids_of(model_dir: &Path, text: &str) -> Vec<u32> {
 
 #[test]
 fn a_model_exported_and_imported_is_the_same_model_with_the_same_tokenizer() {
-    let fixture = root().join("stages/model/tests/fixtures/hf-smollm2");
+    let fixture = smollm2_fixture();
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("data/samples/mixed/verify.txt")).unwrap();
     let ids: Vec<i64> = ids_of(&fixture, &text)[..24].iter().map(|&i| i as i64).collect();
@@ -107,46 +93,26 @@ fn a_sentencepiece_style_tokenizer_survives_the_round_trip() {
     // babelflow's own LLaMA-2-style tokenizer (byte fallback, ▁ spaces),
     // on a model initialised for it.
     let dir = tempfile::tempdir().unwrap();
-    let corpus_out = dir.path().join("corpus");
-    std::fs::create_dir_all(&corpus_out).unwrap();
+    let d = dir.path();
     let text = root().join("data/samples/text/sw.txt");
-    let corpus_kind = babelflow_corpus::kinds()
-        .into_iter()
-        .find(|k| k.name() == "ingest")
-        .unwrap();
-    run_kind(
-        corpus_kind.as_ref(),
-        json!({"lang": "sw"}),
-        &inputs(&[("files", &[&text])]),
-        &corpus_out,
-    )
-    .unwrap();
-    let tok_out = dir.path().join("tok");
-    std::fs::create_dir_all(&tok_out).unwrap();
-    let train = babelflow_tokens::kinds()
-        .into_iter()
-        .find(|k| k.name() == "train-tokenizer")
-        .unwrap();
-    let table = corpus_out.join("corpus.parquet");
-    run_kind(
-        train.as_ref(),
+    let table = stage(d, "corpus", "ingest", json!({"lang": "sw"}), &[("files", &[&text])]).join("corpus.parquet");
+    let tok = stage(
+        d,
+        "tok",
+        "train-tokenizer",
         json!({"vocab_size": 400}),
-        &inputs(&[("corpus", &[&table])]),
-        &tok_out,
+        &[("corpus", &[&table])],
     )
-    .unwrap();
-    let model_out = dir.path().join("init");
-    std::fs::create_dir_all(&model_out).unwrap();
-    let tok = tok_out.join("tokenizer.json");
-    run_kind(
-        kind("init-model").as_ref(),
+    .join("tokenizer.json");
+    let model = stage(
+        d,
+        "init",
+        "init-model",
         json!({"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}),
-        &inputs(&[("tokenizer", &[&tok])]),
-        &model_out,
+        &[("tokenizer", &[&tok])],
     )
-    .unwrap();
-    let model = model_out.join("model");
-    let back = round_trip(dir.path(), &model, "f32");
+    .join("model");
+    let back = round_trip(d, &model, "f32");
     let sample = std::fs::read_to_string(&text).unwrap();
     assert_eq!(ids_of(&back, &sample), ids_of(&model, &sample));
     let ids: Vec<i64> = ids_of(&model, &sample)[..16].iter().map(|&i| i as i64).collect();
@@ -249,15 +215,13 @@ fn every_quantised_type_imports_to_the_reference_values() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("quants.gguf");
     write(&file, &metadata, &infos, &mut |i| Ok(data[i].clone())).unwrap();
-    let out = dir.path().join("imported");
-    std::fs::create_dir_all(&out).unwrap();
-    run_kind(
-        kind("import-model").as_ref(),
+    let out = stage(
+        dir.path(),
+        "imported",
+        "import-model",
         json!({}),
-        &inputs(&[("checkpoint", &[&file])]),
-        &out,
-    )
-    .unwrap();
+        &[("checkpoint", &[&file])],
+    );
 
     let weights = safetensors_f32(&out.join("model/model.safetensors"));
     for (i, info) in infos.iter().enumerate() {
@@ -302,18 +266,16 @@ fn safetensors_f32(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
 
 #[test]
 fn a_q8_0_export_names_every_tensor_it_wrote_in_another_type() {
-    let fixture = root().join("stages/model/tests/fixtures/hf-smollm2");
     let dir = tempfile::tempdir().unwrap();
-    run_kind(
-        kind("export-gguf").as_ref(),
-        json!({"type": "q8_0"}),
-        &inputs(&[("model", &[&fixture])]),
+    let out = stage(
         dir.path(),
-    )
-    .unwrap();
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("stats.json")).unwrap()).unwrap();
-    let file = babelflow_model::gguf::GgufFile::open(&dir.path().join("model.gguf")).unwrap();
+        "q8",
+        "export-gguf",
+        json!({"type": "q8_0"}),
+        &[("model", &[&smollm2_fixture()])],
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
+    let file = babelflow_model::gguf::GgufFile::open(&out.join("model.gguf")).unwrap();
     // What the file holds: every matrix not stored Q8_0 is listed, with why.
     let not_q8: Vec<&str> = file
         .tensors
@@ -341,20 +303,6 @@ fn a_q8_0_export_names_every_tensor_it_wrote_in_another_type() {
         .sum();
     assert_eq!(counted as usize, file.tensors.len());
     assert!(stats["stored_types"]["Q8_0"].as_u64().unwrap() >= 1, "{stats}");
-}
-
-/// `stage` of `kind` with `params` and `inputs`, into `dir/name`.
-fn stage(dir: &Path, name: &str, kind_name: &str, params: serde_json::Value, bound: &[(&str, &[&Path])]) -> PathBuf {
-    let out = dir.join(name);
-    std::fs::create_dir_all(&out).unwrap();
-    let k = babelflow_corpus::kinds()
-        .into_iter()
-        .chain(babelflow_tokens::kinds())
-        .chain(babelflow_model::kinds())
-        .find(|k| k.name() == kind_name)
-        .unwrap();
-    run_kind(k.as_ref(), params, &inputs(bound), &out).unwrap();
-    out
 }
 
 /// The study's EXT path: a base tokenizer trained on English, extended on

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+use crate::gguf::quants::{dequantize, encode_float, GgmlType};
 use crate::safetensors_out::SafetensorsWriter;
 use crate::ModelError;
 
@@ -62,17 +62,18 @@ pub fn already(files: &[PathBuf], dtype: &str) -> Result<bool, ModelError> {
 }
 
 /// Writes each of `files` into `out` (same file name) with every tensor as
-/// `dtype` (`f32` or `bf16`); f32 → bf16 rounds to nearest even, as
-/// torch's `.to(torch.bfloat16)` does.
+/// `dtype` (`f32` or `bf16`), with the GGUF float codecs (f32 → bf16
+/// rounds to nearest even, as torch's `.to(torch.bfloat16)` does); a
+/// tensor already in `dtype` is copied byte for byte.
 pub fn recast(
     files: &[PathBuf],
     out: &Path,
     dtype: &str,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Recast, ModelError> {
-    let (st_name, width, want) = match dtype {
-        "bf16" => ("BF16", 2, Dtype::BF16),
-        _ => ("F32", 4, Dtype::F32),
+    let (st_name, width, target) = match dtype {
+        "bf16" => ("BF16", 2, GgmlType::BF16),
+        _ => ("F32", 4, GgmlType::F32),
     };
     let mut done = Recast::default();
     for (n, file) in files.iter().enumerate() {
@@ -93,25 +94,13 @@ pub fn recast(
                 message: e.to_string(),
             })?;
         let listing: Vec<(String, Vec<usize>)> = views.iter().map(|(n, v)| (n.clone(), v.shape().to_vec())).collect();
-        let target = out.join(file.file_name().unwrap_or_default());
-        let mut writer = SafetensorsWriter::create(&target, &listing, st_name, width).map_err(io(&target))?;
+        let target_path = out.join(file.file_name().unwrap_or_default());
+        let mut writer = SafetensorsWriter::create(&target_path, &listing, st_name, width).map_err(io(&target_path))?;
         for (name, view) in &views {
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => view
-                    .data()
-                    .chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => view
-                    .data()
-                    .chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
+            let stored = match view.dtype() {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
                 other => {
                     return Err(ModelError::Weights {
                         path: file.clone(),
@@ -119,19 +108,17 @@ pub fn recast(
                     })
                 }
             };
-            if view.dtype() == want {
+            let out_bytes = if stored == target {
                 done.kept += 1;
+                view.data().to_vec()
             } else {
                 done.converted += 1;
-            }
-            let out_bytes: Vec<u8> = match width {
-                2 => values.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
-                _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                encode_float(target, &dequantize(stored, view.data()))
             };
-            std::io::Write::write_all(&mut writer.out, &out_bytes).map_err(io(&target))?;
+            std::io::Write::write_all(&mut writer.out, &out_bytes).map_err(io(&target_path))?;
             done.bytes += out_bytes.len() as u64;
         }
-        std::io::Write::flush(&mut writer.out).map_err(io(&target))?;
+        std::io::Write::flush(&mut writer.out).map_err(io(&target_path))?;
     }
     progress(files.len(), files.len());
     Ok(done)

@@ -89,10 +89,6 @@ struct Base<'a> {
     sentencepiece: bool,
 }
 
-fn is_sentencepiece_style(doc: &Value) -> bool {
-    doc["model"]["byte_fallback"].as_bool().unwrap_or(false) && !doc.to_string().contains("\"ByteLevel\"")
-}
-
 /// True when the tokenizer turns the token's own text into that token.
 fn reaches(tok: &Tokenizer, token: &str, id: u32) -> bool {
     tok.get_model()
@@ -135,7 +131,8 @@ fn reachable_extension(
     mut candidates: Vec<Candidate>,
 ) -> Result<(String, Tokenizer, Vec<(String, u64)>, Vec<String>), StageError> {
     let mut dropped: Vec<String> = Vec::new();
-    for round in 0.. {
+    let mut round = 0;
+    loop {
         let (text, tok) = assemble(base, &candidates)?;
         let id_of = |i: usize| (base.size + i as u64) as u32;
         let stuck: Vec<usize> = (0..candidates.len())
@@ -182,8 +179,8 @@ fn reachable_extension(
             }
         }
         candidates = kept;
+        round += 1;
     }
-    unreachable!("the loop returns")
 }
 
 impl StageKind for ExtendVocab {
@@ -305,7 +302,7 @@ impl StageKind for ExtendVocab {
             doc: &doc,
             size: base_size,
             merges: merges_of(&doc["model"]),
-            sentencepiece: is_sentencepiece_style(&doc),
+            sentencepiece: babelflow_stage::spm::is_sentencepiece_style(&doc),
         };
         let (text, merged, added, dropped) = reachable_extension(&extending, candidates)?;
         let next_id = base_size + added.len() as u64;

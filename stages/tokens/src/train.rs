@@ -303,7 +303,7 @@ impl StageKind for TrainTokenizer {
         if byte_fallback {
             insert_byte_pieces(&mut doc, specials.len())?;
         }
-        if style == Style::SentencePiece && byte_fallback {
+        if babelflow_stage::spm::is_sentencepiece_style(&doc) {
             // Merge as SentencePiece (and llama.cpp, after export-gguf) does:
             // any two adjacent pieces that make a token, best first.
             babelflow_stage::spm::close_merges_of(&mut doc);

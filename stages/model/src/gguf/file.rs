@@ -128,35 +128,30 @@ struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
     path: &'a Path,
+    /// Which entry is being read (`the header lists 21 tensors; reading
+    /// tensor 21 (after ...)`): a damaged count otherwise surfaces only
+    /// as "N bytes run past the end".
+    entry: String,
 }
 
 impl Reader<'_> {
     fn fail(&self, what: &str) -> ModelError {
         ModelError::Weights {
             path: self.path.to_path_buf(),
-            message: format!("not a readable GGUF file: {what}"),
+            message: format!("not a readable GGUF file: {}{what}", self.entry),
         }
     }
 
-    /// `step` with what was being read put in front of its error: a
-    /// damaged count otherwise surfaces as "N more bytes are needed" with
-    /// no hint of which entry the reader was in.
+    /// `step` with its errors naming `entry` as what was being read.
     fn within<T>(
         &mut self,
-        what: &str,
+        entry: String,
         step: impl FnOnce(&mut Self) -> Result<T, ModelError>,
     ) -> Result<T, ModelError> {
-        step(self).map_err(|e| match e {
-            ModelError::Weights { path, message } => ModelError::Weights {
-                path,
-                message: message.replacen(
-                    "not a readable GGUF file: ",
-                    &format!("not a readable GGUF file: {what}: "),
-                    1,
-                ),
-            },
-            other => other,
-        })
+        self.entry = format!("{entry}: ");
+        let result = step(self);
+        self.entry.clear();
+        result
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], ModelError> {
@@ -265,6 +260,7 @@ impl GgufFile {
             bytes: &map,
             at: 4,
             path,
+            entry: String::new(),
         };
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
@@ -274,7 +270,7 @@ impl GgufFile {
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let what = format!("the header lists {n_kv} key-values; reading key-value {}", i + 1);
-            let (key, value) = r.within(&what, |r| {
+            let (key, value) = r.within(what, |r| {
                 let key = r.string()?;
                 let ty = r.u32()?;
                 Ok((key.clone(), r.value(ty, 0)?))
@@ -301,7 +297,7 @@ impl GgufFile {
                 ),
                 None => format!("the header lists {n_tensors} tensors; reading the first"),
             };
-            let info = r.within(&what, |r| {
+            let info = r.within(what, |r| {
                 let name = r.string()?;
                 let n_dims = r.u32()?;
                 if n_dims > 4 {

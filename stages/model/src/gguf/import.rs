@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use half::bf16;
 use serde_json::{json, Value};
 
 use super::file::{GgufFile, MetaValue, TensorInfo};
 use super::names::{gguf_name, hf_name, permuted_heads, unpermute};
+use super::quants::{encode_float, GgmlType};
 use super::vocab;
 use crate::config::LlamaConfig;
 use crate::hf::expected_tensors;
@@ -235,10 +235,7 @@ pub fn import(gguf: &Path, out: &Path, dtype: &str, progress: &dyn Fn(usize, usi
             let cols = shape.get(1).copied().unwrap_or(1);
             values = unpermute(&values, rows, cols, h);
         }
-        let bytes: Vec<u8> = match width {
-            2 => values.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
-            _ => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        };
+        let bytes = encode_float(if width == 2 { GgmlType::BF16 } else { GgmlType::F32 }, &values);
         writer.out.write_all(&bytes).map_err(io(&weights_path))?;
     }
     writer.out.flush().map_err(io(&weights_path))?;

@@ -24,8 +24,6 @@
 //! merge does (`-rank`, so llama.cpp's score-driven merging follows the
 //! BPE order).
 
-use std::collections::BTreeMap;
-
 use serde_json::{json, Value};
 
 use super::file::{GgufFile, MetaValue};
@@ -264,41 +262,26 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
             model["type"]
         ));
     }
-    let vocab = model["vocab"].as_object().ok_or("the tokenizer has no vocabulary")?;
-    let mut by_id: BTreeMap<u64, String> = vocab
-        .iter()
-        .filter_map(|(t, id)| Some((id.as_u64()?, t.clone())))
-        .collect();
+    if !model["vocab"].is_object() {
+        return Err("the tokenizer has no vocabulary".into());
+    }
+    // One token list and merge list for both styles, as `spm` defines them.
+    let tokens = babelflow_stage::spm::tokens_by_id(tokenizer);
+    let n = tokens.len() as u64;
     let mut special_ids = std::collections::BTreeSet::new();
     let mut user_ids = std::collections::BTreeSet::new();
     for t in tokenizer["added_tokens"].as_array().into_iter().flatten() {
-        let (Some(id), Some(content)) = (t["id"].as_u64(), t["content"].as_str()) else {
-            continue;
-        };
-        by_id.insert(id, content.to_string());
+        let Some(id) = t["id"].as_u64() else { continue };
         if t["special"].as_bool().unwrap_or(false) {
             special_ids.insert(id);
         } else {
             user_ids.insert(id);
         }
     }
-    let n = by_id.keys().next_back().map_or(0, |&m| m + 1);
-    let tokens: Vec<String> = (0..n)
-        .map(|i| by_id.get(&i).cloned().unwrap_or_else(|| format!("[PAD{i}]")))
-        .collect();
-    let merges: Vec<String> = model["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Value::String(s) => Some(s.clone()),
-            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .collect();
+    let merges = babelflow_stage::spm::merges_of(model);
     let text = serde_json::to_string(tokenizer).unwrap_or_default();
     let byte_fallback = model["byte_fallback"].as_bool().unwrap_or(false);
-    let is_byte_level = text.contains("\"ByteLevel\"");
+    let is_byte_level = babelflow_stage::spm::is_byte_level(tokenizer);
     let mut meta: Vec<(String, MetaValue)> = Vec::new();
     let types: Vec<i32> = (0..n)
         .map(|i| {
@@ -340,11 +323,7 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
         // llama.cpp's SentencePiece tokenizer merges the best-scoring pair
         // first: a token's score is minus the rank of the merge that makes
         // it (exact in f32 below 2^24 merges).
-        let pairs: Vec<(String, String)> = merges
-            .iter()
-            .filter_map(|m| m.split_once(' ').map(|(l, r)| (l.to_string(), r.to_string())))
-            .collect();
-        let scores = babelflow_stage::spm::scores_from_merges(&tokens, &pairs)
+        let scores = babelflow_stage::spm::scores_from_merges(&tokens, &merges)
             .into_iter()
             .map(|s| MetaValue::F32(s as f32))
             .collect();
@@ -359,7 +338,12 @@ pub fn from_hf(tokenizer: &Value, specials: &SpecialIds) -> Result<Vec<(String, 
     if is_byte_level {
         meta.push((
             "tokenizer.ggml.merges".into(),
-            MetaValue::Array(merges.into_iter().map(MetaValue::Str).collect()),
+            MetaValue::Array(
+                merges
+                    .into_iter()
+                    .map(|(l, r)| MetaValue::Str(format!("{l} {r}")))
+                    .collect(),
+            ),
         ));
     }
     for (key, id) in [
