@@ -5,6 +5,7 @@ measurements that need real sizes but no download.
     python3 scripts/make_synthetic_checkpoint.py smollm2-135m OUT_DIR
     python3 scripts/make_synthetic_checkpoint.py tinyllama-1.1b OUT_DIR
     python3 scripts/make_synthetic_checkpoint.py bench-d256 OUT_DIR
+    python3 scripts/make_synthetic_checkpoint.py llama-2-7b OUT_DIR   # 13.5 GB
 
 Needs numpy. Weights are normal(0, 0.02), written shard by
 shard (at most ~1 GB each, with model.safetensors.index.json), so writing
@@ -29,6 +30,10 @@ SHAPES = {
     "tinyllama-1.1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                            num_attention_heads=32, num_key_value_heads=4, tie_word_embeddings=False,
                            rope_theta=10000.0, max_position_embeddings=2048),
+    # meta-llama/Llama-2-7b-hf: untied, full multi-head attention.
+    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False,
+                       rope_theta=10000.0, max_position_embeddings=4096),
 }
 
 

@@ -5,16 +5,19 @@
 //! q/k need no permutation (the permutation exists between Meta's original
 //! interleaved checkpoints and HF's, not here).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use crate::config::LlamaConfig;
 use crate::llama::{Attention, Block, Llama, Mlp, Proj, RmsNorm};
+use crate::safetensors_out::SafetensorsWriter;
+pub use crate::weights::HeldAs;
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -323,31 +326,69 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, Llama), ModelEr
 /// f16), read one tensor at a time straight into it: no copy of the whole
 /// checkpoint ever sits beside the model.
 pub fn load_in(dir: &Path, device: &Device, dtype: DType) -> Result<(LlamaConfig, Llama), ModelError> {
+    load_held_as(dir, device, Box::new(move |_, _| dtype))
+}
+
+/// Loads an HF LLaMA folder with each tensor held in `held_as(name, rank)`,
+/// by its name in the checkpoint (`model.layers.0.mlp.up_proj.weight`).
+pub fn load_held_as(dir: &Path, device: &Device, held_as: HeldAs) -> Result<(LlamaConfig, Llama), ModelError> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;
     let (files, _) = weight_files(dir)?;
-    let model = build_model(Weights::open(dir, &files, dtype)?, &config, device)?;
+    let model = build_model(Weights::open_held_as(dir, &files, held_as)?, &config, device)?;
     Ok((config, model))
 }
 
-fn tensor_f32<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
-    let shape = t.dims().to_vec();
-    let data = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    (shape, data)
+/// A checkpoint's tensor name as the module path burn gives the parameter
+/// (`model.layers.0.mlp.up_proj.weight` → `layers.0.mlp.up_proj.weight`,
+/// `model.embed_tokens.weight` → `embed_tokens`): what `freeze` patterns
+/// and parameter groups match.
+pub fn module_path(name: &str) -> String {
+    match name {
+        "model.embed_tokens.weight" => "embed_tokens".to_string(),
+        _ => name.strip_prefix("model.").unwrap_or(name).to_string(),
+    }
 }
 
-/// HF name → tensor, for saving.
-pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+/// One of a model's tensors, by reference (no copy of its values).
+enum Held {
+    Vector(Tensor<1>),
+    Matrix(Tensor<2>),
+}
+
+impl Held {
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Held::Vector(t) => t.dims().to_vec(),
+            Held::Matrix(t) => t.dims().to_vec(),
+        }
+    }
+
+    fn f32s(self) -> Vec<f32> {
+        let data = match self {
+            Held::Vector(t) => t.into_data(),
+            Held::Matrix(t) => t.into_data(),
+        };
+        data.convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+    }
+}
+
+/// HF name → tensor. A LoRA-adapted weight is given merged (`val()`),
+/// computed when its values are read: one at a time while saving.
+fn held_tensors(model: &Llama) -> BTreeMap<String, Held> {
     let mut out = BTreeMap::new();
-    out.insert("model.embed_tokens.weight".into(), tensor_f32(model.embed_tokens.val()));
+    out.insert(
+        "model.embed_tokens.weight".into(),
+        Held::Matrix(model.embed_tokens.val()),
+    );
     for (i, b) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        let mut put = |name: &str, t: (Vec<usize>, Vec<f32>)| {
+        let mut put = |name: &str, t: Held| {
             out.insert(format!("{p}.{name}"), t);
         };
-        put("input_layernorm.weight", tensor_f32(b.input_layernorm.weight.val()));
+        put("input_layernorm.weight", Held::Vector(b.input_layernorm.weight.val()));
         put(
             "post_attention_layernorm.weight",
-            tensor_f32(b.post_attention_layernorm.weight.val()),
+            Held::Vector(b.post_attention_layernorm.weight.val()),
         );
         let a = &b.self_attn;
         let m = &b.mlp;
@@ -360,20 +401,30 @@ pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> 
             ("mlp.up_proj", &m.up_proj),
             ("mlp.down_proj", &m.down_proj),
         ] {
-            put(&format!("{name}.weight"), tensor_f32(proj.weight.val()));
+            put(&format!("{name}.weight"), Held::Matrix(proj.weight.val()));
             if let Some(bias) = &proj.bias {
-                put(&format!("{name}.bias"), tensor_f32(bias.val()));
+                put(&format!("{name}.bias"), Held::Vector(bias.val()));
             }
         }
     }
-    out.insert("model.norm.weight".into(), tensor_f32(model.norm.weight.val()));
+    out.insert("model.norm.weight".into(), Held::Vector(model.norm.weight.val()));
     if let Some(head) = &model.lm_head {
-        out.insert("lm_head.weight".into(), tensor_f32(head.weight.val()));
+        out.insert("lm_head.weight".into(), Held::Matrix(head.weight.val()));
     }
     out
 }
 
-/// Writes `config.json` and `model.safetensors` (one file) into `dir`.
+/// HF name → (shape, f32 values) of every tensor, LoRA merged.
+pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    held_tensors(model)
+        .into_iter()
+        .map(|(name, t)| (name, (t.shape(), t.f32s())))
+        .collect()
+}
+
+/// Writes `config.json` and `model.safetensors` (one file) into `dir`, one
+/// tensor at a time: the file's bytes never sit in memory whole, and a
+/// LoRA-adapted weight is merged only while it is written.
 pub fn save(dir: &Path, config: &LlamaConfig, model: &Llama, dtype: DiskDtype) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut cfg = config.to_hf_json();
@@ -386,45 +437,29 @@ pub fn save(dir: &Path, config: &LlamaConfig, model: &Llama, dtype: DiskDtype) -
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap_or_default()).map_err(io(&cfg_path))?;
 
-    let tensors = named_tensors(model);
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, (shape, data))| {
-            let bytes: Vec<u8> = match dtype {
-                DiskDtype::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                DiskDtype::F16 => data
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                DiskDtype::Bf16 => data
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-            };
-            (name, shape, bytes)
-        })
-        .collect();
-    let st_dtype = match dtype {
-        DiskDtype::F32 => Dtype::F32,
-        DiskDtype::F16 => Dtype::F16,
-        DiskDtype::Bf16 => Dtype::BF16,
+    let tensors = held_tensors(model);
+    let shapes: Vec<(String, Vec<usize>)> = tensors.iter().map(|(name, t)| (name.clone(), t.shape())).collect();
+    let (st_dtype, width) = match dtype {
+        DiskDtype::F32 => ("F32", 4),
+        DiskDtype::F16 => ("F16", 2),
+        DiskDtype::Bf16 => ("BF16", 2),
     };
-    let views: Vec<(String, TensorView)> = encoded
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::Weights {
-                    path: dir.to_path_buf(),
-                    message: format!("{name}: {e}"),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
     let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| ModelError::Weights {
-        path: path.clone(),
-        message: e.to_string(),
-    })
+    let mut writer = SafetensorsWriter::create(&path, &shapes, st_dtype, width).map_err(io(&path))?;
+    for (_, tensor) in tensors {
+        let values = tensor.f32s();
+        let bytes: Vec<u8> = match dtype {
+            DiskDtype::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DiskDtype::F16 => values
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            DiskDtype::Bf16 => values
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+        };
+        writer.out.write_all(&bytes).map_err(io(&path))?;
+    }
+    writer.out.flush().map_err(io(&path))
 }

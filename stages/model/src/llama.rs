@@ -10,7 +10,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{inverse_frequencies, LlamaConfig};
 use crate::fused::attention::causal_attention;
-use crate::fused::projection::project;
+use crate::fused::projection::{project, project_frozen};
 use crate::fused::rms_norm::rms_norm;
 use crate::fused::rope::{rotate, RopeTables};
 use crate::fused::swiglu::swiglu;
@@ -45,13 +45,37 @@ impl Proj {
     /// `x @ Wᵀ (+ b)` over the last dimension.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
-        let [out, _] = self.weight.val().dims();
-        let y = project(x.reshape([b * t, d]), self.weight.val())
-            .or_else(|[x, weight]| x.matmul(weight.transpose()))
-            .reshape([b, t, out]);
+        let [out, _] = self.weight.base().dims();
+        let y = project_param(x.reshape([b * t, d]), &self.weight).reshape([b, t, out]);
         match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<3>(),
             None => y,
+        }
+    }
+}
+
+/// `x [rows, in] · Wᵀ` for a weight parameter `[out, in]`. A frozen weight
+/// (held in f32 or bf16) goes through [`project_frozen`]; a LoRA adapter
+/// adds its low-rank path `scale · (x · Bᵀ) · Aᵀ` beside the frozen base,
+/// as PEFT does, instead of composing the dense `base + scale · A · B`
+/// (which autodiff would keep for the backward pass, in f32, with a full
+/// weight-shaped gradient to compute).
+pub fn project_param(x: Tensor<2>, weight: &Param<Tensor<2>>) -> Tensor<2> {
+    // Other backends and dtypes: the weight meets `x` in its dtype.
+    let composed = |[x, w]: [Tensor<2>; 2]| {
+        let dtype = x.dtype();
+        x.matmul(in_dtype(w, dtype).transpose())
+    };
+    if weight.is_require_grad() {
+        return project(x, weight.val()).or_else(composed);
+    }
+    match weight.adapter() {
+        None => project_frozen(x, weight.val()).or_else(composed),
+        Some(adapter) => {
+            let base = project_frozen(x.clone(), weight.base()).or_else(composed);
+            let down = project(x, adapter.b.val()).or_else(composed);
+            let up = project(down, adapter.a.val()).or_else(composed);
+            base + up.mul_scalar(adapter.scale)
         }
     }
 }
@@ -359,12 +383,16 @@ impl Llama {
         padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
         let [b, t] = ids.dims();
-        let [_, d] = self.embed_tokens.val().dims();
-        let mut x = self
+        let [_, d] = self.embed_tokens.base().dims();
+        let rows = self
             .embed_tokens
             .val()
             .select(0, ids.reshape([b * t]))
             .reshape([b, t, d]);
+        // Activations compute in the dtype the final norm is held in: the
+        // evaluation's precision, or f32 while training, where frozen
+        // weights (the embeddings among them) may be held in bf16.
+        let mut x = in_dtype(rows, self.norm.weight.val().dtype());
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = x.clone()
@@ -377,11 +405,8 @@ impl Llama {
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
-                let w = self.embed_tokens.val();
-                let [v, _] = w.dims();
-                project(x.reshape([b * t, d]), w)
-                    .or_else(|[x, w]| x.matmul(w.transpose()))
-                    .reshape([b, t, v])
+                let [v, _] = self.embed_tokens.base().dims();
+                project_param(x.reshape([b * t, d]), &self.embed_tokens).reshape([b, t, v])
             }
         };
         // Log-probabilities are taken in f32 whatever the weights' dtype.

@@ -31,10 +31,13 @@ pub struct Weights {
     files: Vec<(PathBuf, File)>,
     entries: HashMap<String, Entry>,
     source: PathBuf,
-    /// The dtype every tensor is converted to.
-    target: DType,
+    /// The dtype each tensor (by checkpoint name) is converted to.
+    target: HeldAs,
     buffer: Vec<u8>,
 }
+
+/// The dtype a tensor is held in, by its checkpoint name and rank.
+pub type HeldAs = Box<dyn Fn(&str, usize) -> DType>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
@@ -106,6 +109,12 @@ fn header(path: &Path, file: &File, index: usize, entries: &mut HashMap<String, 
 impl Weights {
     /// Reads the headers of `files`; tensors are converted to `target`.
     pub fn open(source: &Path, files: &[PathBuf], target: DType) -> Result<Weights, ModelError> {
+        Self::open_held_as(source, files, Box::new(move |_, _| target))
+    }
+
+    /// [`Weights::open`] with each tensor converted to `target(name)`: a
+    /// training run holds what does not train in bf16 and the rest in f32.
+    pub fn open_held_as(source: &Path, files: &[PathBuf], target: HeldAs) -> Result<Weights, ModelError> {
         let mut entries = HashMap::new();
         let mut opened = Vec::new();
         for (i, path) in files.iter().enumerate() {
@@ -166,8 +175,9 @@ impl Weights {
         }
         self.buffer.resize(count * width, 0);
         file.read_exact_at(&mut self.buffer, entry.start).map_err(io(path))?;
-        let data = convert(&self.buffer, &entry.dtype, self.target, shape.to_vec());
-        Ok(Tensor::from_data(data, (device, self.target)))
+        let target = (self.target)(name, D);
+        let data = convert(&self.buffer, &entry.dtype, target, shape.to_vec());
+        Ok(Tensor::from_data(data, (device, target)))
     }
 
     /// Drops a tensor the model does not load (a tied head's copy).

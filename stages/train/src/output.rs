@@ -10,7 +10,7 @@ use babelflow_stage::{StageContext, StageError};
 use burn::module::Module;
 
 use crate::start::Start;
-use crate::trainable::Trainable;
+use crate::trainable::{Held, Trainable};
 use crate::trainer::Outcome;
 
 /// Writes the outputs; `tokenizer` is the file shipped with the model
@@ -38,7 +38,6 @@ pub fn write(
     }
     hf::carry_tokenizer_files(&start.model_dir, &out).map_err(|e| StageError::failed(e.to_string()))?;
     let backend = start.backend.as_str();
-    let trainable_params: usize = trainable_count(&outcome.model);
     let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
     let mut stats = serde_json::json!({
         "steps": ctx.params.usize("steps")?,
@@ -48,14 +47,15 @@ pub fn write(
         "seconds": outcome.seconds,
         "backend": backend,
         "trainable": ctx.params.str("trainable")?,
-        "trainable_parameters": trainable_params,
+        "trainable_parameters": start.held.trainable_parameters,
         "parameters": outcome.model.num_params(),
         "resumed_from_step": outcome.resumed_from,
         "world_size": outcome.world_size,
         "allreduce_seconds": outcome.allreduce_seconds,
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
-        "memory": { "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes() },
+        "precision": ctx.params.str("precision")?,
+        "memory": memory(&start.held),
     });
     if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
         stats.extend(extra);
@@ -69,17 +69,20 @@ pub fn write(
     Ok(())
 }
 
-/// Parameters that receive gradients (adapters count, frozen bases do not).
-fn trainable_count(model: &babelflow_model::Llama) -> usize {
-    struct Count(usize);
-    impl burn::module::ModuleVisitor for Count {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
-            if param.is_require_grad() {
-                self.0 += param.shape().num_elements();
-            }
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
+/// The peak split into what the stage knows it holds (weights by dtype;
+/// for the trainable part its f32 gradients and AdamW's two f32 moments)
+/// beside the measured peak resident memory, which adds activations,
+/// temporaries and the allocator's own.
+fn memory(held: &Held) -> serde_json::Value {
+    let trainable = held.trainable_bytes;
+    let frozen: u64 = held.frozen_bytes.values().sum();
+    let (gradients, optimizer) = (trainable, 2 * trainable);
+    serde_json::json!({
+        "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
+        "weights_trainable_bytes": trainable,
+        "weights_frozen_bytes": held.frozen_bytes,
+        "gradients_bytes": gradients,
+        "optimizer_state_bytes": optimizer,
+        "known_bytes": trainable + frozen + gradients + optimizer,
+    })
 }

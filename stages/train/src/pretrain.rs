@@ -45,7 +45,8 @@ impl StageKind for Pretrain {
     }
     fn code_version(&self) -> &'static str {
         // 5: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
-        "5"
+        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`.
+        "6"
     }
     fn summary(&self) -> &'static str {
         "further-pretrain a LLaMA on a token stream (AdamW, warmup + decay, per-language validation)"

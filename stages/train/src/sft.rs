@@ -210,7 +210,8 @@ impl StageKind for Sft {
     fn code_version(&self) -> &'static str {
         // 4: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
         // 5: BOS/EOS/PAD as transformers reads them; `template: chat`.
-        "5"
+        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`.
+        "6"
     }
     fn summary(&self) -> &'static str {
         "instruction-tune a LLaMA (alpaca/bactrian/belle/chat templates, loss on responses only)"

@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use babelflow_model::{device, hf, Llama, LlamaConfig, ModelError, Rope};
+use babelflow_model::{device, hf, Llama, LlamaConfig, ModelError, Precision, Rope};
 use babelflow_stage::{InputSpec, StageContext, StageError};
 use babelflow_tokens::hf::ensure_model_reads;
 use burn::tensor::Device;
 
 use crate::data::Windows;
-use crate::trainable::Trainable;
+use crate::trainable::{Held, Trainable};
 
 pub const MODEL_INPUT: InputSpec = InputSpec {
     name: "model",
@@ -42,6 +42,8 @@ pub struct Start {
     /// Rotary tables on the autodiff device (training) and the plain one (validation).
     pub rope: Rope,
     pub rope_eval: Rope,
+    /// What the prepared model's weights hold.
+    pub held: Held,
 }
 
 fn failed(e: ModelError) -> StageError {
@@ -61,7 +63,16 @@ impl Start {
         let (device, backend) = device::select(&ctx.device.backend, ctx.device.index).map_err(failed)?;
         let ad = device.clone().autodiff();
         let model_dir = ctx.single_input("model")?.path.clone();
-        let (config, model) = hf::load(&model_dir, &ad).map_err(failed)?;
+        if trainable.frozen_dtype != burn::tensor::DType::F32 {
+            Precision::Bf16
+                .check_device(&device, &backend)
+                .map_err(|message| StageError::Param {
+                    name: "precision".into(),
+                    message,
+                })?;
+        }
+        // Each weight read straight into the dtype it trains or waits in.
+        let (config, model) = hf::load_held_as(&model_dir, &ad, trainable.held_as()?).map_err(failed)?;
         let validation: Vec<Windows> = ctx
             .input("validation")
             .iter()
@@ -74,6 +85,7 @@ impl Start {
         }
         ad.seed(seed);
         let model = trainable.prepare(model)?;
+        let held = trainable.check_held(&model)?;
         let start = Start {
             config,
             model_dir,
@@ -82,6 +94,7 @@ impl Start {
             validation,
             rope,
             rope_eval,
+            held,
         };
         Ok((start, model))
     }

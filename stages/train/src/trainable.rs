@@ -3,10 +3,15 @@
 //! phase), or low-rank adapters on chosen projections (`lora`, through burn
 //! 0.22's own `apply_lora`). `freeze` regexes over parameter paths
 //! (`layers.0.mlp.up_proj.weight`) freeze more on top of any mode.
+//! `precision: bf16` holds every weight matrix that does not train in bf16
+//! from the moment it is read; what trains, its gradient and its AdamW
+//! state stay f32 (LoRA's adapters too).
 
+use babelflow_model::hf::{module_path, HeldAs};
 use babelflow_model::Llama;
 use babelflow_stage::{ParamSpec, ParamType, Params, StageError};
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec::with_default(
@@ -33,6 +38,12 @@ pub const PARAMS: &[ParamSpec] = &[
         ParamType::StrList,
         r#"["q_proj", "k_proj", "v_proj", "o_proj"]"#,
         "projections that get adapters: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
+    ),
+    ParamSpec::with_default(
+        "precision",
+        ParamType::Choice(&["f32", "bf16"]),
+        r#""f32""#,
+        "dtype of the weight matrices that do not train (bf16: half their memory); what trains stays f32",
     ),
 ];
 
@@ -61,6 +72,8 @@ pub enum Mode {
 pub struct Trainable {
     pub mode: Mode,
     pub freeze: Vec<String>,
+    /// The dtype frozen weight matrices are held in (f32 or bf16).
+    pub frozen_dtype: DType,
 }
 
 fn param_error(name: &str, message: String) -> StageError {
@@ -91,7 +104,22 @@ pub fn check(params: &Params) -> Vec<(String, String)> {
     if params.i64("lora_rank").is_ok_and(|r| r <= 0) {
         problems.push(("lora_rank".into(), "must be positive".into()));
     }
+    let nothing_frozen =
+        params.str("trainable").is_ok_and(|t| t == "full") && params.str_list("freeze").is_ok_and(|f| f.is_empty());
+    if params.str("precision").is_ok_and(|p| p == "bf16") && nothing_frozen {
+        problems.push((
+            "precision".into(),
+            "`bf16` holds the weights that do not train; with `trainable: full` and no `freeze` every \
+             weight trains (in f32): use `trainable: lora` or `embeddings`, or `freeze`"
+                .into(),
+        ));
+    }
     problems
+}
+
+/// The parameter group `trainable: embeddings` trains.
+fn embeddings_group() -> ParamGroup {
+    ParamGroup::from_any_regexes(vec!["^embed_tokens$", r"^lm_head\."]).expect("fixed patterns")
 }
 
 impl Trainable {
@@ -105,40 +133,156 @@ impl Trainable {
             },
             _ => Mode::Full,
         };
+        let frozen_dtype = match params.str("precision")? {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        };
         Ok(Trainable {
             mode,
             freeze: params.str_list("freeze")?,
+            frozen_dtype,
         })
+    }
+
+    /// The dtype each checkpoint tensor is read into: matrices that will
+    /// not train in `frozen_dtype`, the rest (and every vector: norms and
+    /// biases, a few kilobytes, in which activations keep f32) in f32.
+    /// [`Trainable::check_held`] checks the result against `prepare`'s.
+    pub fn held_as(&self) -> Result<HeldAs, StageError> {
+        let frozen_dtype = self.frozen_dtype;
+        if frozen_dtype == DType::F32 {
+            return Ok(Box::new(|_, _| DType::F32));
+        }
+        let trains_in_mode = match &self.mode {
+            Mode::Full => Some(ParamGroup::all()),
+            Mode::Embeddings => Some(embeddings_group()),
+            Mode::Lora { .. } => None,
+        };
+        let frozen = self.freeze_group()?;
+        Ok(Box::new(move |name, rank| {
+            let path = module_path(name);
+            let id = ParamId::new();
+            let trains = trains_in_mode.as_ref().is_some_and(|g| g.matches(&id, Some(&path)))
+                && !frozen.as_ref().is_some_and(|g| g.matches(&id, Some(&path)));
+            if rank >= 2 && !trains {
+                frozen_dtype
+            } else {
+                DType::F32
+            }
+        }))
+    }
+
+    fn freeze_group(&self) -> Result<Option<ParamGroup>, StageError> {
+        if self.freeze.is_empty() {
+            return Ok(None);
+        }
+        ParamGroup::from_any_regexes(self.freeze.clone())
+            .map(Some)
+            .map_err(|e| param_error("freeze", group_error(e)))
+    }
+
+    /// Refuses a prepared model in which a weight that trains is not held in
+    /// f32 (its updates would be rounded away), or a frozen matrix is not in
+    /// `frozen_dtype`; returns what the weights hold, by kind.
+    pub fn check_held(&self, model: &Llama) -> Result<Held, StageError> {
+        let mut visitor = HeldVisitor::default();
+        model.visit(&mut visitor);
+        if let Some(problem) = visitor.problems(self.frozen_dtype).into_iter().next() {
+            return Err(StageError::failed(format!("internal: {problem}")));
+        }
+        Ok(visitor.held)
     }
 
     /// The model as it trains. Deterministic in structure, so a checkpoint
     /// of one run loads into the same preparation of the next.
     pub fn prepare(&self, model: Llama) -> Result<Llama, StageError> {
-        let regexes = |patterns: Vec<String>| {
-            ParamGroup::from_any_regexes(patterns).map_err(|e| param_error("freeze", group_error(e)))
-        };
         let model = match &self.mode {
             Mode::Full => model,
-            Mode::Embeddings => model
-                .freeze()
-                .unfreeze_group(regexes(vec!["^embed_tokens$".into(), r"^lm_head\.".into()])?),
+            Mode::Embeddings => model.freeze().unfreeze_group(embeddings_group()),
             Mode::Lora { rank, alpha, targets } => {
                 let pattern = format!(r"\.({})\.weight$", targets.join("|"));
                 let group =
                     ParamGroup::from_regexes(vec![pattern]).map_err(|e| param_error("lora_targets", group_error(e)))?;
-                model.apply_lora(Lora::new(*rank, *alpha).set_param_group(group))
+                // Adapters in f32 whatever the base is held in.
+                model.apply_lora(
+                    Lora::new(*rank, *alpha)
+                        .set_param_group(group)
+                        .set_dtype(FloatDType::F32),
+                )
             }
         };
-        Ok(if self.freeze.is_empty() {
-            model
-        } else {
-            model.freeze_group(regexes(self.freeze.clone())?)
+        Ok(match self.freeze_group()? {
+            None => model,
+            Some(group) => model.freeze_group(group),
         })
     }
 
-    /// The model to export: LoRA adapters folded into their base weights.
+    /// The model to export, off the autodiff graph. LoRA adapters stay
+    /// attached: each weight's `val()` is its base plus the adapter's
+    /// product, in f32, which `hf::save` computes one tensor at a time as it
+    /// writes (merging them all first would hold an f32 copy of every
+    /// adapted matrix beside the frozen bases).
     pub fn export(&self, model: &Llama) -> Llama {
-        model.valid().materialize()
+        model.valid()
+    }
+}
+
+/// What a prepared model's weights hold, in bytes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Held {
+    /// Weights that train (f32), LoRA adapters included.
+    pub trainable_bytes: u64,
+    pub trainable_parameters: u64,
+    /// Weights that do not train, by dtype name.
+    pub frozen_bytes: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct HeldVisitor {
+    stack: Vec<String>,
+    held: Held,
+    /// (path, trains, dtype, rank) of every parameter.
+    seen: Vec<(String, bool, DType, usize)>,
+}
+
+impl ModuleVisitor for HeldVisitor {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let base = param.base();
+        let (dtype, count) = (base.dtype(), base.shape().num_elements() as u64);
+        let bytes = count * dtype.size() as u64;
+        let trains = param.is_require_grad();
+        if trains {
+            self.held.trainable_bytes += bytes;
+            self.held.trainable_parameters += count;
+        } else {
+            *self
+                .held
+                .frozen_bytes
+                .entry(format!("{dtype:?}").to_lowercase())
+                .or_default() += bytes;
+        }
+        self.seen.push((self.stack.join("."), trains, dtype, D));
+    }
+}
+
+impl HeldVisitor {
+    fn problems(&self, frozen_dtype: DType) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter_map(|(path, trains, dtype, rank)| {
+                let want = if *trains || *rank < 2 { DType::F32 } else { frozen_dtype };
+                (*dtype != want).then(|| {
+                    let role = if *trains { "trains" } else { "is frozen" };
+                    format!("parameter `{path}` {role} but is held in {dtype:?}, not {want:?}")
+                })
+            })
+            .collect()
     }
 }
 
@@ -191,6 +335,7 @@ mod tests {
         let t = Trainable {
             mode: Mode::Embeddings,
             freeze: vec![],
+            frozen_dtype: DType::F32,
         };
         let paths = trainable_paths(&t.prepare(tiny()).unwrap());
         assert_eq!(paths, ["embed_tokens", "lm_head.weight"]);
@@ -213,6 +358,7 @@ mod tests {
                 targets: vec!["q_proj".into(), "down_proj".into()],
             },
             freeze: vec![],
+            frozen_dtype: DType::F32,
         };
         let original = tiny();
         let q_before = values(original.layers[0].self_attn.q_proj.weight.val());
@@ -244,9 +390,114 @@ mod tests {
             "one step moved the adapter"
         );
         let expected = values(q.base() + delta);
-        let merged = values(t.export(&model).layers[0].self_attn.q_proj.weight.val());
+        let exported = t.export(&model);
+        let merged = values(exported.layers[0].self_attn.q_proj.weight.val());
         for (m, e) in merged.iter().zip(&expected) {
             assert!((m - e).abs() < 1e-6, "{m} vs {e}");
+        }
+
+        // The adapted model computes base and low-rank path apart; the merged
+        // one the same product in one matrix.
+        let x = Tensor::<2, Int>::from_data(TensorData::new(ids[..8].to_vec(), [1, 8]), &device);
+        let adapted = model
+            .forward(x.clone(), &rope, None)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let exported_logits = exported
+            .forward(
+                x.inner(),
+                &babelflow_model::Rope::new(&config, 8, &Device::flex()).unwrap(),
+                None,
+            )
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, m) in adapted.iter().zip(&exported_logits) {
+            assert!((a - m).abs() < 1e-5 * m.abs().max(1.0), "{a} vs {m}");
+        }
+    }
+
+    fn params(values: serde_json::Value) -> Params {
+        let serde_json::Value::Object(map) = values else {
+            unreachable!()
+        };
+        Params::new(map)
+    }
+
+    #[test]
+    fn bf16_with_nothing_frozen_is_refused_naming_the_parameter() {
+        let full = params(serde_json::json!({"trainable": "full", "freeze": [], "precision": "bf16"}));
+        let problems = check(&full);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "precision");
+        assert!(problems[0].1.contains("every weight trains"), "{}", problems[0].1);
+        let frozen_some =
+            params(serde_json::json!({"trainable": "full", "freeze": ["^layers\\.0\\."], "precision": "bf16"}));
+        assert!(check(&frozen_some).is_empty());
+    }
+
+    /// What `held_as` reads each tensor into is what `prepare` then trains
+    /// or freezes: checked by `check_held` for every mode.
+    #[test]
+    fn bf16_holds_exactly_the_frozen_matrices() {
+        let config = LlamaConfig::tiny(64, 16, 2, 2, 2);
+        let lora = Mode::Lora {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into()],
+        };
+        for (mode, freeze) in [
+            (Mode::Embeddings, vec![]),
+            (lora, vec![]),
+            (Mode::Full, vec![r"^layers\.1\.".to_string()]),
+        ] {
+            let t = Trainable {
+                mode: mode.clone(),
+                freeze,
+                frozen_dtype: DType::BF16,
+            };
+            let held_as = t.held_as().unwrap();
+            // The tiny model's tensors, read as a checkpoint would be.
+            let device = Device::flex().autodiff();
+            let mut model = Llama::init(&config, &device);
+            model = model.map(&mut CastAs(&held_as, Vec::new()));
+            let model = t.prepare(model).unwrap();
+            let held = t.check_held(&model).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert!(held.frozen_bytes["bf16"] > 0, "{mode:?}: {held:?}");
+            assert!(held.trainable_bytes > 0, "{mode:?}: {held:?}");
+        }
+        // A model read all in bf16 is refused: its trainable weights would round.
+        let t = Trainable {
+            mode: Mode::Embeddings,
+            freeze: vec![],
+            frozen_dtype: DType::BF16,
+        };
+        let all_bf16 = t.prepare(babelflow_model::Precision::Bf16.apply(tiny())).unwrap();
+        let err = t.check_held(&all_bf16).unwrap_err().to_string();
+        assert!(err.contains("`embed_tokens` trains but is held in BF16"), "{err}");
+    }
+
+    /// Casts each parameter to what `held_as` gives its checkpoint name.
+    struct CastAs<'a>(&'a HeldAs, Vec<String>);
+
+    impl burn::module::ModuleMapper for CastAs<'_> {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.1.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.1.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let path = self.1.join(".");
+            let name = match path.as_str() {
+                "embed_tokens" => "model.embed_tokens.weight".to_string(),
+                p if p.starts_with("lm_head") => p.to_string(),
+                p => format!("model.{p}"),
+            };
+            assert_eq!(module_path(&name), path);
+            let dtype = (self.0)(&name, D);
+            param.map(|t| t.cast(dtype))
         }
     }
 }

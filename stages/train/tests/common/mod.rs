@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use babelflow_stage::testing::{inputs, run_kind};
 use babelflow_stage::StageKind;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
     babelflow_corpus::kinds()
@@ -34,4 +34,158 @@ pub fn try_run(dir: &Path, name: &str, k: &str, params: Value, ins: &[(&str, &[&
 /// Runs kind `k` into `dir/name`, which must succeed.
 pub fn run(dir: &Path, name: &str, k: &str, params: Value, ins: &[(&str, &[&Path])]) -> PathBuf {
     try_run(dir, name, k, params, ins).unwrap_or_else(|e| panic!("{k}: {e}"))
+}
+
+/// Tokens for training (en + sw, minus held-out paragraphs) and the held-out English.
+pub fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let samples = babelflow_stage::testing::package_dir().join("../../data/samples/text");
+    let (en, sw) = (samples.join("en.txt"), samples.join("sw.txt"));
+    let corpus = try_run(dir, "corpus", "ingest", json!({"lang": "en"}), &[("files", &[&en])]).unwrap();
+    let corpus_sw = try_run(dir, "corpus_sw", "ingest", json!({"lang": "sw"}), &[("files", &[&sw])]).unwrap();
+    let table = corpus.join("corpus.parquet");
+    let split = try_run(
+        dir,
+        "split",
+        "split",
+        json!({"validation": 0.34, "test": 0.0}),
+        &[("table", &[&table])],
+    )
+    .unwrap();
+    let train_en = split.join("train.parquet");
+    let sw_table = corpus_sw.join("corpus.parquet");
+    let tok = try_run(
+        dir,
+        "tok",
+        "train-tokenizer",
+        json!({"vocab_size": 300}),
+        &[("corpus", &[&train_en, &sw_table])],
+    )
+    .unwrap();
+    let tok = tok.join("tokenizer.json");
+    let t_en = try_run(
+        dir,
+        "t_en",
+        "tokenize",
+        json!({}),
+        &[("corpus", &[&train_en]), ("tokenizer", &[&tok])],
+    )
+    .unwrap();
+    let t_sw = try_run(
+        dir,
+        "t_sw",
+        "tokenize",
+        json!({}),
+        &[("corpus", &[&sw_table]), ("tokenizer", &[&tok])],
+    )
+    .unwrap();
+    let held = split.join("validation.parquet");
+    let val = try_run(
+        dir,
+        "val",
+        "tokenize",
+        json!({}),
+        &[("corpus", &[&held]), ("tokenizer", &[&tok])],
+    )
+    .unwrap();
+    let (a, b) = (t_en.join("tokens.bin"), t_sw.join("tokens.bin"));
+    let mix = try_run(dir, "mix", "mix", json!({"temperature": 1.0}), &[("tokens", &[&a, &b])]).unwrap();
+    (mix.join("tokens.bin"), val.join("tokens.bin"), tok)
+}
+
+/// Every tensor of an HF model folder, by HF name.
+pub fn weights(model_dir: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let device = babelflow_model::burn::tensor::Device::flex();
+    let (_, model) = babelflow_model::hf::load(model_dir, &device).unwrap();
+    babelflow_model::hf::named_tensors(&model)
+}
+
+/// (step, metric, value) of every training-loss and validation row.
+pub fn loss_rows(metrics: &Path) -> Vec<(u64, String, f64)> {
+    let file = std::fs::File::open(metrics).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (step, metric, value) = (col("step"), col("metric"), col("value"));
+        let step = step.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
+        let metric = metric.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        let value = value.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+        for r in 0..batch.num_rows() {
+            if ["loss", "val_loss", "grad_norm"].contains(&metric.value(r)) {
+                rows.push((step.value(r), metric.value(r).to_string(), value.value(r)));
+            }
+        }
+    }
+    rows
+}
+
+pub fn tiny_model(dir: &Path, tok: &Path) -> PathBuf {
+    try_run(
+        dir,
+        "init",
+        "init-model",
+        json!({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}),
+        &[("tokenizer", &[tok])],
+    )
+    .unwrap()
+    .join("model")
+}
+
+/// Runs `pretrain` with `params` (12 steps, a checkpoint every 4) whole,
+/// then again killed at step 6 and restarted: the restart resumes from the
+/// step-4 checkpoint and gives the uninterrupted run's losses and weights,
+/// bit for bit.
+pub fn assert_a_killed_run_resumes_bit_exactly(dir: &Path, params: Value, ins: &[(&str, &[&Path])]) {
+    let ins = inputs(ins);
+    let whole = out(dir, "whole");
+    run_kind(kind("pretrain").as_ref(), params.clone(), &ins, &whole).unwrap();
+
+    let resumed = out(dir, "resumed");
+    let err =
+        babelflow_stage::testing::run_kind_interrupted(kind("pretrain").as_ref(), params.clone(), &ins, &resumed, 6)
+            .unwrap_err();
+    assert!(matches!(err, babelflow_stage::StageError::Cancelled), "{err}");
+    assert!(
+        !resumed.join("stats.json").exists(),
+        "an interrupted run leaves no result"
+    );
+    assert!(resumed.join(".resume/checkpoint/position.json").is_file());
+
+    run_kind(kind("pretrain").as_ref(), params, &ins, &resumed).unwrap();
+    let stats: Value = serde_json::from_slice(&std::fs::read(resumed.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(
+        stats["resumed_from_step"], 4,
+        "it started from the step-4 checkpoint, not from 0"
+    );
+    let (a, b) = (
+        loss_rows(&whole.join("metrics.parquet")),
+        loss_rows(&resumed.join("metrics.parquet")),
+    );
+    assert_eq!(a.iter().filter(|r| r.1 == "loss").count(), 12);
+    let losses = |rows: &[(u64, String, f64)]| -> Vec<(u64, String, f64)> {
+        rows.iter().filter(|r| r.1 != "grad_norm").cloned().collect()
+    };
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "the resumed loss curve equals the uninterrupted one, bit for bit"
+    );
+    // The gradient-norm readout is a parallel sum in burn's CPU backend whose
+    // association depends on thread timing, so its last bit can differ even
+    // between two uninterrupted runs.
+    for (x, y) in a.iter().zip(&b).filter(|(x, _)| x.1 == "grad_norm") {
+        assert_eq!(x.0, y.0);
+        assert!(
+            (x.2 - y.2).abs() <= 1e-9 * x.2.abs(),
+            "grad norm at step {}: {} vs {}",
+            x.0,
+            x.2,
+            y.2
+        );
+    }
+    assert_eq!(weights(&whole.join("model")), weights(&resumed.join("model")));
 }
