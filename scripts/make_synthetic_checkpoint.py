@@ -7,9 +7,9 @@ measurements that need real sizes but no download.
     python3 scripts/make_synthetic_checkpoint.py bench-d256 OUT_DIR
     python3 scripts/make_synthetic_checkpoint.py llama-2-7b OUT_DIR   # 13.5 GB
 
-Needs numpy. Weights are normal(0, 0.02), written shard by
+Needs numpy. Weights are normal(0, 0.02), drawn and written shard by
 shard (at most ~1 GB each, with model.safetensors.index.json), so writing
-a 1.1B checkpoint needs well under a gigabyte of memory.
+even the 7B checkpoint needs a few gigabytes of memory at most.
 """
 import json
 import os
@@ -83,29 +83,26 @@ def main():
                architectures=["LlamaForCausalLM"], model_type="llama", torch_dtype="bfloat16")
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(0)
-    shard, shards, size, weight_map, total = {}, [], 0, {}, 0
-
-    def flush():
-        nonlocal shard, size
-        if shard:
-            shards.append(shard)
-            shard, size = {}, 0
-
+    # Shards of at most ~1 GB, planned from the shapes, each written as soon
+    # as it is drawn: one shard in memory at a time.
+    plan, size = [[]], 0
     for tname, shape in tensors(cfg):
-        arr = np.ones(shape, np.float32).view(np.uint32) >> 16 if len(shape) == 1 else None
-        data = arr.astype(np.uint16) if arr is not None else bf16(rng, shape)
-        if size + data.nbytes > 1 << 30:
-            flush()
-        shard[tname] = data
-        size += data.nbytes
-        total += data.size
-    flush()
-    n = len(shards)
-    for k, s in enumerate(shards):
+        nbytes = int(np.prod(shape)) * 2
+        if plan[-1] and size + nbytes > 1 << 30:
+            plan.append([])
+            size = 0
+        plan[-1].append((tname, shape))
+        size += nbytes
+    n, weight_map, total = len(plan), {}, 0
+    for k, names in enumerate(plan):
         fname = f"model-{k + 1:05d}-of-{n:05d}.safetensors"
-        write_safetensors(os.path.join(out, fname), s)
-        for tname in s:
+        shard = {}
+        for tname, shape in names:
+            arr = np.ones(shape, np.float32).view(np.uint32) >> 16 if len(shape) == 1 else None
+            shard[tname] = arr.astype(np.uint16) if arr is not None else bf16(rng, shape)
+            total += shard[tname].size
             weight_map[tname] = fname
+        write_safetensors(os.path.join(out, fname), shard)
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total * 2}, "weight_map": weight_map}, f)
     with open(os.path.join(out, "config.json"), "w") as f:

@@ -29,6 +29,23 @@ pub enum DiskDtype {
     Bf16,
 }
 
+impl DiskDtype {
+    /// The dtype a folder's `config.json` says its weights are stored in
+    /// (`dtype`, as transformers 5 writes it, else `torch_dtype`); `None`
+    /// when it names none or one babelflow does not write.
+    pub fn of_folder(dir: &Path) -> Option<DiskDtype> {
+        let text = std::fs::read(dir.join("config.json")).ok()?;
+        let config: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let name = config.get("dtype").or_else(|| config.get("torch_dtype"))?.as_str()?;
+        match name {
+            "float32" => Some(DiskDtype::F32),
+            "bfloat16" => Some(DiskDtype::Bf16),
+            "float16" => Some(DiskDtype::F16),
+            _ => None,
+        }
+    }
+}
+
 /// What to do with pickled PyTorch weights, which babelflow does not read
 /// (unpickling can run code, and safetensors is what the hub ships now).
 pub const PICKLE_HINT: &str = "babelflow reads safetensors, not pickles: convert once with \
@@ -289,9 +306,11 @@ pub fn build_model(mut weights: Weights, config: &LlamaConfig, device: &Device) 
     w.finish()?;
     Ok(Llama {
         embed_tokens,
+        embed_added: None,
         layers,
         norm: final_norm,
         lm_head,
+        lm_head_added: None,
     })
 }
 
@@ -349,46 +368,60 @@ pub fn module_path(name: &str) -> String {
     }
 }
 
-/// One of a model's tensors, by reference (no copy of its values).
-enum Held {
-    Vector(Tensor<1>),
-    Matrix(Tensor<2>),
+/// One of a model's tensors, by reference: its values (for a LoRA-adapted
+/// weight, base plus the adapter's product) are computed only when read.
+enum Held<'a> {
+    Vector(&'a Param<Tensor<1>>),
+    Matrix(&'a Param<Tensor<2>>),
+    /// A matrix held as two blocks of rows (`Llama::embed_added`).
+    Rows(&'a Param<Tensor<2>>, &'a Param<Tensor<2>>),
 }
 
-impl Held {
+impl Held<'_> {
     fn shape(&self) -> Vec<usize> {
         match self {
-            Held::Vector(t) => t.dims().to_vec(),
-            Held::Matrix(t) => t.dims().to_vec(),
+            Held::Vector(p) => p.base().dims().to_vec(),
+            Held::Matrix(p) => p.base().dims().to_vec(),
+            Held::Rows(a, b) => {
+                let ([r1, d], [r2, _]) = (a.base().dims(), b.base().dims());
+                vec![r1 + r2, d]
+            }
         }
     }
 
-    fn f32s(self) -> Vec<f32> {
+    fn f32s(&self) -> Vec<f32> {
         let data = match self {
-            Held::Vector(t) => t.into_data(),
-            Held::Matrix(t) => t.into_data(),
+            Held::Vector(p) => p.val().into_data(),
+            Held::Matrix(p) => p.val().into_data(),
+            Held::Rows(a, b) => {
+                let dtype = b.val().dtype();
+                Tensor::cat(vec![crate::precision::in_dtype(a.val(), dtype), b.val()], 0).into_data()
+            }
         };
         data.convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
     }
 }
 
-/// HF name → tensor. A LoRA-adapted weight is given merged (`val()`),
-/// computed when its values are read: one at a time while saving.
-fn held_tensors(model: &Llama) -> BTreeMap<String, Held> {
+/// HF name → tensor, in the checkpoint's naming.
+fn held_tensors<'a>(model: &'a Llama) -> BTreeMap<String, Held<'a>> {
     let mut out = BTreeMap::new();
+    let rows = |first, added: &'a Option<Param<Tensor<2>>>| match added {
+        Some(added) => Held::Rows(first, added),
+        None => Held::Matrix(first),
+    };
     out.insert(
         "model.embed_tokens.weight".into(),
-        Held::Matrix(model.embed_tokens.val()),
+        rows(&model.embed_tokens, &model.embed_added),
     );
     for (i, b) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        let mut put = |name: &str, t: Held| {
+        let mut put = |name: &str, t| {
             out.insert(format!("{p}.{name}"), t);
         };
-        put("input_layernorm.weight", Held::Vector(b.input_layernorm.weight.val()));
+        put("input_layernorm.weight", Held::Vector(&b.input_layernorm.weight));
         put(
             "post_attention_layernorm.weight",
-            Held::Vector(b.post_attention_layernorm.weight.val()),
+            Held::Vector(&b.post_attention_layernorm.weight),
         );
         let a = &b.self_attn;
         let m = &b.mlp;
@@ -401,15 +434,15 @@ fn held_tensors(model: &Llama) -> BTreeMap<String, Held> {
             ("mlp.up_proj", &m.up_proj),
             ("mlp.down_proj", &m.down_proj),
         ] {
-            put(&format!("{name}.weight"), Held::Matrix(proj.weight.val()));
+            put(&format!("{name}.weight"), Held::Matrix(&proj.weight));
             if let Some(bias) = &proj.bias {
-                put(&format!("{name}.bias"), Held::Vector(bias.val()));
+                put(&format!("{name}.bias"), Held::Vector(bias));
             }
         }
     }
-    out.insert("model.norm.weight".into(), Held::Vector(model.norm.weight.val()));
+    out.insert("model.norm.weight".into(), Held::Vector(&model.norm.weight));
     if let Some(head) = &model.lm_head {
-        out.insert("lm_head.weight".into(), Held::Matrix(head.weight.val()));
+        out.insert("lm_head.weight".into(), rows(&head.weight, &model.lm_head_added));
     }
     out
 }

@@ -318,13 +318,38 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// The decoder block: pre-norm attention and pre-norm MLP, each added
+    /// to the residual stream.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        padding: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache, padding);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Llama {
     pub embed_tokens: Param<Tensor<2>>,
+    /// Rows after `embed_tokens`' own, held apart so that they alone train
+    /// (`trainable: new-embeddings`): the vocabulary is `embed_tokens`'
+    /// rows, then these. `None` everywhere but in such a training run;
+    /// saving joins them back.
+    pub embed_added: Option<Param<Tensor<2>>>,
     pub layers: Vec<Block>,
     pub norm: RmsNorm,
     /// `None` when the head is tied to the embeddings.
     pub lm_head: Option<Proj>,
+    /// The untied head's rows for `embed_added`'s tokens, held apart likewise.
+    pub lm_head_added: Option<Param<Tensor<2>>>,
 }
 
 impl Llama {
@@ -360,9 +385,11 @@ impl Llama {
         );
         Llama {
             embed_tokens: Param::from_tensor(embed),
+            embed_added: None,
             layers,
             norm: RmsNorm::new(d, config.rms_norm_eps, device),
             lm_head: (!config.tie_word_embeddings).then(|| Proj::new(config.vocab_size, d, std, device)),
+            lm_head_added: None,
         }
     }
 
@@ -382,33 +409,56 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
         padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
+        let mut x = self.embed(ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, rope, slot, padding);
+        }
+        self.head(x)
+    }
+
+    /// The token embeddings of `ids` `[batch, t]` → `[batch, t, d]`.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = ids.dims();
-        let [_, d] = self.embed_tokens.base().dims();
-        let rows = self
-            .embed_tokens
-            .val()
-            .select(0, ids.reshape([b * t]))
-            .reshape([b, t, d]);
+        let [first, d] = self.embed_tokens.base().dims();
+        let ids = ids.reshape([b * t]);
         // Activations compute in the dtype the final norm is held in: the
         // evaluation's precision, or f32 while training, where frozen
         // weights (the embeddings among them) may be held in bf16.
-        let mut x = in_dtype(rows, self.norm.weight.val().dtype());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = x.clone()
-                + layer
-                    .self_attn
-                    .forward(layer.input_layernorm.forward(x), rope, slot, padding);
-            x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
-        }
-        let x = self.norm.forward(x);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => {
-                let [v, _] = self.embed_tokens.base().dims();
-                project_param(x.reshape([b * t, d]), &self.embed_tokens).reshape([b, t, v])
+        let dtype = self.norm.weight.val().dtype();
+        let rows = match &self.embed_added {
+            None => in_dtype(self.embed_tokens.val().select(0, ids), dtype),
+            Some(added) => {
+                // Each id from the part that holds its row; the other
+                // part's (clamped) lookup is masked away, gradient included.
+                let is_added = ids.clone().greater_equal_elem(first as i64);
+                let own = self
+                    .embed_tokens
+                    .val()
+                    .select(0, ids.clone().clamp_max(first as i64 - 1));
+                let more = added.val().select(0, (ids - first as i64).clamp_min(0));
+                in_dtype(own, dtype)
+                    .mask_where(is_added.unsqueeze_dim::<2>(1).expand([b * t, d]), in_dtype(more, dtype))
             }
         };
+        rows.reshape([b, t, d])
+    }
+
+    /// Logits `[batch, t, vocab]`, in f32, from the last block's output.
+    pub fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let x = self.norm.forward(x);
+        let (first, added) = match &self.lm_head {
+            Some(head) => (&head.weight, self.lm_head_added.as_ref()),
+            None => (&self.embed_tokens, self.embed_added.as_ref()),
+        };
+        let x = x.reshape([b * t, d]);
+        let logits = match added {
+            None => project_param(x, first),
+            Some(added) => Tensor::cat(vec![project_param(x.clone(), first), project_param(x, added)], 1),
+        };
+        let [_, v] = logits.dims();
+        let logits = logits.reshape([b, t, v]);
         // Log-probabilities are taken in f32 whatever the weights' dtype.
         in_dtype(logits, DType::F32)
     }

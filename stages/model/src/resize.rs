@@ -50,6 +50,41 @@ impl AddedTokens {
     }
 }
 
+/// `resized_vocab.json`, which `resize-vocab` leaves in the model folder it
+/// writes (and training carries on): where the rows it added begin, for
+/// `trainable: new-embeddings`.
+pub const RESIZED_VOCAB: &str = "resized_vocab.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
+pub struct ResizedVocab {
+    /// Rows the model had before (the first added row's id).
+    pub base_vocab_size: usize,
+    pub vocab_size: usize,
+}
+
+impl ResizedVocab {
+    /// The record in model folder `dir`; `None` when the folder has none
+    /// (the model was not resized).
+    pub fn read(dir: &Path) -> Result<Option<ResizedVocab>, ModelError> {
+        let path = dir.join(RESIZED_VOCAB);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ModelError::Io { path, source }),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| ModelError::Config {
+            path,
+            message: format!("not a {RESIZED_VOCAB} from resize-vocab: {e}"),
+        })
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join(RESIZED_VOCAB);
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|source| ModelError::Io { path, source })
+    }
+}
+
 /// Normal draws from a seeded generator (Box–Muller over SplitMix64).
 struct Gauss(u64);
 

@@ -466,7 +466,8 @@ impl StageKind for ResizeVocab {
         "resize-vocab"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: resized_vocab.json (where the added rows begin) in the model folder.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "grow a model's embeddings for an extended tokenizer (old rows untouched)"
@@ -498,6 +499,11 @@ impl StageKind for ResizeVocab {
         let model = crate::resize::resize(model, &mut config, &added, init, &device).map_err(model_err)?;
         let out = ctx.output("model");
         hf::save(&out, &config, &model, DiskDtype::F32).map_err(model_err)?;
+        let resized = crate::resize::ResizedVocab {
+            base_vocab_size: added.base_vocab_size,
+            vocab_size: config.vocab_size,
+        };
+        resized.write(&out).map_err(model_err)?;
         std::fs::copy(tok, out.join("tokenizer.json")).map_err(|e| StageError::io(tok, e))?;
         hf::carry_tokenizer_files(model_dir, &out).map_err(model_err)?;
         ctx.note("backend", backend);

@@ -4,9 +4,11 @@
 
 mod checkpoint;
 mod data;
+mod memory;
 pub mod metrics;
 mod output;
 mod pretrain;
+mod recompute;
 pub mod schedule;
 pub mod sft;
 mod start;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use babelflow_model::hf;
+use babelflow_model::resize::RESIZED_VOCAB;
 use babelflow_stage::{StageContext, StageError};
 use burn::module::Module;
 
@@ -31,12 +32,24 @@ pub fn write(
     outcome.metrics.write(&ctx.output("metrics.parquet"))?;
     let out = ctx.output("model");
     let exported = trainable.export(&outcome.model);
-    hf::save(&out, &start.config, &exported, hf::DiskDtype::F32).map_err(|e| StageError::failed(e.to_string()))?;
+    let dtype = match ctx.params.str("save_dtype")? {
+        "bf16" => hf::DiskDtype::Bf16,
+        "f16" => hf::DiskDtype::F16,
+        "input" => hf::DiskDtype::of_folder(&start.model_dir).unwrap_or(hf::DiskDtype::F32),
+        _ => hf::DiskDtype::F32,
+    };
+    hf::save(&out, &start.config, &exported, dtype).map_err(|e| StageError::failed(e.to_string()))?;
     let tok = tokenizer.map_or_else(|| start.model_dir.join("tokenizer.json"), Path::to_path_buf);
     if tok.is_file() {
         std::fs::copy(&tok, out.join("tokenizer.json")).map_err(|e| StageError::io(&tok, e))?;
     }
     hf::carry_tokenizer_files(&start.model_dir, &out).map_err(|e| StageError::failed(e.to_string()))?;
+    // Training keeps the rows where they were: a later `new-embeddings`
+    // stage still finds where the added ones begin.
+    let resized = start.model_dir.join(RESIZED_VOCAB);
+    if resized.is_file() {
+        std::fs::copy(&resized, out.join(RESIZED_VOCAB)).map_err(|e| StageError::io(&resized, e))?;
+    }
     let backend = start.backend.as_str();
     let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
     let mut stats = serde_json::json!({
@@ -55,7 +68,7 @@ pub fn write(
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
         "precision": ctx.params.str("precision")?,
-        "memory": memory(&start.held),
+        "memory": memory(ctx, start, trainable, outcome.world_size)?,
     });
     if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
         stats.extend(extra);
@@ -70,19 +83,31 @@ pub fn write(
 }
 
 /// The peak split into what the stage knows it holds (weights by dtype;
-/// for the trainable part its f32 gradients and AdamW's two f32 moments)
-/// beside the measured peak resident memory, which adds activations,
-/// temporaries and the allocator's own.
-fn memory(held: &Held) -> serde_json::Value {
-    let trainable = held.trainable_bytes;
+/// for the trainable part its f32 gradients and AdamW's two f32 moments;
+/// an estimate of the activations of one micro-batch, `memory.rs`) beside
+/// the measured peak resident memory, which adds temporaries and the
+/// allocator's own.
+fn memory(
+    ctx: &StageContext,
+    start: &Start,
+    trainable: &Trainable,
+    world_size: usize,
+) -> Result<serde_json::Value, StageError> {
+    let held: &Held = &start.held;
+    let trainable_bytes = held.trainable_bytes;
     let frozen: u64 = held.frozen_bytes.values().sum();
-    let (gradients, optimizer) = (trainable, 2 * trainable);
-    serde_json::json!({
+    let (gradients, optimizer) = (trainable_bytes, 2 * trainable_bytes);
+    let rows = ctx.params.usize("batch_size")?.div_ceil(world_size.max(1));
+    let checkpointed = ctx.params.bool("checkpoint_activations")?;
+    let activations = crate::memory::activations_bytes(&start.config, trainable, rows, start.seq_len, checkpointed);
+    Ok(serde_json::json!({
         "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
-        "weights_trainable_bytes": trainable,
+        "weights_trainable_bytes": trainable_bytes,
         "weights_frozen_bytes": held.frozen_bytes,
         "gradients_bytes": gradients,
         "optimizer_state_bytes": optimizer,
-        "known_bytes": trainable + frozen + gradients + optimizer,
-    })
+        "activations_estimate_bytes": activations,
+        "checkpoint_activations": checkpointed,
+        "known_bytes": trainable_bytes + frozen + gradients + optimizer + activations,
+    }))
 }

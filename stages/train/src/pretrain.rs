@@ -45,7 +45,8 @@ impl StageKind for Pretrain {
     }
     fn code_version(&self) -> &'static str {
         // 5: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
-        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`.
+        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
+        // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
         "6"
     }
     fn summary(&self) -> &'static str {
@@ -76,7 +77,7 @@ impl StageKind for Pretrain {
         let p = ctx.params;
         let seq_len = p.usize("seq_len")?;
         let settings = Settings::from_params(p)?;
-        let trainable = Trainable::from_params(p)?;
+        let trainable = Trainable::from_params(p)?.for_model(&ctx.single_input("model")?.path)?;
         let train = Windows::open_artifact(&ctx.single_input("tokens")?.path, seq_len)?;
         let (start, model) = Start::load(ctx, &trainable, seq_len, settings.seed)?;
         start.check_tokens(&train, "the training tokens")?;

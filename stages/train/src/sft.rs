@@ -210,7 +210,8 @@ impl StageKind for Sft {
     fn code_version(&self) -> &'static str {
         // 4: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
         // 5: BOS/EOS/PAD as transformers reads them; `template: chat`.
-        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`.
+        // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
+        // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
         "6"
     }
     fn summary(&self) -> &'static str {
@@ -251,7 +252,7 @@ impl StageKind for Sft {
         let max_len = p.usize("max_len")?;
         let template = Template::parse(p.str("template")?).map_err(|e| StageError::failed(e.to_string()))?;
         let settings = Settings::from_params(p)?;
-        let trainable = Trainable::from_params(p)?;
+        let trainable = Trainable::from_params(p)?.for_model(&ctx.single_input("model")?.path)?;
         let model_dir = &ctx.single_input("model")?.path;
         let bound = ctx.input("tokenizer").first().map(|i| i.path.as_path());
         let (tok_path, tok) = LoadedTokenizer::for_model(model_dir, bound)?;

@@ -44,6 +44,8 @@ pub struct Start {
     pub rope_eval: Rope,
     /// What the prepared model's weights hold.
     pub held: Held,
+    /// Positions per training sequence.
+    pub seq_len: usize,
 }
 
 fn failed(e: ModelError) -> StageError {
@@ -95,6 +97,7 @@ impl Start {
             rope,
             rope_eval,
             held,
+            seq_len,
         };
         Ok((start, model))
     }

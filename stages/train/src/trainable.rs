@@ -1,13 +1,18 @@
 //! Which weights a training stage updates: everything (`full`), only the
-//! token embeddings and output head (`embeddings`, Chinese-LLaMA's first
-//! phase), or low-rank adapters on chosen projections (`lora`, through burn
+//! token embeddings and output head (`embeddings`), only the rows of them
+//! that `resize-vocab` added (`new-embeddings`, Chinese-LLaMA's and EEVE's
+//! first phase: the original rows are held apart, frozen, with no optimizer
+//! state), or low-rank adapters on chosen projections (`lora`, through burn
 //! 0.22's own `apply_lora`). `freeze` regexes over parameter paths
 //! (`layers.0.mlp.up_proj.weight`) freeze more on top of any mode.
 //! `precision: bf16` holds every weight matrix that does not train in bf16
 //! from the moment it is read; what trains, its gradient and its AdamW
 //! state stay f32 (LoRA's adapters too).
 
+use std::path::Path;
+
 use babelflow_model::hf::{module_path, HeldAs};
+use babelflow_model::resize::{ResizedVocab, RESIZED_VOCAB};
 use babelflow_model::Llama;
 use babelflow_stage::{ParamSpec, ParamType, Params, StageError};
 use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, ParamId};
@@ -16,9 +21,9 @@ use burn::tensor::{DType, FloatDType, Tensor};
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec::with_default(
         "trainable",
-        ParamType::Choice(&["full", "embeddings", "lora"]),
+        ParamType::Choice(&["full", "embeddings", "new-embeddings", "lora"]),
         r#""full""#,
-        "what trains: every weight, only embeddings + head, or LoRA adapters",
+        "what trains: every weight, only embeddings + head, only their rows resize-vocab added, or LoRA adapters",
     ),
     ParamSpec::with_default(
         "freeze",
@@ -47,7 +52,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ),
 ];
 
-const PROJECTIONS: &[&str] = &[
+pub const PROJECTIONS: &[&str] = &[
     "q_proj",
     "k_proj",
     "v_proj",
@@ -61,6 +66,8 @@ const PROJECTIONS: &[&str] = &[
 pub enum Mode {
     Full,
     Embeddings,
+    /// The rows from `Trainable::base_rows` on, of the embeddings and an untied head.
+    NewEmbeddings,
     Lora {
         rank: usize,
         alpha: f64,
@@ -74,6 +81,9 @@ pub struct Trainable {
     pub freeze: Vec<String>,
     /// The dtype frozen weight matrices are held in (f32 or bf16).
     pub frozen_dtype: DType,
+    /// For `new-embeddings`: the first added row, from the model folder's
+    /// `resized_vocab.json` ([`Trainable::for_model`]).
+    pub base_rows: Option<usize>,
 }
 
 fn param_error(name: &str, message: String) -> StageError {
@@ -126,6 +136,7 @@ impl Trainable {
     pub fn from_params(params: &Params) -> Result<Self, StageError> {
         let mode = match params.str("trainable")? {
             "embeddings" => Mode::Embeddings,
+            "new-embeddings" => Mode::NewEmbeddings,
             "lora" => Mode::Lora {
                 rank: params.usize("lora_rank")?,
                 alpha: params.f64("lora_alpha")?,
@@ -141,7 +152,43 @@ impl Trainable {
             mode,
             freeze: params.str_list("freeze")?,
             frozen_dtype,
+            base_rows: None,
         })
+    }
+
+    /// This choice for the model in `model_dir`: `new-embeddings` reads
+    /// where the added rows begin, and refuses a model `resize-vocab` did
+    /// not make.
+    pub fn for_model(mut self, model_dir: &Path) -> Result<Self, StageError> {
+        if self.mode != Mode::NewEmbeddings {
+            return Ok(self);
+        }
+        let resized = ResizedVocab::read(model_dir).map_err(|e| StageError::failed(e.to_string()))?;
+        let Some(resized) = resized else {
+            return Err(param_error(
+                "trainable",
+                format!(
+                    "`new-embeddings` trains the rows `resize-vocab` added, and the model in {} was not \
+                     resized (it has no {RESIZED_VOCAB}): put an extend-vocab + resize-vocab before this \
+                     stage, or train `embeddings`",
+                    model_dir.display()
+                ),
+            ));
+        };
+        if resized.base_vocab_size >= resized.vocab_size {
+            return Err(param_error(
+                "trainable",
+                format!(
+                    "`new-embeddings`: {} in {} adds no rows ({} before, {} after)",
+                    RESIZED_VOCAB,
+                    model_dir.display(),
+                    resized.base_vocab_size,
+                    resized.vocab_size
+                ),
+            ));
+        }
+        self.base_rows = Some(resized.base_vocab_size);
+        Ok(self)
     }
 
     /// The dtype each checkpoint tensor is read into: matrices that will
@@ -155,7 +202,8 @@ impl Trainable {
         }
         let trains_in_mode = match &self.mode {
             Mode::Full => Some(ParamGroup::all()),
-            Mode::Embeddings => Some(embeddings_group()),
+            // New rows: read whole in f32, then split (`prepare`).
+            Mode::Embeddings | Mode::NewEmbeddings => Some(embeddings_group()),
             Mode::Lora { .. } => None,
         };
         let frozen = self.freeze_group()?;
@@ -199,6 +247,12 @@ impl Trainable {
         let model = match &self.mode {
             Mode::Full => model,
             Mode::Embeddings => model.freeze().unfreeze_group(embeddings_group()),
+            Mode::NewEmbeddings => {
+                let base_rows = self
+                    .base_rows
+                    .ok_or_else(|| StageError::failed("internal: new-embeddings without its base rows"))?;
+                split_added_rows(model.freeze(), base_rows, self.frozen_dtype)?
+            }
             Mode::Lora { rank, alpha, targets } => {
                 let pattern = format!(r"\.({})\.weight$", targets.join("|"));
                 let group =
@@ -286,6 +340,50 @@ impl HeldVisitor {
     }
 }
 
+/// `matrix`'s rows before `base_rows` (frozen, in `frozen_dtype`) and from
+/// it on (trainable, f32), each a tensor of its own: the optimizer sees
+/// only the second, so the first stays bit for bit and has no state.
+fn split(matrix: Tensor<2>, base_rows: usize, frozen_dtype: DType) -> (Param<Tensor<2>>, Param<Tensor<2>>) {
+    let [rows, _] = matrix.dims();
+    let own = matrix.clone().narrow(0, 0, base_rows).cast(frozen_dtype);
+    let added = matrix.narrow(0, base_rows, rows - base_rows);
+    (
+        Param::from_tensor(own).set_require_grad(false),
+        Param::from_tensor(added).set_require_grad(true),
+    )
+}
+
+fn split_added_rows(model: Llama, base_rows: usize, frozen_dtype: DType) -> Result<Llama, StageError> {
+    let [rows, _] = model.embed_tokens.base().dims();
+    if base_rows >= rows {
+        return Err(param_error(
+            "trainable",
+            format!("`new-embeddings`: the model has {rows} rows, so none from row {base_rows} on to train"),
+        ));
+    }
+    let (embed_tokens, embed_added) = split(model.embed_tokens.val(), base_rows, frozen_dtype);
+    let (lm_head, lm_head_added) = match model.lm_head {
+        Some(head) => {
+            let (own, added) = split(head.weight.val(), base_rows, frozen_dtype);
+            (
+                Some(babelflow_model::llama::Proj {
+                    weight: own,
+                    bias: head.bias,
+                }),
+                Some(added),
+            )
+        }
+        None => (None, None),
+    };
+    Ok(Llama {
+        embed_tokens,
+        embed_added: Some(embed_added),
+        lm_head,
+        lm_head_added,
+        ..model
+    })
+}
+
 /// burn's `ParamGroupError` has no `Display`; say what it holds.
 fn group_error(e: burn::module::ParamGroupError) -> String {
     match e {
@@ -336,6 +434,7 @@ mod tests {
             mode: Mode::Embeddings,
             freeze: vec![],
             frozen_dtype: DType::F32,
+            base_rows: None,
         };
         let paths = trainable_paths(&t.prepare(tiny()).unwrap());
         assert_eq!(paths, ["embed_tokens", "lm_head.weight"]);
@@ -359,6 +458,7 @@ mod tests {
             },
             freeze: vec![],
             frozen_dtype: DType::F32,
+            base_rows: None,
         };
         let original = tiny();
         let q_before = values(original.layers[0].self_attn.q_proj.weight.val());
@@ -456,6 +556,7 @@ mod tests {
                 mode: mode.clone(),
                 freeze,
                 frozen_dtype: DType::BF16,
+                base_rows: None,
             };
             let held_as = t.held_as().unwrap();
             // The tiny model's tensors, read as a checkpoint would be.
@@ -472,6 +573,7 @@ mod tests {
             mode: Mode::Embeddings,
             freeze: vec![],
             frozen_dtype: DType::BF16,
+            base_rows: None,
         };
         let all_bf16 = t.prepare(babelflow_model::Precision::Bf16.apply(tiny())).unwrap();
         let err = t.check_held(&all_bf16).unwrap_err().to_string();

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::checkpoint::{Checkpoints, Position};
 use crate::data::{Order, Windows};
 use crate::metrics::Metrics;
+use crate::recompute::{loss_and_gradients, MicroBatch};
 use crate::schedule::{Decay, Schedule};
 use crate::start::Start;
 use crate::sync::{check_replicas, sum_gradients};
@@ -70,6 +71,18 @@ pub const PARAMS: &[ParamSpec] = &[
     .positive(),
     ParamSpec::with_default("eval_batches", ParamType::Int, "4", "batches per validation set").positive(),
     ParamSpec::with_default(
+        "save_dtype",
+        ParamType::Choice(&["f32", "bf16", "f16", "input"]),
+        r#""f32""#,
+        "dtype of the saved model; `input`: the input model's (config.json `torch_dtype`)",
+    ),
+    ParamSpec::with_default(
+        "checkpoint_activations",
+        ParamType::Bool,
+        "false",
+        "keep only each decoder block's input and recompute the block in the backward pass (less memory, about a third more compute)",
+    ),
+    ParamSpec::with_default(
         "checkpoint_every",
         ParamType::Int,
         "100",
@@ -119,6 +132,7 @@ pub struct Settings {
     pub eval_every: usize,
     pub eval_batches: usize,
     pub checkpoint_every: usize,
+    pub checkpoint_activations: bool,
     optimizer: AdamW,
 }
 
@@ -146,6 +160,7 @@ impl Settings {
             eval_every: p.usize("eval_every")?,
             eval_batches: p.usize("eval_batches")?,
             checkpoint_every: p.usize("checkpoint_every")?,
+            checkpoint_activations: p.bool("checkpoint_activations")?,
             optimizer: AdamW::new(
                 p.f64("beta1")? as f32,
                 p.f64("beta2")? as f32,
@@ -369,19 +384,31 @@ pub fn train(
             pos.cursor += s.batch_size;
             let (batch, share) = my_share(examples, &indices, world);
             step_tokens += batch.tokens;
-            let (x, y, w) = tensors(batch, &ad);
-            let mut loss = cross_entropy(model.forward(x, rope, None), y, w);
-            if let Some(share) = share {
-                loss = loss * share;
-            }
-            let loss = loss / s.grad_accum as f64;
-            let value: f32 = loss.clone().into_scalar();
+            let (inputs, targets, weights) = tensors(batch, &ad);
+            let micro = MicroBatch {
+                inputs,
+                targets,
+                weights,
+            };
+            let scale = |mut loss: Tensor<1>| {
+                if let Some(share) = share {
+                    loss = loss * share;
+                }
+                loss / s.grad_accum as f64
+            };
+            let value = loss_and_gradients(
+                &model,
+                micro,
+                (rope, rope_eval),
+                s.checkpoint_activations,
+                scale,
+                &mut acc,
+            );
             if !value.is_finite() {
                 bad_loss = Some(value);
                 break;
             }
             step_loss += value as f64;
-            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
         let mut totals = [step_loss, step_tokens as f64, f64::from(u8::from(bad_loss.is_some()))];
         world.sum_f64(&mut totals);
