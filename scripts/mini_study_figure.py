@@ -16,6 +16,8 @@ ORDER = [
     ("perplexity_base@extended", "extended vocab (untrained)"),
     ("perplexity@pretrain-extended-target_only", "ext. target only"),
     ("perplexity@pretrain-extended-bilingual", "ext. bilingual"),
+    ("perplexity_new_rows@pretrain_after_new_rows-target_only", "rows first, target"),
+    ("perplexity_new_rows@pretrain_after_new_rows-bilingual", "rows first, bilingual"),
 ]
 
 
@@ -34,7 +36,7 @@ def main():
         sys.exit(f"not in {store}: {', '.join(missing)}")
     langs = [l for l in found[ORDER[0][0]][1] if l != "en"] + ["en"]
     colours = {langs[0]: "#c0504d", "en": "#4f81bd"}
-    w, h, left, bottom, top = 760, 300, 50, 70, 30
+    w, h, left, bottom, top = 960, 300, 50, 70, 30
     group = (w - left - 10) / len(ORDER)
     bar = group / (len(langs) + 1)
     ymax = 4.0
