@@ -92,7 +92,7 @@ dir, peak_kb, case = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 for stats in dir.glob(".babelflow/artifacts/*/stats.json"):
     s = json.loads(stats.read_text())
     if case == "eval" and "per_lang" in s:
-        rate = sum(v["tokens_per_s"] for v in s["per_lang"].values()) / len(s["per_lang"])
+        rate = s["tokens_per_s"]
     elif case != "eval" and "steps" in s:
         t = pq.read_table(stats.parent / "metrics.parquet").to_pylist()
         rates = [r["value"] for r in t if r["metric"] == "tokens_per_s" and r["step"] > 1]
