@@ -15,36 +15,14 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use crate::config::LlamaConfig;
+use crate::gguf::quants::encode_float;
 use crate::llama::{Attention, Block, Llama, Mlp, Proj, RmsNorm};
 use crate::safetensors_out::SafetensorsWriter;
 pub use crate::weights::HeldAs;
 use crate::weights::Weights;
 use crate::ModelError;
 
-/// On-disk precision when saving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskDtype {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl DiskDtype {
-    /// The dtype a folder's `config.json` says its weights are stored in
-    /// (`dtype`, as transformers 5 writes it, else `torch_dtype`); `None`
-    /// when it names none or one babelflow does not write.
-    pub fn of_folder(dir: &Path) -> Option<DiskDtype> {
-        let text = std::fs::read(dir.join("config.json")).ok()?;
-        let config: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        let name = config.get("dtype").or_else(|| config.get("torch_dtype"))?.as_str()?;
-        match name {
-            "float32" => Some(DiskDtype::F32),
-            "bfloat16" => Some(DiskDtype::Bf16),
-            "float16" => Some(DiskDtype::F16),
-            _ => None,
-        }
-    }
-}
+pub use crate::disk_dtype::DiskDtype;
 
 /// What to do with pickled PyTorch weights, which babelflow does not read
 /// (unpickling can run code, and safetensors is what the hub ships now).
@@ -461,37 +439,16 @@ pub fn named_tensors(model: &Llama) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> 
 pub fn save(dir: &Path, config: &LlamaConfig, model: &Llama, dtype: DiskDtype) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut cfg = config.to_hf_json();
-    cfg["torch_dtype"] = match dtype {
-        DiskDtype::F32 => "float32",
-        DiskDtype::F16 => "float16",
-        DiskDtype::Bf16 => "bfloat16",
-    }
-    .into();
+    cfg["torch_dtype"] = dtype.torch_name().into();
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap_or_default()).map_err(io(&cfg_path))?;
 
     let tensors = held_tensors(model);
     let shapes: Vec<(String, Vec<usize>)> = tensors.iter().map(|(name, t)| (name.clone(), t.shape())).collect();
-    let (st_dtype, width) = match dtype {
-        DiskDtype::F32 => ("F32", 4),
-        DiskDtype::F16 => ("F16", 2),
-        DiskDtype::Bf16 => ("BF16", 2),
-    };
     let path = dir.join("model.safetensors");
-    let mut writer = SafetensorsWriter::create(&path, &shapes, st_dtype, width).map_err(io(&path))?;
+    let mut writer = SafetensorsWriter::create(&path, &shapes, dtype.safetensors()).map_err(io(&path))?;
     for (_, tensor) in tensors {
-        let values = tensor.f32s();
-        let bytes: Vec<u8> = match dtype {
-            DiskDtype::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DiskDtype::F16 => values
-                .iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                .collect(),
-            DiskDtype::Bf16 => values
-                .iter()
-                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                .collect(),
-        };
+        let bytes = encode_float(dtype.codec(), &tensor.f32s());
         writer.out.write_all(&bytes).map_err(io(&path))?;
     }
     writer.out.flush().map_err(io(&path))

@@ -4,6 +4,7 @@
 pub mod block_cache;
 pub mod config;
 pub mod device;
+pub mod disk_dtype;
 pub mod fused;
 pub mod generate;
 pub mod gguf;

@@ -115,11 +115,14 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
+/// One layer's cached keys and values, once it has any.
+pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
 /// Keys and values of earlier positions, per layer, for generation
 /// (`[batch, positions, kv_heads, head_dim]` each).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pub layers: Vec<LayerCache>,
 }
 
 impl KvCache {
@@ -209,7 +212,7 @@ impl Attention {
         &self,
         x: Tensor<3>,
         rope: &Rope,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerCache>,
         padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -325,7 +328,7 @@ impl Block {
         &self,
         x: Tensor<3>,
         rope: &Rope,
-        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        cache: Option<&mut LayerCache>,
         padding: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
         let h = x.clone()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+use crate::disk_dtype::DiskDtype;
 use crate::gguf::quants::{dequantize, encode_float, GgmlType};
 use crate::safetensors_out::SafetensorsWriter;
 use crate::ModelError;
@@ -36,18 +37,9 @@ fn map(file: &Path) -> Result<memmap2::Mmap, ModelError> {
     unsafe { memmap2::Mmap::map(&handle) }.map_err(io(file))
 }
 
-/// The name transformers gives `dtype` in `config.json`'s `torch_dtype`.
-pub fn torch_name(dtype: &str) -> &'static str {
-    if dtype == "bf16" {
-        "bfloat16"
-    } else {
-        "float32"
-    }
-}
-
 /// True when every tensor of `files` is stored as `dtype` already.
-pub fn already(files: &[PathBuf], dtype: &str) -> Result<bool, ModelError> {
-    let want = if dtype == "bf16" { Dtype::BF16 } else { Dtype::F32 };
+pub fn already(files: &[PathBuf], dtype: DiskDtype) -> Result<bool, ModelError> {
+    let want = dtype.safetensors();
     for file in files {
         let bytes = map(file)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
@@ -62,19 +54,15 @@ pub fn already(files: &[PathBuf], dtype: &str) -> Result<bool, ModelError> {
 }
 
 /// Writes each of `files` into `out` (same file name) with every tensor as
-/// `dtype` (`f32` or `bf16`), with the GGUF float codecs (f32 → bf16
-/// rounds to nearest even, as torch's `.to(torch.bfloat16)` does); a
-/// tensor already in `dtype` is copied byte for byte.
+/// `dtype`, with its codec (`DiskDtype::codec`); a tensor already in
+/// `dtype` is copied byte for byte.
 pub fn recast(
     files: &[PathBuf],
     out: &Path,
-    dtype: &str,
+    dtype: DiskDtype,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Recast, ModelError> {
-    let (st_name, width, target) = match dtype {
-        "bf16" => ("BF16", 2, GgmlType::BF16),
-        _ => ("F32", 4, GgmlType::F32),
-    };
+    let target = dtype.codec();
     let mut done = Recast::default();
     for (n, file) in files.iter().enumerate() {
         progress(n, files.len());
@@ -95,7 +83,8 @@ pub fn recast(
             })?;
         let listing: Vec<(String, Vec<usize>)> = views.iter().map(|(n, v)| (n.clone(), v.shape().to_vec())).collect();
         let target_path = out.join(file.file_name().unwrap_or_default());
-        let mut writer = SafetensorsWriter::create(&target_path, &listing, st_name, width).map_err(io(&target_path))?;
+        let mut writer =
+            SafetensorsWriter::create(&target_path, &listing, dtype.safetensors()).map_err(io(&target_path))?;
         for (name, view) in &views {
             let stored = match view.dtype() {
                 Dtype::F32 => GgmlType::F32,

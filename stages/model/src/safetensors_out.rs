@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 
 /// Writes a safetensors file tensor by tensor: the header first (all
@@ -14,7 +15,8 @@ pub struct SafetensorsWriter {
 }
 
 impl SafetensorsWriter {
-    pub fn create(path: &Path, tensors: &[(String, Vec<usize>)], dtype: &str, width: usize) -> std::io::Result<Self> {
+    pub fn create(path: &Path, tensors: &[(String, Vec<usize>)], dtype: Dtype) -> std::io::Result<Self> {
+        let (stored, width) = (dtype.to_string(), dtype.bitsize() / 8);
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), json!({"format": "pt"}));
         let mut offset = 0usize;
@@ -22,7 +24,7 @@ impl SafetensorsWriter {
             let n = shape.iter().product::<usize>() * width;
             header.insert(
                 name.clone(),
-                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}),
+                json!({"dtype": stored, "shape": shape, "data_offsets": [offset, offset + n]}),
             );
             offset += n;
         }

@@ -125,7 +125,7 @@ impl StageKind for ImportModel {
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(|e| StageError::io(&out, e))?;
         // `dtype:` rewrites the weight files unless they are in it already.
-        let dtype = ctx.params.opt_str("dtype")?;
+        let dtype = import_dtype(ctx)?;
         let recast = match dtype {
             Some(d) if !recast::already(&weights, d).map_err(model_err)? => Some(d),
             _ => None,
@@ -163,7 +163,7 @@ impl StageKind for ImportModel {
         };
         ctx.note("tensors", tensors);
         ctx.note("layers", config.num_hidden_layers);
-        ctx.note("dtype", dtype.unwrap_or("as stored"));
+        ctx.note("dtype", dtype.map_or("as stored", DiskDtype::name));
         ctx.log(&format!("imported {} ({tensors} tensors; {stored})", dir.display()));
         Ok(())
     }
@@ -172,7 +172,7 @@ impl StageKind for ImportModel {
 /// After a recast: `config.json` names the new dtype (transformers reads
 /// `torch_dtype`, and `dtype` in version 5) and the shard index its new
 /// total size.
-fn retag_dtype(out: &Path, dtype: &str, total_bytes: u64) -> Result<(), StageError> {
+fn retag_dtype(out: &Path, dtype: DiskDtype, total_bytes: u64) -> Result<(), StageError> {
     let edit = |name: &str, change: &dyn Fn(&mut serde_json::Value)| -> Result<(), StageError> {
         let path = out.join(name);
         if !path.is_file() {
@@ -186,9 +186,9 @@ fn retag_dtype(out: &Path, dtype: &str, total_bytes: u64) -> Result<(), StageErr
         std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))
     };
     edit("config.json", &|v| {
-        v["torch_dtype"] = recast::torch_name(dtype).into();
+        v["torch_dtype"] = dtype.torch_name().into();
         if v.get("dtype").is_some() {
-            v["dtype"] = recast::torch_name(dtype).into();
+            v["dtype"] = dtype.torch_name().into();
         }
     })?;
     edit("model.safetensors.index.json", &|v| {
@@ -198,10 +198,21 @@ fn retag_dtype(out: &Path, dtype: &str, total_bytes: u64) -> Result<(), StageErr
     })
 }
 
+/// import-model's `dtype`, when the recipe sets one.
+fn import_dtype(ctx: &StageContext) -> Result<Option<DiskDtype>, StageError> {
+    let Some(name) = ctx.params.opt_str("dtype")? else {
+        return Ok(None);
+    };
+    DiskDtype::parse(name).map(Some).ok_or_else(|| StageError::Param {
+        name: "dtype".into(),
+        message: format!("`{name}` is not a dtype babelflow writes (f32, bf16, f16)"),
+    })
+}
+
 /// A GGUF file dequantised into an HF folder (`gguf::import`).
 fn import_gguf(ctx: &StageContext, file: &Path) -> Result<(), StageError> {
     let out = ctx.output("model");
-    let dtype = ctx.params.opt_str("dtype")?.unwrap_or("f32");
+    let dtype = import_dtype(ctx)?.unwrap_or(DiskDtype::F32);
     let imported = crate::gguf::import::import(file, &out, dtype, &|done, total| {
         ctx.progress(done as u64, Some(total as u64), "dequantising")
     })

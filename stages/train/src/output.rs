@@ -33,10 +33,11 @@ pub fn write(
     let out = ctx.output("model");
     let exported = trainable.export(&outcome.model);
     let dtype = match ctx.params.str("save_dtype")? {
-        "bf16" => hf::DiskDtype::Bf16,
-        "f16" => hf::DiskDtype::F16,
         "input" => hf::DiskDtype::of_folder(&start.model_dir).unwrap_or(hf::DiskDtype::F32),
-        _ => hf::DiskDtype::F32,
+        name => hf::DiskDtype::parse(name).ok_or_else(|| StageError::Param {
+            name: "save_dtype".into(),
+            message: format!("`{name}` is not f32, bf16, f16 or input"),
+        })?,
     };
     hf::save(&out, &start.config, &exported, dtype).map_err(|e| StageError::failed(e.to_string()))?;
     let tok = tokenizer.map_or_else(|| start.model_dir.join("tokenizer.json"), Path::to_path_buf);

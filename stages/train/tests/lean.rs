@@ -7,7 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_a_killed_run_resumes_bit_exactly, data, loss_rows, run, tiny_model, weights};
+use common::{
+    assert_a_killed_run_resumes_bit_exactly, assert_rows_close, data, loss_rows, run, tiny_setup, tokenize, weights,
+};
 use serde_json::{json, Value};
 
 fn lora(precision: &str) -> Value {
@@ -42,8 +44,7 @@ fn frozen_bytes(stats: &Value) -> u64 {
 #[test]
 fn bf16_frozen_lora_on_a_bf16_checkpoint_trains_exactly_as_f32_frozen() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let checkpoint = run(
         dir.path(),
         "bf16_checkpoint",
@@ -101,20 +102,11 @@ fn bf16_frozen_lora_on_a_bf16_checkpoint_trains_exactly_as_f32_frozen() {
 #[test]
 fn bf16_frozen_lora_on_an_f32_checkpoint_stays_within_bf16_rounding() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let ins: [(&str, &[&Path]); 3] = [("model", &[&model]), ("tokens", &[&train]), ("validation", &[&val])];
     let held_f32 = run(dir.path(), "f32", "pretrain", lora("f32"), &ins);
     let held_bf16 = run(dir.path(), "bf16", "pretrain", lora("bf16"), &ins);
-    let (a, b) = (losses(&held_f32), losses(&held_bf16));
-    assert_eq!(a.len(), b.len());
-    let mut worst = 0.0f64;
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!((x.0, &x.1), (y.0, &y.1));
-        let relative = (x.2 - y.2).abs() / x.2.abs();
-        worst = worst.max(relative);
-        assert!(relative < 2f64.powi(-9), "{} at step {}: {} vs {}", x.1, x.0, x.2, y.2);
-    }
+    let worst = assert_rows_close(&losses(&held_f32), &losses(&held_bf16), 2f64.powi(-9), "bf16 vs f32");
     assert!(worst > 0.0, "the weights were rounded, so something moved");
     eprintln!("largest relative loss difference: {worst:.2e}");
 }
@@ -122,18 +114,12 @@ fn bf16_frozen_lora_on_an_f32_checkpoint_stays_within_bf16_rounding() {
 #[test]
 fn a_killed_bf16_frozen_lora_run_resumes_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let params = json!({"steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2,
                         "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4,
                         "trainable": "lora", "lora_rank": 4, "precision": "bf16"});
     let ins: [(&str, &[&Path]); 3] = [("model", &[&model]), ("tokens", &[&train]), ("validation", &[&val])];
     assert_a_killed_run_resumes_bit_exactly(dir.path(), params, &ins);
-}
-
-/// Relative difference of two numbers, against the larger.
-fn relative(a: f64, b: f64) -> f64 {
-    (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
 }
 
 /// Recomputing each block from its saved input runs the same kernels on the
@@ -144,8 +130,7 @@ fn relative(a: f64, b: f64) -> f64 {
 #[test]
 fn checkpointed_activations_give_the_losses_and_gradients_of_the_whole_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let ins: [(&str, &[&Path]); 3] = [("model", &[&model]), ("tokens", &[&train]), ("validation", &[&val])];
     for (name, mode) in [
         ("full", json!({})),
@@ -173,18 +158,7 @@ fn checkpointed_activations_give_the_losses_and_gradients_of_the_whole_graph() {
             loss_rows(&whole.join("metrics.parquet")),
             loss_rows(&recomputed.join("metrics.parquet")),
         );
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(&b) {
-            assert_eq!((x.0, &x.1), (y.0, &y.1));
-            assert!(
-                relative(x.2, y.2) <= 1e-6,
-                "{name}: {} at step {}: {} vs {}",
-                x.1,
-                x.0,
-                x.2,
-                y.2
-            );
-        }
+        assert_rows_close(&a, &b, 1e-6, name);
         let (wa, wb) = (weights(&whole.join("model")), weights(&recomputed.join("model")));
         for (tensor, (_, values)) in &wa {
             let scale = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -198,8 +172,7 @@ fn checkpointed_activations_give_the_losses_and_gradients_of_the_whole_graph() {
 #[test]
 fn a_killed_checkpointed_run_resumes_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let params = json!({"steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2,
                         "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4,
                         "checkpoint_activations": true});
@@ -237,14 +210,7 @@ fn resized_model(dir: &Path, tied: bool) -> (std::path::PathBuf, std::path::Path
         &[("model", &[&init]), ("added", &[&added]), ("tokenizer", &[&ext_tok])],
     )
     .join("model");
-    let tokens = run(
-        dir,
-        "t_sw_ext",
-        "tokenize",
-        json!({}),
-        &[("corpus", &[&sw_table]), ("tokenizer", &[&ext_tok])],
-    )
-    .join("tokens.bin");
+    let tokens = tokenize(dir, "t_sw_ext", &sw_table, &ext_tok);
     let base_rows: usize = serde_json::from_slice::<Value>(&std::fs::read(resized.join("resized_vocab.json")).unwrap())
         .unwrap()["base_vocab_size"]
         .as_u64()
@@ -323,8 +289,7 @@ fn new_embeddings_trains_only_the_added_rows() {
 #[test]
 fn new_embeddings_refuses_a_model_that_was_not_resized() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, _, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, _) = tiny_setup(dir.path());
     let err = common::try_run(
         dir.path(),
         "new_rows",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_a_killed_run_resumes_bit_exactly, data, tiny_model, try_run, weights};
+use common::{assert_a_killed_run_resumes_bit_exactly, data, tiny_setup, try_run, weights};
 use serde_json::{json, Value};
 
 #[test]
@@ -100,8 +100,7 @@ fn a_diverging_run_stops_naming_the_step() {
 #[test]
 fn a_run_killed_mid_training_resumes_from_its_checkpoint_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, val, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, val) = tiny_setup(dir.path());
     let params = json!({"steps": 12, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "warmup_steps": 2,
                         "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4});
     let ins: [(&str, &[&std::path::Path]); 3] = [("model", &[&model]), ("tokens", &[&train]), ("validation", &[&val])];
@@ -111,8 +110,7 @@ fn a_run_killed_mid_training_resumes_from_its_checkpoint_bit_exactly() {
 #[test]
 fn embeddings_mode_leaves_every_transformer_weight_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, _, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, _) = tiny_setup(dir.path());
     let trained = try_run(
         dir.path(),
         "emb",
@@ -134,8 +132,7 @@ fn embeddings_mode_leaves_every_transformer_weight_bit_identical() {
 #[test]
 fn lora_trains_adapters_only_and_exports_merged_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, _, tok) = data(dir.path());
-    let model = tiny_model(dir.path(), &tok);
+    let (model, train, _) = tiny_setup(dir.path());
     let trained = try_run(
         dir.path(),
         "lora",

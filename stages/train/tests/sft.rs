@@ -11,7 +11,7 @@ use babelflow_model::loss::cross_entropy;
 use babelflow_tokens::hf::LoadedTokenizer;
 use babelflow_train::sft::{encode, InstructionSet};
 use babelflow_train::trainer::{tensors, Examples};
-use common::run;
+use common::{loss_rows, run};
 use serde_json::{json, Value};
 
 /// Instruction tables (en, sw), a tokenizer trained on sample text, and a tiny model.
@@ -119,24 +119,11 @@ fn instruction_tuning_lowers_the_response_loss_padded_and_packed() {
         assert_eq!(stats["examples_per_lang"], json!({"en": 4, "sw": 4}), "{stats}");
         assert!(out.join("model/model.safetensors").is_file());
         assert!(out.join("model/tokenizer.json").is_file());
-        let file = std::fs::File::open(out.join("metrics.parquet")).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        let mut losses = Vec::new();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let col = |n: &str| batch.column_by_name(n).unwrap().clone();
-            let (metric, value) = (col("metric"), col("value"));
-            let metric = metric.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
-            let value = value.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
-            losses.extend(
-                (0..batch.num_rows())
-                    .filter(|&r| metric.value(r) == "loss")
-                    .map(|r| value.value(r)),
-            );
-        }
+        let losses: Vec<f64> = loss_rows(&out.join("metrics.parquet"))
+            .into_iter()
+            .filter(|r| r.1 == "loss")
+            .map(|r| r.2)
+            .collect();
         let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
         let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
         assert!(

@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 
 use super::file::{GgufFile, MetaValue, TensorInfo};
 use super::names::{gguf_name, hf_name, permuted_heads, unpermute};
-use super::quants::{encode_float, GgmlType};
+use super::quants::encode_float;
 use super::vocab;
 use crate::config::LlamaConfig;
+use crate::disk_dtype::DiskDtype;
 use crate::hf::expected_tensors;
 use crate::safetensors_out::SafetensorsWriter;
 use crate::ModelError;
@@ -179,8 +180,13 @@ pub fn fit_llama3(config: &LlamaConfig, factors: &[f32]) -> Option<Value> {
     ok.then_some(scaling)
 }
 
-/// Imports `gguf` into the HF folder `out`, weights as `dtype` (`f32` or `bf16`).
-pub fn import(gguf: &Path, out: &Path, dtype: &str, progress: &dyn Fn(usize, usize)) -> Result<Imported, ModelError> {
+/// Imports `gguf` into the HF folder `out`, weights as `dtype`.
+pub fn import(
+    gguf: &Path,
+    out: &Path,
+    dtype: DiskDtype,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Imported, ModelError> {
     let f = GgufFile::open(gguf)?;
     let config = config_of(&f)?;
     let io = |path: &Path| {
@@ -219,13 +225,10 @@ pub fn import(gguf: &Path, out: &Path, dtype: &str, progress: &dyn Fn(usize, usi
             ),
         ));
     }
-    let (st_dtype, width) = match dtype {
-        "bf16" => ("BF16", 2),
-        _ => ("F32", 4),
-    };
     let listing: Vec<(String, Vec<usize>)> = infos.iter().map(|(_, hf, shape)| (hf.clone(), shape.clone())).collect();
     let weights_path = out.join("model.safetensors");
-    let mut writer = SafetensorsWriter::create(&weights_path, &listing, st_dtype, width).map_err(io(&weights_path))?;
+    let mut writer =
+        SafetensorsWriter::create(&weights_path, &listing, dtype.safetensors()).map_err(io(&weights_path))?;
     let (heads, kv) = (config.num_attention_heads, config.kv_heads());
     for (n, (t, hf, shape)) in infos.iter().enumerate() {
         progress(n, infos.len());
@@ -235,13 +238,13 @@ pub fn import(gguf: &Path, out: &Path, dtype: &str, progress: &dyn Fn(usize, usi
             let cols = shape.get(1).copied().unwrap_or(1);
             values = unpermute(&values, rows, cols, h);
         }
-        let bytes = encode_float(if width == 2 { GgmlType::BF16 } else { GgmlType::F32 }, &values);
+        let bytes = encode_float(dtype.codec(), &values);
         writer.out.write_all(&bytes).map_err(io(&weights_path))?;
     }
     writer.out.flush().map_err(io(&weights_path))?;
 
     let mut cfg = config.to_hf_json();
-    cfg["torch_dtype"] = if width == 2 { "bfloat16" } else { "float32" }.into();
+    cfg["torch_dtype"] = dtype.torch_name().into();
     let write_json = |name: &str, value: &Value| -> Result<(), ModelError> {
         let path = out.join(name);
         std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap_or_default()).map_err(io(&path))

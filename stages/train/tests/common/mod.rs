@@ -62,34 +62,52 @@ pub fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     let tok = tok.join("tokenizer.json");
-    let t_en = try_run(
-        dir,
-        "t_en",
-        "tokenize",
-        json!({}),
-        &[("corpus", &[&train_en]), ("tokenizer", &[&tok])],
-    )
-    .unwrap();
-    let t_sw = try_run(
-        dir,
-        "t_sw",
-        "tokenize",
-        json!({}),
-        &[("corpus", &[&sw_table]), ("tokenizer", &[&tok])],
-    )
-    .unwrap();
-    let held = split.join("validation.parquet");
-    let val = try_run(
-        dir,
-        "val",
-        "tokenize",
-        json!({}),
-        &[("corpus", &[&held]), ("tokenizer", &[&tok])],
-    )
-    .unwrap();
-    let (a, b) = (t_en.join("tokens.bin"), t_sw.join("tokens.bin"));
+    let a = tokenize(dir, "t_en", &train_en, &tok);
+    let b = tokenize(dir, "t_sw", &sw_table, &tok);
+    let val = tokenize(dir, "val", &split.join("validation.parquet"), &tok);
     let mix = try_run(dir, "mix", "mix", json!({"temperature": 1.0}), &[("tokens", &[&a, &b])]).unwrap();
-    (mix.join("tokens.bin"), val.join("tokens.bin"), tok)
+    (mix.join("tokens.bin"), val, tok)
+}
+
+/// `corpus` (a table) tokenized by `tokenizer` into `dir/name`: its tokens.bin.
+pub fn tokenize(dir: &Path, name: &str, corpus: &Path, tokenizer: &Path) -> PathBuf {
+    run(
+        dir,
+        name,
+        "tokenize",
+        json!({}),
+        &[("corpus", &[corpus]), ("tokenizer", &[tokenizer])],
+    )
+    .join("tokens.bin")
+}
+
+/// The shipped samples' training and held-out tokens, and the tiny model
+/// for their tokenizer: (model, training tokens, validation tokens).
+pub fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (train, val, tok) = data(dir);
+    (tiny_model(dir, &tok), train, val)
+}
+
+/// Asserts that two runs logged the same (step, metric) rows with values
+/// within `tolerance` of each other, relative to the larger; returns the
+/// largest relative difference found.
+pub fn assert_rows_close(a: &[(u64, String, f64)], b: &[(u64, String, f64)], tolerance: f64, what: &str) -> f64 {
+    assert_eq!(a.len(), b.len(), "{what}: rows");
+    let mut worst = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((x.0, &x.1), (y.0, &y.1), "{what}");
+        let relative = (x.2 - y.2).abs() / x.2.abs().max(y.2.abs()).max(1e-30);
+        worst = worst.max(relative);
+        assert!(
+            relative <= tolerance,
+            "{what}: {} at step {}: {} vs {}",
+            x.1,
+            x.0,
+            x.2,
+            y.2
+        );
+    }
+    worst
 }
 
 /// Every tensor of an HF model folder, by HF name.
