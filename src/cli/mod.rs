@@ -1,5 +1,6 @@
 //! Commands as the user asked for them; the engine does the work.
 
+mod estimate;
 mod exec;
 mod inspect;
 mod run;
@@ -54,6 +55,22 @@ pub struct RecipeArgs {
     pub store: Option<PathBuf>,
 }
 
+/// `plan --estimate`: what the run would cost, and on what.
+#[derive(clap::Args, Clone)]
+pub struct EstimateArgs {
+    /// Estimate tokens, FLOPs, peak memory and time of each instance that
+    /// would run, and flag what does not fit the device's memory.
+    #[arg(long)]
+    pub estimate: bool,
+    /// Price on a documented accelerator instead of this machine
+    /// (a100-40gb, a100-80gb, h100-80gb, h200, l4, rtx-4090).
+    #[arg(long, value_name = "NAME", requires = "estimate")]
+    pub device: Option<String>,
+    /// The share of the device's documented peak a run achieves.
+    #[arg(long, default_value_t = 0.4, requires = "device")]
+    pub utilisation: f64,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a recipe: execute every instance whose output is not in the store.
@@ -89,6 +106,8 @@ pub enum Command {
         /// Machine-readable output (schema in ARCHITECTURE.md, "plan --json").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        estimate: EstimateArgs,
     },
     /// Draw the instance graph.
     Graph {
@@ -207,7 +226,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             only,
             force,
             json,
-        } => run::plan(&registry, &recipe, only, force, json),
+            estimate,
+        } => run::plan(&registry, &recipe, only, force, json, &estimate),
         Command::Graph { recipe, format } => inspect::graph(&registry, &recipe, format),
         Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),
         Command::Report { recipe, out } => inspect::report(&registry, &recipe, out),

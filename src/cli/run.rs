@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use babelflow::engine::device::Device;
 use babelflow::engine::progress::Progress;
 use babelflow::engine::scheduler::SchedulerOptions;
 use babelflow::engine::{Action, Outcome, PlannedInstance, Selection};
@@ -212,6 +213,7 @@ pub fn plan(
     only: Vec<String>,
     force: Vec<String>,
     json: bool,
+    estimate: &super::EstimateArgs,
 ) -> anyhow::Result<ExitCode> {
     let pipeline = match load(registry, args) {
         Ok(p) => p,
@@ -227,14 +229,37 @@ pub fn plan(
         Err(e) => return Ok(report(e)),
     };
     let count = |a: Action| planned.iter().filter(|p| p.action == a).count();
+    let cost = if estimate.estimate {
+        let device = match &estimate.device {
+            Some(name) => match Device::named(name, estimate.utilisation) {
+                Ok(device) => device,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return Ok(ExitCode::from(super::EXIT_INVALID));
+                }
+            },
+            None => Device::this_machine(&pipeline.backend(), &store_dir),
+        };
+        Some(babelflow::engine::estimate::estimate(
+            &pipeline.graph,
+            &planned,
+            &store,
+            &device,
+        ))
+    } else {
+        None
+    };
     if json {
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "recipe": pipeline.name,
             "recipe_path": pipeline.source.path,
             "store": store_dir,
             "instances": planned,
             "summary": {"run": count(Action::Run), "cached": count(Action::Cached), "skip": count(Action::Skip)},
         });
+        if let Some(cost) = &cost {
+            doc["estimate"] = serde_json::to_value(cost)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -259,5 +284,8 @@ pub fn plan(
         count(Action::Cached),
         count(Action::Skip)
     );
+    if let Some(cost) = &cost {
+        super::estimate::print(cost);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! The engine: a loaded, checked pipeline, its plan against the store, and
 //! its execution. The CLI (`src/cli`) is a thin layer over this.
 
+pub mod device;
+pub mod estimate;
 pub mod execute;
 pub mod plan;
 pub mod progress;
@@ -68,6 +70,18 @@ impl Pipeline {
             graph,
             executor,
         })
+    }
+
+    /// The backend most instances run on (`cpu` unless the recipe says otherwise).
+    pub fn backend(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for inst in &self.graph.instances {
+            *counts.entry(inst.backend.as_str()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or_else(|| "cpu".to_string(), |(b, _)| b.to_string())
     }
 
     /// The store folder: `--store`, else `BABELFLOW_STORE`, else `.babelflow/` beside the recipe.

@@ -9,6 +9,7 @@
 mod context;
 pub mod distributed;
 mod error;
+pub mod estimate;
 pub mod memory;
 mod params;
 pub mod spm;
@@ -20,6 +21,7 @@ pub use context::{
 };
 pub use distributed::Collective;
 pub use error::StageError;
+pub use estimate::{Estimate, EstimateContext};
 pub use params::{ParamSpec, ParamType, Params, Range};
 
 /// A named input slot of a stage kind.
@@ -87,6 +89,15 @@ pub trait StageKind: Send + Sync {
     /// outputs. The training kinds; everything else runs in one process.
     fn data_parallel(&self) -> bool {
         false
+    }
+
+    /// What this instance will cost and what its outputs will be, before
+    /// anything runs (`plan --estimate`): from the parameters, the facts
+    /// the upstream estimates gave, and whatever inputs exist already.
+    /// Read only; quick (no model is loaded); never fails: what cannot be
+    /// known stays `None`. The default knows nothing.
+    fn estimate(&self, _ctx: &EstimateContext) -> Estimate {
+        Estimate::default()
     }
 
     /// Reads `ctx.inputs`, writes each declared output under `ctx.out_dir`.

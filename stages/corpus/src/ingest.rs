@@ -201,6 +201,10 @@ impl StageKind for Ingest {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::ingest(ctx, &self.outputs(ctx.params))
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let text_unit = match p.str("text_unit")? {

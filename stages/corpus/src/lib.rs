@@ -4,6 +4,7 @@
 mod choice;
 mod clean;
 mod dedup;
+pub mod estimate;
 mod ingest;
 mod instructions;
 pub mod langid;

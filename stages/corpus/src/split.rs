@@ -92,6 +92,10 @@ impl StageKind for Split {
         }
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::split(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (validation, test) = (ctx.params.f64("validation")?, ctx.params.f64("test")?);
         let salt = ctx.params.str("salt")?;

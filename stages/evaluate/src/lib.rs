@@ -7,6 +7,7 @@
 pub mod chrf;
 pub mod codeswitch;
 mod common;
+mod estimate;
 pub mod exam;
 pub mod judge;
 pub mod metrics;

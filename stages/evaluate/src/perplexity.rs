@@ -117,6 +117,10 @@ impl StageKind for Perplexity {
     fn outputs(&self, _params: &Params) -> Vec<String> {
         vec!["metrics.parquet".into(), "stats.json".into()]
     }
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::perplexity(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let (max_len, batch, max_docs) = (p.usize("max_len")?, p.usize("batch_size")?, p.usize("max_docs")?);

@@ -5,6 +5,7 @@ pub mod block_cache;
 pub mod config;
 pub mod device;
 pub mod disk_dtype;
+pub mod estimate;
 pub mod fused;
 pub mod generate;
 pub mod gguf;

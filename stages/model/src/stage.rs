@@ -108,6 +108,10 @@ impl StageKind for ImportModel {
         vec!["model".into()]
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::import(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let dir = &ctx.single_input("checkpoint")?.path;
         if dir.is_file() {
@@ -304,6 +308,10 @@ impl StageKind for InitModel {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::init(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let tok_path = &ctx.single_input("tokenizer")?.path;
@@ -491,6 +499,10 @@ impl StageKind for ResizeVocab {
     }
     fn outputs(&self, _params: &Params) -> Vec<String> {
         vec!["model".into()]
+    }
+
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::resize(ctx)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {

@@ -204,6 +204,10 @@ impl StageKind for ExtendVocab {
         vec!["tokenizer.json".into(), "added_tokens.json".into(), "stats.json".into()]
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::extend_vocab(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         // A model folder stands for its tokenizer.json, as in `tokenize`.

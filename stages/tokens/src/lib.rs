@@ -4,6 +4,7 @@
 
 pub mod artifact;
 pub mod chat;
+pub mod estimate;
 mod extend;
 pub mod fertility;
 pub mod hf;

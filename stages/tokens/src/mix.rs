@@ -127,6 +127,10 @@ impl StageKind for Mix {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::mix(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let items = ctx.input("tokens");

@@ -237,6 +237,10 @@ impl StageKind for Tokenize {
             .to_vec()
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::tokenize(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         // A model folder stands for its tokenizer.json (and says, through its

@@ -253,6 +253,10 @@ impl StageKind for TrainTokenizer {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::train_tokenizer(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let style = Style::of(p);

@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod data;
+pub mod estimate;
 mod memory;
 pub mod metrics;
 mod output;

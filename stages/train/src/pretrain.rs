@@ -73,6 +73,11 @@ impl StageKind for Pretrain {
         crate::checkpoint::resume_point(resume_dir)
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        let seq_len = ctx.params.usize("seq_len").unwrap_or(1);
+        crate::estimate::estimate_training(ctx, seq_len, "tokens (packed windows)").unwrap_or_default()
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let seq_len = p.usize("seq_len")?;

@@ -247,6 +247,12 @@ impl StageKind for Sft {
         crate::checkpoint::resume_point(resume_dir)
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        let seq_len = ctx.params.usize("max_len").unwrap_or(1);
+        crate::estimate::estimate_training(ctx, seq_len, "tokens at most (examples padded or cut to max_len)")
+            .unwrap_or_default()
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let max_len = p.usize("max_len")?;

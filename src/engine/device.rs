@@ -1,0 +1,209 @@
+//! The device an estimate is priced on: its memory, and its throughput
+//! with the source of that figure. Either this machine (its RAM; its speed
+//! from `babelflow calibrate`, stored in the store) or a named accelerator
+//! from [`DOCUMENTED`] (its memory and documented peak × an assumed
+//! utilisation).
+
+use std::path::Path;
+
+use babelflow_stage::estimate::Work;
+use serde::{Deserialize, Serialize};
+
+/// Accelerators with their documented memory (bytes, as sold) and dense
+/// bf16 tensor-core peak (FLOP/s), from the vendors' data sheets.
+pub const DOCUMENTED: &[(&str, u64, f64, &str)] = &[
+    (
+        "a100-40gb",
+        40_000_000_000,
+        312e12,
+        "NVIDIA A100 40 GB (SXM/PCIe), 312 TFLOP/s bf16 dense",
+    ),
+    (
+        "a100-80gb",
+        80_000_000_000,
+        312e12,
+        "NVIDIA A100 80 GB, 312 TFLOP/s bf16 dense",
+    ),
+    (
+        "h100-80gb",
+        80_000_000_000,
+        989e12,
+        "NVIDIA H100 SXM 80 GB, 989 TFLOP/s bf16 dense",
+    ),
+    (
+        "h200",
+        141_000_000_000,
+        989e12,
+        "NVIDIA H200 141 GB, 989 TFLOP/s bf16 dense",
+    ),
+    ("l4", 24_000_000_000, 121e12, "NVIDIA L4 24 GB, 121 TFLOP/s bf16 dense"),
+    (
+        "rtx-4090",
+        24_000_000_000,
+        165e12,
+        "NVIDIA RTX 4090 24 GB, 165 TFLOP/s bf16 dense (fp32 accumulate)",
+    ),
+];
+
+/// Reading and writing checkpoints on an accelerator's host, assumed.
+const ASSUMED_IO_BYTES_PER_S: f64 = 1.0e9;
+
+/// Throughput of one process, and where the figure came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// FLOP/s of training steps (forward + backward + optimizer).
+    pub train_flops_per_s: f64,
+    /// FLOP/s of forward-only passes (evaluation, validation).
+    pub forward_flops_per_s: f64,
+    /// Bytes/s of reading and writing model folders.
+    pub io_bytes_per_s: f64,
+    /// Seconds every instance of a model-loading kind costs besides its
+    /// FLOPs and bytes (starting, reading a tokenizer, writing stats).
+    #[serde(default)]
+    pub overhead_s: f64,
+    /// "calibrated on this machine 2026-12-06 (babelflow calibrate)", or
+    /// "documented peak × 40 % assumed utilisation".
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub memory_source: String,
+    pub throughput: Option<Throughput>,
+    /// What would make the throughput known, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_hint: Option<String>,
+}
+
+/// The file `babelflow calibrate` writes into a store: throughput per backend.
+pub const CALIBRATION_FILE: &str = "calibration.json";
+
+impl Device {
+    /// One documented accelerator, at `utilisation` of its peak.
+    pub fn named(name: &str, utilisation: f64) -> Result<Device, String> {
+        let Some(&(name, memory, peak, doc)) = DOCUMENTED.iter().find(|d| d.0 == name) else {
+            let known: Vec<&str> = DOCUMENTED.iter().map(|d| d.0).collect();
+            return Err(format!(
+                "unknown device `{name}`; known: {} (or leave --device out for this machine)",
+                known.join(", ")
+            ));
+        };
+        if !(utilisation > 0.0 && utilisation <= 1.0) {
+            return Err(format!("--utilisation must be in (0, 1], not {utilisation}"));
+        }
+        let flops = peak * utilisation;
+        Ok(Device {
+            name: name.to_string(),
+            memory_bytes: memory,
+            memory_source: doc.to_string(),
+            throughput: Some(Throughput {
+                train_flops_per_s: flops,
+                forward_flops_per_s: flops,
+                io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
+                overhead_s: 0.0,
+                source: format!(
+                    "documented peak {:.0} TFLOP/s × {:.0} % assumed utilisation",
+                    peak / 1e12,
+                    utilisation * 100.0
+                ),
+            }),
+            throughput_hint: None,
+        })
+    }
+
+    /// This machine for `backend`: its RAM (a CPU backend's memory), and
+    /// the throughput `babelflow calibrate` stored in `store_dir`, if any.
+    pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
+        let memory = host_memory_bytes();
+        let calibration = read_calibration(store_dir);
+        let throughput = calibration.get(backend).cloned();
+        Device {
+            name: format!("this machine ({backend})"),
+            memory_bytes: memory.unwrap_or(u64::MAX),
+            memory_source: match memory {
+                Some(_) => "MemTotal of /proc/meminfo".into(),
+                None => "unknown (not Linux): not checked".into(),
+            },
+            throughput_hint: throughput.is_none().then(|| {
+                format!(
+                    "no throughput measured for `{backend}` in this store: run `babelflow calibrate {}` \
+                     (about a minute), or price a documented device with --device",
+                    store_dir.display()
+                )
+            }),
+            throughput,
+        }
+    }
+
+    /// Wall time of `work` split over `processes`, when the throughput is known.
+    pub fn seconds(&self, work: &Work, processes: usize) -> Option<f64> {
+        let t = self.throughput.as_ref()?;
+        let compute = work.train_flops / t.train_flops_per_s + work.forward_flops / t.forward_flops_per_s;
+        Some(compute / processes.max(1) as f64 + work.io_bytes as f64 / t.io_bytes_per_s + t.overhead_s)
+    }
+}
+
+/// Backend → throughput, as `babelflow calibrate` stored it; empty when absent or unreadable.
+pub fn read_calibration(store_dir: &Path) -> std::collections::BTreeMap<String, Throughput> {
+    std::fs::read_to_string(store_dir.join(CALIBRATION_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line["MemTotal:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use babelflow_stage::estimate::{Basis, Count, Memory};
+
+    fn work(train_flops: f64) -> Work {
+        Work {
+            tokens: Count::new(1.0, Basis::Params, "test"),
+            train_flops,
+            forward_flops: 0.0,
+            parameters: 0,
+            trainable_parameters: 0,
+            memory: Memory::default(),
+            fit_options: vec![],
+            io_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_documented_device_runs_at_its_peak_times_the_utilisation() {
+        let a100 = Device::named("a100-80gb", 0.5).unwrap();
+        assert_eq!(a100.memory_bytes, 80_000_000_000);
+        // 156 TFLOP/s: 1.56e17 FLOPs take 1000 s, 500 s on two processes.
+        assert!((a100.seconds(&work(1.56e17), 1).unwrap() - 1000.0).abs() < 1e-6);
+        assert!((a100.seconds(&work(1.56e17), 2).unwrap() - 500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unknown_devices_and_utilisations_are_refused_with_the_choices() {
+        let e = Device::named("a100", 0.4).unwrap_err();
+        assert!(e.contains("a100-80gb"), "{e}");
+        assert!(Device::named("a100-80gb", 1.5).unwrap_err().contains("--utilisation"));
+    }
+
+    #[test]
+    fn this_machine_without_calibration_says_how_to_measure_it() {
+        let dir = std::env::temp_dir().join(format!("babelflow-device-{}", std::process::id()));
+        let host = Device::this_machine("cpu", &dir);
+        assert!(host.throughput.is_none() && host.seconds(&work(1.0), 1).is_none());
+        assert!(host.throughput_hint.unwrap().contains("babelflow calibrate"));
+    }
+}

@@ -1,0 +1,162 @@
+//! `plan --estimate`: what the run will cost before it runs. Each instance's
+//! kind estimates its outputs' facts and its work (tokens, FLOPs, memory)
+//! from its parameters and the upstream estimates, upstream first; this
+//! module turns the work into time on a [`Device`] and checks that each
+//! instance fits the device's memory.
+
+use std::collections::BTreeMap;
+
+use babelflow_stage::estimate::{Facts, PlannedInput, Work};
+use babelflow_stage::{Estimate, EstimateContext};
+use serde::Serialize;
+
+use super::device::Device;
+use super::plan::{Action, PlannedInstance};
+use crate::graph::Graph;
+use crate::recipe::expand::Source;
+use crate::store::Store;
+
+/// One instance's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceCost {
+    pub name: String,
+    pub kind: String,
+    pub action: Action,
+    /// Processes the instance runs on (data-parallel ranks); each holds
+    /// `work.memory`, and together they do `work`'s FLOPs.
+    pub processes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<Work>,
+    /// Why a kind that does real work has no estimate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+    /// Wall time on the device, when its throughput is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Peak memory of one process above the device's memory.
+    pub over_memory: bool,
+}
+
+/// The sums over what would run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub tokens: f64,
+    pub train_flops: f64,
+    pub forward_flops: f64,
+    /// Wall time of the instances that would run, one after another.
+    pub seconds: Option<f64>,
+    /// Device time: each instance's wall time × its processes.
+    pub device_hours: Option<f64>,
+    /// The largest peak memory of one process.
+    pub peak_bytes: u64,
+    /// Instances that would run and have no work estimate.
+    pub not_estimated: Vec<String>,
+    /// Instances that would run and do not fit.
+    pub over_memory: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanCost {
+    pub device: Device,
+    pub instances: Vec<InstanceCost>,
+    /// Over the instances that would run (not cached, not skipped).
+    pub totals: Totals,
+}
+
+/// The estimate of every planned instance, upstream first.
+pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, device: &Device) -> PlanCost {
+    let mut estimates: Vec<Option<Estimate>> = vec![None; graph.instances.len()];
+    for &i in &graph.order {
+        let inst = &graph.instances[i];
+        let mut inputs: BTreeMap<String, Vec<PlannedInput>> = BTreeMap::new();
+        for binding in &inst.inputs {
+            let items = binding.sources.iter().map(|source| match source {
+                Source::File { path } => PlannedInput {
+                    path: path.exists().then(|| path.clone()),
+                    facts: Facts::default(),
+                },
+                Source::Artifact { instance, output } => {
+                    let up = &planned[*instance];
+                    let path = (up.action == Action::Cached).then(|| store.artifact_dir(&up.fingerprint).join(output));
+                    let facts = estimates[*instance]
+                        .as_ref()
+                        .and_then(|e| e.outputs.get(output).cloned())
+                        .unwrap_or_default();
+                    PlannedInput { path, facts }
+                }
+            });
+            inputs.entry(binding.name.clone()).or_default().extend(items);
+        }
+        let ctx = EstimateContext {
+            instance: &inst.name,
+            params: &inst.params,
+            inputs,
+            processes: processes(inst),
+        };
+        estimates[i] = Some(inst.kind.estimate(&ctx));
+    }
+    let instances: Vec<InstanceCost> = planned
+        .iter()
+        .zip(&graph.instances)
+        .zip(estimates)
+        .map(|((p, inst), estimate)| {
+            let estimate = estimate.unwrap_or_default();
+            let processes = processes(inst);
+            let seconds = estimate.work.as_ref().and_then(|w| device.seconds(w, processes));
+            let over_memory = estimate
+                .work
+                .as_ref()
+                .is_some_and(|w| w.memory.total_bytes() > device.memory_bytes);
+            InstanceCost {
+                name: p.name.clone(),
+                kind: p.kind.clone(),
+                action: p.action,
+                processes,
+                work: estimate.work,
+                unknown: estimate.unknown,
+                seconds,
+                over_memory,
+            }
+        })
+        .collect();
+    let totals = totals(&instances, device);
+    PlanCost {
+        device: device.clone(),
+        instances,
+        totals,
+    }
+}
+
+fn processes(inst: &crate::recipe::Instance) -> usize {
+    (inst.resources.nodes * inst.resources.tasks_per_node).max(1)
+}
+
+fn totals(instances: &[InstanceCost], device: &Device) -> Totals {
+    let mut totals = Totals::default();
+    let mut seconds = Some(0.0);
+    let mut device_seconds = Some(0.0);
+    for cost in instances.iter().filter(|c| c.action == Action::Run) {
+        if cost.over_memory {
+            totals.over_memory.push(cost.name.clone());
+        }
+        let Some(work) = &cost.work else {
+            if cost.unknown.is_some() {
+                totals.not_estimated.push(cost.name.clone());
+            }
+            continue;
+        };
+        totals.tokens += work.tokens.value;
+        totals.train_flops += work.train_flops;
+        totals.forward_flops += work.forward_flops;
+        totals.peak_bytes = totals.peak_bytes.max(work.memory.total_bytes());
+        seconds = seconds.zip(cost.seconds).map(|(a, b)| a + b);
+        device_seconds = device_seconds
+            .zip(cost.seconds)
+            .map(|(a, b)| a + b * cost.processes as f64);
+    }
+    if device.throughput.is_some() {
+        totals.seconds = seconds;
+        totals.device_hours = device_seconds.map(|s| s / 3600.0);
+    }
+    totals
+}

@@ -1,0 +1,126 @@
+//! Corpus sizes at plan time (`plan --estimate`): `ingest` counts its input
+//! files' bytes and converts them to characters at the rate measured on
+//! each file's first 64 KiB (Hindi takes about three bytes a character,
+//! English one); `split` hands each side its share.
+
+use std::io::Read;
+use std::path::Path;
+
+use babelflow_stage::estimate::{Basis, Count, Facts, PlannedInput};
+use babelflow_stage::{Estimate, EstimateContext, StageError};
+
+use crate::read_corpus;
+
+/// Bytes of each file read to learn its characters per byte.
+const SAMPLE_BYTES: u64 = 64 * 1024;
+
+/// Characters in the text files under `path` (a file or a folder), from
+/// their sizes and a sample of each; `None` for anything that is not text.
+fn file_chars(path: &Path) -> Option<f64> {
+    if path.is_dir() {
+        let mut total = 0.0;
+        for entry in std::fs::read_dir(path).ok()? {
+            total += file_chars(&entry.ok()?.path())?;
+        }
+        return Some(total);
+    }
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(extension, "txt" | "text" | "md" | "jsonl" | "json") {
+        return None;
+    }
+    let size = std::fs::metadata(path).ok()?.len();
+    let mut sample = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(SAMPLE_BYTES)
+        .read_to_end(&mut sample)
+        .ok()?;
+    let text = String::from_utf8_lossy(&sample);
+    let rate = text.chars().count() as f64 / sample.len().max(1) as f64;
+    Some(size as f64 * rate)
+}
+
+/// `ingest`: the characters of its text files (JSON fields included, an overestimate).
+pub fn ingest(ctx: &EstimateContext, outputs: &[String]) -> Estimate {
+    let mut total = 0.0;
+    for item in ctx.input("files") {
+        let Some(chars) = item.path.as_deref().and_then(file_chars) else {
+            return Estimate::default();
+        };
+        total += chars;
+    }
+    let chars = Count::new(
+        total,
+        Basis::Derived,
+        "file sizes × characters per byte of their first 64 KiB, before cleaning and dedup",
+    );
+    let mut estimate = Estimate::default();
+    estimate.outputs.insert(
+        outputs[0].clone(),
+        Facts {
+            chars: Some(chars),
+            ..Facts::default()
+        },
+    );
+    estimate
+}
+
+/// `split`: each side's share of the table's characters.
+pub fn split(ctx: &EstimateContext) -> Estimate {
+    let mut estimate = Estimate::default();
+    let Some(chars) = ctx.input("table").first().and_then(|t| t.facts.chars.clone()) else {
+        return estimate;
+    };
+    let (Ok(validation), Ok(test)) = (ctx.params.f64("validation"), ctx.params.f64("test")) else {
+        return estimate;
+    };
+    for (side, share) in [
+        ("train", 1.0 - validation - test),
+        ("validation", validation),
+        ("test", test),
+    ] {
+        estimate.outputs.insert(
+            format!("{side}.parquet"),
+            Facts {
+                chars: Some(chars.scaled(share, Basis::Derived, format!("{share:.2} of the rows"))),
+                ..Facts::default()
+            },
+        );
+    }
+    estimate
+}
+
+/// Characters of text inputs: counted in the tables that exist (at most
+/// `max_docs` documents per language; 0: all), else the upstream estimate.
+pub fn text_chars(texts: &[PlannedInput], max_docs: usize) -> Option<Count> {
+    let mut total = 0.0;
+    let mut basis = Basis::Measured;
+    let mut how = Vec::new();
+    for text in texts {
+        if let Some(path) = &text.path {
+            total += corpus_chars(path, max_docs).ok()? as f64;
+            how.push("counted".to_string());
+        } else {
+            let chars = text.facts.chars.as_ref()?;
+            total += chars.value;
+            basis = basis.max(chars.basis);
+            how.push(chars.how.clone());
+        }
+    }
+    how.dedup();
+    Some(Count::new(total, basis, format!("characters {}", how.join("; "))))
+}
+
+/// Characters in a corpus table, at most `max_docs` documents per language (0: all).
+pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
+    let mut per_lang = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    read_corpus(path, &mut |doc| {
+        let (docs, chars) = per_lang.entry(doc.lang).or_default();
+        if max_docs == 0 || *docs < max_docs {
+            *docs += 1;
+            *chars += doc.text.chars().count() as u64;
+        }
+        Ok(())
+    })?;
+    Ok(per_lang.values().map(|(_, c)| c).sum())
+}

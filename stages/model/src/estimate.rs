@@ -1,0 +1,196 @@
+//! Model shapes at plan time (`plan --estimate`): what a model folder will
+//! hold before it exists, for the kinds that make one (`import-model`,
+//! `init-model`, `resize-vocab`) and the ones that read one.
+
+use std::path::Path;
+
+use babelflow_stage::estimate::{Basis, Count, Facts, Memory, ModelFacts, PlannedInput, Work};
+use babelflow_stage::{Estimate, EstimateContext};
+use serde_json::Value;
+
+use crate::config::LlamaConfig;
+use crate::disk_dtype::DiskDtype;
+use crate::resize::{AddedTokens, ResizedVocab};
+
+/// A model input's shape and where its added rows begin: from the
+/// upstream estimate, else from the folder when it exists.
+pub fn model_of(input: &PlannedInput) -> Option<(LlamaConfig, Option<usize>)> {
+    let facts = model_input_facts(input)?;
+    let config: LlamaConfig = serde_json::from_value(facts.config.clone()).ok()?;
+    Some((config, facts.base_vocab_size))
+}
+
+/// A model input's facts: the upstream estimate's, else read from the folder.
+pub fn model_input_facts(input: &PlannedInput) -> Option<ModelFacts> {
+    if let Some(model) = &input.facts.model {
+        return Some(model.clone());
+    }
+    folder_facts(input.path.as_ref()?)
+}
+
+/// The facts of an existing model folder: its config.json as written.
+pub fn folder_facts(dir: &Path) -> Option<ModelFacts> {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let base_vocab_size = ResizedVocab::read(dir).ok().flatten().map(|r| r.base_vocab_size);
+    Some(ModelFacts {
+        config,
+        base_vocab_size,
+    })
+}
+
+/// The facts of a model folder babelflow writes with this config and on-disk dtype.
+pub fn model_facts(config: &LlamaConfig, torch_dtype: &str, base_vocab_size: Option<usize>) -> Option<ModelFacts> {
+    let mut config = serde_json::to_value(config).ok()?;
+    config["torch_dtype"] = torch_dtype.into();
+    Some(ModelFacts {
+        config,
+        base_vocab_size,
+    })
+}
+
+/// Bytes per parameter of a model folder (its `torch_dtype`; f32 when unsaid).
+pub fn disk_bytes_per_parameter(model: &ModelFacts) -> u64 {
+    let config = &model.config;
+    let dtype = config
+        .get("torch_dtype")
+        .or_else(|| config.get("dtype"))
+        .and_then(Value::as_str);
+    match dtype {
+        Some("bfloat16" | "float16") => 2,
+        _ => 4,
+    }
+}
+
+/// A tokenizer input's vocabulary: the upstream estimate's, else counted
+/// in the file (a model folder stands for its tokenizer.json).
+pub fn vocab_of(input: &PlannedInput) -> Option<Count> {
+    if let Some(v) = &input.facts.vocab_size {
+        return Some(v.clone());
+    }
+    let path = input.path.as_ref()?;
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.clone()
+    };
+    let facts = crate::stage::tokenizer_facts(&file).ok()?;
+    Some(Count::new(
+        facts.vocab_size as f64,
+        Basis::Measured,
+        "the tokenizer's ids",
+    ))
+}
+
+/// `added_tokens.json`'s vocabulary after resizing: the estimate's, else the file's.
+pub fn resized_vocab_of(input: &PlannedInput) -> Option<(usize, usize)> {
+    if let Some(path) = &input.path {
+        let added = AddedTokens::load(path).ok()?;
+        return Some((added.base_vocab_size, added.vocab_size));
+    }
+    let facts: &Facts = &input.facts;
+    Some((facts.base_vocab_size?, facts.vocab_size.as_ref()?.value as usize))
+}
+
+fn model_output(facts: Option<ModelFacts>) -> Estimate {
+    let mut estimate = Estimate::default();
+    if let Some(model) = facts {
+        estimate.outputs.insert(
+            "model".into(),
+            Facts {
+                model: Some(model),
+                ..Facts::default()
+            },
+        );
+    }
+    estimate
+}
+
+/// `import-model`: the folder's config as it is (its dtype rewritten by
+/// `dtype:`). A GGUF file's shape is not read at plan time.
+pub fn import(ctx: &EstimateContext) -> Estimate {
+    let Some(path) = ctx.input("checkpoint").first().and_then(|i| i.path.as_ref()) else {
+        return Estimate::default();
+    };
+    let mut facts = if path.is_dir() { folder_facts(path) } else { None };
+    if let (Some(facts), Ok(Some(dtype))) = (&mut facts, ctx.params.opt_str("dtype")) {
+        if let Some(dtype) = DiskDtype::parse(dtype) {
+            facts.config["torch_dtype"] = dtype.torch_name().into();
+        }
+    }
+    model_output(facts)
+}
+
+/// `init-model`: the config its parameters and the tokenizer's vocabulary make.
+pub fn init(ctx: &EstimateContext) -> Estimate {
+    let p = ctx.params;
+    let Some(vocab) = ctx.input("tokenizer").first().and_then(vocab_of) else {
+        return Estimate::default();
+    };
+    let config = (|| -> Result<LlamaConfig, babelflow_stage::StageError> {
+        let heads = p.usize("num_attention_heads")?;
+        let mut config = LlamaConfig::tiny(
+            vocab.value as usize,
+            p.usize("hidden_size")?,
+            p.usize("num_hidden_layers")?,
+            heads,
+            p.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+        );
+        if let Some(i) = p.opt_usize("intermediate_size")? {
+            config.intermediate_size = i;
+        }
+        config.tie_word_embeddings = p.bool("tie_word_embeddings")?;
+        Ok(config)
+    })();
+    model_output(config.ok().and_then(|c| model_facts(&c, "float32", None)))
+}
+
+/// `resize-vocab`: the input model with the extended vocabulary; its work
+/// is holding the whole model in f32 while it resizes.
+pub fn resize(ctx: &EstimateContext) -> Estimate {
+    let model = ctx.input("model").first().and_then(model_of);
+    let added = ctx.input("added").first().and_then(resized_vocab_of);
+    let (Some((mut config, _)), Some((base, vocab))) = (model, added) else {
+        return Estimate::default();
+    };
+    let read = ctx
+        .input("model")
+        .first()
+        .and_then(model_input_facts)
+        .map_or(4, |m| disk_bytes_per_parameter(&m));
+    config.vocab_size = vocab;
+    let mut estimate = model_output(model_facts(&config, "float32", Some(base)));
+    let parameters = crate::stage::parameter_count(&config);
+    estimate.work = Some(Work {
+        tokens: Count::new(0.0, Basis::Params, "none: rows are computed, not trained"),
+        train_flops: 0.0,
+        forward_flops: 0.0,
+        parameters,
+        trainable_parameters: 0,
+        memory: Memory {
+            weights_bytes: 4 * parameters,
+            ..Memory::default()
+        },
+        fit_options: Vec::new(),
+        io_bytes: parameters * (read + 4),
+    });
+    estimate
+}
+
+/// Weights that enter a matrix product for every token: the blocks'
+/// projections and the head (the embedding is a lookup; a tied head
+/// multiplies by it all the same).
+pub fn product_weights(config: &LlamaConfig) -> u64 {
+    let (d, hd, h, kv, inter, v) = config.dims();
+    let per_layer = d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * inter;
+    (config.num_hidden_layers * per_layer + v * d) as u64
+}
+
+/// Attention's two products (`Q·Kᵀ`, `P·V`) per token over a `t × t` square.
+pub fn attention_flops_per_token(config: &LlamaConfig, t: usize) -> f64 {
+    4.0 * (config.num_hidden_layers * t * config.num_attention_heads * config.head_dim()) as f64
+}
+
+/// Forward FLOPs per token in sequences of `t`.
+pub fn forward_flops_per_token(config: &LlamaConfig, t: usize) -> f64 {
+    2.0 * product_weights(config) as f64 + attention_flops_per_token(config, t)
+}

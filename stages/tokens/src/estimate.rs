@@ -1,0 +1,171 @@
+//! Token counts and vocabularies at plan time (`plan --estimate`):
+//! `train-tokenizer` and `extend-vocab` say how large their vocabulary
+//! will be at most; `tokenize` turns its corpus's characters into tokens
+//! at the tokenizer's rate, measured on the corpus when both exist; `mix`
+//! has its budget.
+
+use std::path::{Path, PathBuf};
+
+use babelflow_corpus::estimate::text_chars;
+use babelflow_corpus::read_corpus;
+use babelflow_stage::estimate::{Basis, Count, Facts, PlannedInput};
+use babelflow_stage::{Estimate, EstimateContext};
+
+use crate::hf::LoadedTokenizer;
+
+/// Tokens per character when no tokenizer can be measured yet: about what
+/// a 32K LLaMA tokenizer makes of English prose (0.25) and of the study's
+/// low-resource languages (0.3–0.5), said as an assumption.
+pub const ASSUMED_TOKENS_PER_CHAR: f64 = 0.3;
+
+/// Documents of each table read to measure a tokenizer's tokens per character.
+const SAMPLE_DOCS: usize = 200;
+
+/// Tokens per character of `tokenizer` on the first documents of each table.
+pub fn tokens_per_char(tokenizer: &Path, tables: &[PathBuf]) -> Option<f64> {
+    let tokenizer = LoadedTokenizer::load(tokenizer).ok()?;
+    let (mut tokens, mut chars) = (0usize, 0usize);
+    for path in tables {
+        let mut docs = 0;
+        let _ = read_corpus(path, &mut |doc| {
+            if docs < SAMPLE_DOCS {
+                docs += 1;
+                chars += doc.text.chars().count();
+                tokens += tokenizer
+                    .tokenizer
+                    .encode(doc.text.as_str(), false)
+                    .map_or(0, |e| e.len());
+            }
+            Ok(())
+        });
+    }
+    (chars > 0).then(|| tokens as f64 / chars as f64)
+}
+
+/// A tokenizer input's file when it exists (a model folder stands for its tokenizer.json).
+fn tokenizer_file(input: &PlannedInput) -> Option<PathBuf> {
+    let path = input.path.as_ref()?;
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.clone()
+    };
+    file.is_file().then_some(file)
+}
+
+/// A tokenizer input's vocabulary: the upstream estimate's, else the file's.
+fn vocab_of(input: &PlannedInput) -> Option<Count> {
+    if let Some(v) = &input.facts.vocab_size {
+        return Some(v.clone());
+    }
+    let tokenizer = LoadedTokenizer::load(&tokenizer_file(input)?).ok()?;
+    Some(Count::new(
+        tokenizer.vocab_size as f64,
+        Basis::Measured,
+        "the tokenizer's ids",
+    ))
+}
+
+fn vocabulary(vocab_size: Count, base_vocab_size: Option<usize>) -> Facts {
+    Facts {
+        vocab_size: Some(vocab_size),
+        base_vocab_size,
+        ..Facts::default()
+    }
+}
+
+/// `train-tokenizer`: at most `vocab_size` ids.
+pub fn train_tokenizer(ctx: &EstimateContext) -> Estimate {
+    let Ok(size) = ctx.params.usize("vocab_size") else {
+        return Estimate::default();
+    };
+    let count = Count::new(size as f64, Basis::Params, "vocab_size (at most)");
+    Estimate {
+        outputs: [("tokenizer.json".to_string(), vocabulary(count, None))].into(),
+        ..Estimate::default()
+    }
+}
+
+/// `extend-vocab`: the base vocabulary plus at most `new_tokens`.
+pub fn extend_vocab(ctx: &EstimateContext) -> Estimate {
+    let base = ctx.input("tokenizer").first().and_then(vocab_of);
+    let (Some(base), Ok(new)) = (base, ctx.params.usize("new_tokens")) else {
+        return Estimate::default();
+    };
+    let extended = base.scaled(
+        1.0,
+        Basis::Params,
+        format!("the base vocabulary + new_tokens {new} (at most)"),
+    );
+    let extended = Count {
+        value: base.value + new as f64,
+        ..extended
+    };
+    let facts = vocabulary(extended, Some(base.value as usize));
+    Estimate {
+        outputs: ["tokenizer.json", "added_tokens.json"]
+            .map(|name| (name.to_string(), facts.clone()))
+            .into(),
+        ..Estimate::default()
+    }
+}
+
+/// `tokenize`: the corpus's characters × the tokenizer's tokens per character.
+pub fn tokenize(ctx: &EstimateContext) -> Estimate {
+    let corpora = ctx.input("corpus");
+    let Some(chars) = text_chars(corpora, 0) else {
+        return Estimate::default();
+    };
+    let tables: Vec<PathBuf> = corpora.iter().filter_map(|c| c.path.clone()).collect();
+    let tokenizer = ctx.input("tokenizer").first().and_then(tokenizer_file);
+    let rate = match tokenizer {
+        Some(file) if tables.len() == corpora.len() => tokens_per_char(&file, &tables),
+        _ => None,
+    };
+    let tokens = match rate {
+        Some(rate) => chars.scaled(rate, Basis::Measured, format!("× {rate:.3} tokens/char measured")),
+        None => chars.scaled(
+            ASSUMED_TOKENS_PER_CHAR,
+            Basis::Assumed,
+            format!("× {ASSUMED_TOKENS_PER_CHAR} tokens/char assumed (no tokenizer or corpus yet)"),
+        ),
+    };
+    let facts = Facts {
+        tokens: Some(tokens),
+        ..Facts::default()
+    };
+    Estimate {
+        outputs: [("tokens.bin".to_string(), facts)].into(),
+        ..Estimate::default()
+    }
+}
+
+/// `mix`: its budget, else every input's tokens.
+pub fn mix(ctx: &EstimateContext) -> Estimate {
+    let tokens = match ctx.params.opt_usize("budget") {
+        Ok(Some(budget)) => Some(Count::new(budget as f64, Basis::Params, "budget")),
+        _ => ctx
+            .input("tokens")
+            .iter()
+            .map(|t| t.facts.tokens.clone())
+            .collect::<Option<Vec<Count>>>()
+            .map(|counts| {
+                let basis = counts.iter().map(|c| c.basis).max().unwrap_or(Basis::Derived);
+                Count::new(counts.iter().map(|c| c.value).sum(), basis, "every input's tokens")
+            }),
+    };
+    let Some(tokens) = tokens else {
+        return Estimate::default();
+    };
+    Estimate {
+        outputs: [(
+            "tokens.bin".to_string(),
+            Facts {
+                tokens: Some(tokens),
+                ..Facts::default()
+            },
+        )]
+        .into(),
+        ..Estimate::default()
+    }
+}
