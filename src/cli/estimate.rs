@@ -77,12 +77,25 @@ pub fn print(cost: &PlanCost) {
         device.memory_source
     );
     match (&device.throughput, &device.throughput_hint) {
-        (Some(t), _) => println!(
-            "  throughput {} train, {} forward ({})",
-            si(t.train_flops_per_s) + "FLOP/s",
-            si(t.forward_flops_per_s) + "FLOP/s",
-            t.source
-        ),
+        (Some(t), _) => {
+            let rates: Vec<String> = t
+                .rates
+                .iter()
+                .map(|r| {
+                    let width = if r.hidden_size == 0 {
+                        String::new()
+                    } else {
+                        format!(" at width {}", r.hidden_size)
+                    };
+                    format!(
+                        "{}FLOP/s train, {}FLOP/s forward{width}",
+                        si(r.train_flops_per_s),
+                        si(r.forward_flops_per_s)
+                    )
+                })
+                .collect();
+            println!("  throughput {} ({})", rates.join("; "), t.source);
+        }
         (None, Some(hint)) => println!("  time unknown: {hint}"),
         (None, None) => {}
     }

@@ -1,5 +1,6 @@
 //! Commands as the user asked for them; the engine does the work.
 
+mod calibrate;
 mod estimate;
 mod exec;
 mod inspect;
@@ -108,6 +109,16 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         estimate: EstimateArgs,
+    },
+    /// Measure this machine's training and evaluation speed (about a minute)
+    /// and store it, so `plan --estimate` can say how long a run takes here.
+    Calibrate {
+        /// The store to keep the result in [default: $BABELFLOW_STORE, else .babelflow/].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// The backend to measure (cpu, or a GPU backend this build has).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     },
     /// Draw the instance graph.
     Graph {
@@ -228,6 +239,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             estimate,
         } => run::plan(&registry, &recipe, only, force, json, &estimate),
+        Command::Calibrate { store, backend } => calibrate::calibrate(&registry, store, &backend),
         Command::Graph { recipe, format } => inspect::graph(&registry, &recipe, format),
         Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),
         Command::Report { recipe, out } => inspect::report(&registry, &recipe, out),

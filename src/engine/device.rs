@@ -4,6 +4,7 @@
 //! from [`DOCUMENTED`] (its memory and documented peak × an assumed
 //! utilisation).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use babelflow_stage::estimate::Work;
@@ -48,22 +49,62 @@ pub const DOCUMENTED: &[(&str, u64, f64, &str)] = &[
 /// Reading and writing checkpoints on an accelerator's host, assumed.
 const ASSUMED_IO_BYTES_PER_S: f64 = 1.0e9;
 
+/// One process's FLOP/s at one model width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// The models' hidden size this was measured at (0: any).
+    pub hidden_size: usize,
+    /// FLOP/s of training steps (forward + backward + optimizer, validation included).
+    pub train_flops_per_s: f64,
+    /// FLOP/s of forward-only passes (evaluation).
+    pub forward_flops_per_s: f64,
+}
+
 /// Throughput of one process, and where the figure came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
-    /// FLOP/s of training steps (forward + backward + optimizer).
-    pub train_flops_per_s: f64,
-    /// FLOP/s of forward-only passes (evaluation, validation).
-    pub forward_flops_per_s: f64,
+    /// By width, ascending: small models reach a smaller share of the
+    /// machine's peak, so a rate is read at the model's width (log-log
+    /// between the widths measured, the nearest one outside them).
+    pub rates: Vec<Rate>,
     /// Bytes/s of reading and writing model folders.
     pub io_bytes_per_s: f64,
-    /// Seconds every instance of a model-loading kind costs besides its
-    /// FLOPs and bytes (starting, reading a tokenizer, writing stats).
+    /// Seconds an instance of a kind costs besides its FLOPs and bytes
+    /// (starting, reading the tokenizer and data, writing stats), by kind.
     #[serde(default)]
-    pub overhead_s: f64,
-    /// "calibrated on this machine 2026-12-06 (babelflow calibrate)", or
+    pub overhead_s: BTreeMap<String, f64>,
+    /// "babelflow calibrate on this machine, 2026-12-06", or
     /// "documented peak × 40 % assumed utilisation".
     pub source: String,
+}
+
+impl Throughput {
+    /// (train, forward) FLOP/s at `hidden_size`.
+    pub fn at(&self, hidden_size: usize) -> Option<(f64, f64)> {
+        let first = self.rates.first()?;
+        let last = self.rates.last()?;
+        if hidden_size <= first.hidden_size || self.rates.len() == 1 {
+            return Some((first.train_flops_per_s, first.forward_flops_per_s));
+        }
+        if hidden_size >= last.hidden_size {
+            return Some((last.train_flops_per_s, last.forward_flops_per_s));
+        }
+        let upper = self.rates.iter().position(|r| r.hidden_size >= hidden_size)?;
+        let (a, b) = (&self.rates[upper - 1], &self.rates[upper]);
+        let x = ((hidden_size as f64).ln() - (a.hidden_size as f64).ln())
+            / ((b.hidden_size as f64).ln() - (a.hidden_size as f64).ln());
+        let between = |u: f64, v: f64| (u.ln() + x * (v.ln() - u.ln())).exp();
+        Some((
+            between(a.train_flops_per_s, b.train_flops_per_s),
+            between(a.forward_flops_per_s, b.forward_flops_per_s),
+        ))
+    }
+
+    /// The fixed cost of an instance of `kind` (`sft` costs what `pretrain` does).
+    fn overhead(&self, kind: &str) -> f64 {
+        let kind = if kind == "sft" { "pretrain" } else { kind };
+        self.overhead_s.get(kind).copied().unwrap_or(0.0)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,10 +140,13 @@ impl Device {
             memory_bytes: memory,
             memory_source: doc.to_string(),
             throughput: Some(Throughput {
-                train_flops_per_s: flops,
-                forward_flops_per_s: flops,
+                rates: vec![Rate {
+                    hidden_size: 0,
+                    train_flops_per_s: flops,
+                    forward_flops_per_s: flops,
+                }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
-                overhead_s: 0.0,
+                overhead_s: BTreeMap::new(),
                 source: format!(
                     "documented peak {:.0} TFLOP/s × {:.0} % assumed utilisation",
                     peak / 1e12,
@@ -137,16 +181,17 @@ impl Device {
         }
     }
 
-    /// Wall time of `work` split over `processes`, when the throughput is known.
-    pub fn seconds(&self, work: &Work, processes: usize) -> Option<f64> {
+    /// Wall time of `kind`'s `work` split over `processes`, when the throughput is known.
+    pub fn seconds(&self, kind: &str, work: &Work, processes: usize) -> Option<f64> {
         let t = self.throughput.as_ref()?;
-        let compute = work.train_flops / t.train_flops_per_s + work.forward_flops / t.forward_flops_per_s;
-        Some(compute / processes.max(1) as f64 + work.io_bytes as f64 / t.io_bytes_per_s + t.overhead_s)
+        let (train, forward) = t.at(work.hidden_size)?;
+        let compute = work.train_flops / train + work.forward_flops / forward;
+        Some(compute / processes.max(1) as f64 + work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind))
     }
 }
 
 /// Backend → throughput, as `babelflow calibrate` stored it; empty when absent or unreadable.
-pub fn read_calibration(store_dir: &Path) -> std::collections::BTreeMap<String, Throughput> {
+pub fn read_calibration(store_dir: &Path) -> BTreeMap<String, Throughput> {
     std::fs::read_to_string(store_dir.join(CALIBRATION_FILE))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
@@ -180,6 +225,7 @@ mod tests {
             memory: Memory::default(),
             fit_options: vec![],
             io_bytes: 0,
+            hidden_size: 512,
         }
     }
 
@@ -188,8 +234,32 @@ mod tests {
         let a100 = Device::named("a100-80gb", 0.5).unwrap();
         assert_eq!(a100.memory_bytes, 80_000_000_000);
         // 156 TFLOP/s: 1.56e17 FLOPs take 1000 s, 500 s on two processes.
-        assert!((a100.seconds(&work(1.56e17), 1).unwrap() - 1000.0).abs() < 1e-6);
-        assert!((a100.seconds(&work(1.56e17), 2).unwrap() - 500.0).abs() < 1e-6);
+        assert!((a100.seconds("pretrain", &work(1.56e17), 1).unwrap() - 1000.0).abs() < 1e-6);
+        assert!((a100.seconds("pretrain", &work(1.56e17), 2).unwrap() - 500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_rate_is_read_at_the_models_width_between_the_widths_measured() {
+        let rate = |hidden_size, flops| Rate {
+            hidden_size,
+            train_flops_per_s: flops,
+            forward_flops_per_s: 2.0 * flops,
+        };
+        let t = Throughput {
+            rates: vec![rate(64, 1e9), rate(256, 16e9)],
+            io_bytes_per_s: 1e9,
+            overhead_s: [("pretrain".to_string(), 2.0)].into(),
+            source: "test".into(),
+        };
+        assert_eq!(t.at(32), Some((1e9, 2e9)));
+        assert_eq!(t.at(1024), Some((16e9, 32e9)));
+        // Halfway in log width is halfway in log rate: 4 GFLOP/s at 128.
+        let (train, forward) = t.at(128).unwrap();
+        assert!(
+            (train - 4e9).abs() < 1.0 && (forward - 8e9).abs() < 1.0,
+            "{train} {forward}"
+        );
+        assert_eq!((t.overhead("sft"), t.overhead("perplexity")), (2.0, 0.0));
     }
 
     #[test]
@@ -203,7 +273,7 @@ mod tests {
     fn this_machine_without_calibration_says_how_to_measure_it() {
         let dir = std::env::temp_dir().join(format!("babelflow-device-{}", std::process::id()));
         let host = Device::this_machine("cpu", &dir);
-        assert!(host.throughput.is_none() && host.seconds(&work(1.0), 1).is_none());
+        assert!(host.throughput.is_none() && host.seconds("pretrain", &work(1.0), 1).is_none());
         assert!(host.throughput_hint.unwrap().contains("babelflow calibrate"));
     }
 }

@@ -102,7 +102,10 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
         .map(|((p, inst), estimate)| {
             let estimate = estimate.unwrap_or_default();
             let processes = processes(inst);
-            let seconds = estimate.work.as_ref().and_then(|w| device.seconds(w, processes));
+            let seconds = estimate
+                .work
+                .as_ref()
+                .and_then(|w| device.seconds(&p.kind, w, processes));
             let over_memory = estimate
                 .work
                 .as_ref()

@@ -1,6 +1,7 @@
 //! The engine: a loaded, checked pipeline, its plan against the store, and
 //! its execution. The CLI (`src/cli`) is a thin layer over this.
 
+pub mod calibrate;
 pub mod device;
 pub mod estimate;
 pub mod execute;

@@ -160,6 +160,8 @@ pub struct Work {
     /// Time spent outside the FLOPs, known to scale with the model's size
     /// (reading and writing checkpoints): bytes read plus bytes written.
     pub io_bytes: u64,
+    /// The model's hidden size: how fast a device runs it depends on it.
+    pub hidden_size: usize,
 }
 
 /// A kind's answer: the facts of each output it will write, and its work

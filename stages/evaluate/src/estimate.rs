@@ -84,6 +84,7 @@ pub fn perplexity(ctx: &EstimateContext) -> Estimate {
         },
         fit_options: Vec::new(),
         io_bytes: parameters * 4,
+        hidden_size: config.hidden_size,
     });
     estimate
 }

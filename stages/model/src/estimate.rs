@@ -172,6 +172,7 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         },
         fit_options: Vec::new(),
         io_bytes: parameters * (read + 4),
+        hidden_size: config.hidden_size,
     });
     estimate
 }

@@ -1,0 +1,75 @@
+//! `babelflow calibrate`: measure this machine, store it for `plan --estimate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use babelflow::engine::calibrate;
+use babelflow::engine::progress::Progress;
+use babelflow::registry::Registry;
+use babelflow::store::Store;
+use babelflow_stage::CancelFlag;
+
+use super::estimate::{duration, si};
+use super::EXIT_ERROR;
+
+pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> anyhow::Result<ExitCode> {
+    let root = store
+        .or_else(|| std::env::var_os("BABELFLOW_STORE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".babelflow"));
+    let store = match Store::open(&root) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    // Outside the store: a `run` on it meanwhile would clear its tmp/.
+    let scratch = std::env::temp_dir().join(format!("babelflow-calibrate.{}", std::process::id()));
+    println!("calibrating `{backend}`: training and scoring small LLaMAs at widths 64 to 1536 (about a minute)…");
+    let result = calibrate::calibrate(
+        registry,
+        backend,
+        calibrate::WIDTHS,
+        &scratch,
+        Arc::new(Progress::new()),
+        &CancelFlag::new(),
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    let calibration = match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    println!("  width  train FLOP/s  forward FLOP/s  train time  scoring time");
+    for m in &calibration.measured {
+        println!(
+            "  {:5}  {:>12}  {:>14}  {:>10}  {:>12}",
+            m.rate.hidden_size,
+            si(m.rate.train_flops_per_s),
+            si(m.rate.forward_flops_per_s),
+            duration(m.train_seconds),
+            duration(m.score_seconds)
+        );
+    }
+    let t = &calibration.throughput;
+    println!("  disk: {}B/s written", si(t.io_bytes_per_s));
+    for (kind, seconds) in &t.overhead_s {
+        println!("  fixed cost of a `{kind}` instance: {}", duration(*seconds));
+    }
+    match calibrate::save(store.root(), &calibration) {
+        Ok(path) => {
+            println!(
+                "saved in {}; `babelflow plan RECIPE --estimate` now prices time with it",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_ERROR))
+        }
+    }
+}

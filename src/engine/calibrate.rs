@@ -1,0 +1,355 @@
+//! `babelflow calibrate`: measure this machine's throughput with the real
+//! stages, so `plan --estimate` can say how long a run will take here.
+//!
+//! It writes a small recipe into a scratch folder — a synthetic corpus,
+//! a 1 000-token tokenizer, then at each of a few model widths a randomly
+//! initialised LLaMA trained for a few steps and scored for perplexity —
+//! runs it one instance at a time, and divides each instance's FLOPs (from
+//! the same estimate `plan --estimate` makes) by the seconds its stats.json
+//! reports. What an instance took beyond that is its kind's fixed cost.
+//! Disk speed comes from writing a 256 MiB file. The result goes into the store's
+//! `calibration.json`, under the backend.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use babelflow_stage::CancelFlag;
+
+use super::device::{read_calibration, Device, Rate, Throughput, CALIBRATION_FILE};
+use super::progress::Progress;
+use super::scheduler::SchedulerOptions;
+use super::{Outcome, Pipeline, Selection};
+use crate::executor::Executor;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// One model width to measure, and how much to run at it.
+#[derive(Debug, Clone, Copy)]
+pub struct Width {
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub steps: usize,
+}
+
+const fn width(hidden_size: usize, layers: usize, heads: usize, steps: usize) -> Width {
+    Width {
+        hidden_size,
+        layers,
+        heads,
+        steps,
+    }
+}
+
+/// The widths `babelflow calibrate` measures: from the quickstart's to a
+/// 1B model's, each run a few seconds on two CPU cores.
+pub const WIDTHS: &[Width] = &[
+    width(64, 2, 4, 40),
+    width(256, 4, 4, 20),
+    width(576, 4, 9, 12),
+    width(1536, 2, 12, 6),
+];
+
+/// Bytes written to measure the disk.
+const DISK_PROBE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error("cannot write the calibration recipe in {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the calibration recipe is invalid (a babelflow bug): {0}")]
+    Recipe(String),
+    #[error("{0}")]
+    Engine(#[from] super::EngineError),
+    #[error("calibration instance {instance} {what}")]
+    Instance { instance: String, what: String },
+    #[error("cannot save {path}: {source}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one width measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub rate: Rate,
+    pub train_seconds: f64,
+    pub score_seconds: f64,
+}
+
+/// The throughput measured, and the rows behind it.
+pub struct Calibration {
+    pub backend: String,
+    pub throughput: Throughput,
+    pub measured: Vec<Measured>,
+}
+
+/// Text of `paragraphs` paragraphs over a fixed synthetic lexicon, with
+/// word frequencies skewed like a language's (a few words very common).
+fn synthetic_corpus(paragraphs: usize) -> String {
+    const SYLLABLES: &[&str] = &[
+        "ka", "ma", "ta", "na", "li", "mo", "sa", "ri", "po", "ne", "vu", "do", "ze", "fi", "gu", "ha", "bo", "ye",
+        "chi", "wa",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let lexicon: Vec<String> = (0..4000u64)
+        .map(|i| {
+            let n = 1 + (i % 3) as usize;
+            let mut word = String::new();
+            let mut k = i;
+            for _ in 0..=n {
+                word.push_str(SYLLABLES[(k % SYLLABLES.len() as u64) as usize]);
+                k /= SYLLABLES.len() as u64;
+                k += i % 7;
+            }
+            word
+        })
+        .collect();
+    let mut text = String::new();
+    for _ in 0..paragraphs {
+        let words = 30 + next() % 30;
+        for w in 0..words {
+            let u = (next() % 1_000_000) as f64 / 1_000_000.0;
+            let index = ((u * u * u) * lexicon.len() as f64) as usize;
+            if w > 0 {
+                text.push(' ');
+            }
+            text.push_str(&lexicon[index.min(lexicon.len() - 1)]);
+        }
+        text.push_str(".\n\n");
+    }
+    text
+}
+
+fn recipe(backend: &str, widths: &[Width]) -> String {
+    let mut yaml = format!(
+        "name: calibrate
+defaults: {{ backend: {backend} }}
+stages:
+  corpus:
+    kind: ingest
+    needs: {{ files: ./corpus.txt }}
+    with: {{ lang: xx, text_unit: paragraph, dedup: false }}
+  tokenizer:
+    kind: train-tokenizer
+    needs: {{ corpus: corpus }}
+    with: {{ vocab_size: 1000 }}
+  tokens:
+    kind: tokenize
+    needs: {{ corpus: corpus, tokenizer: tokenizer }}
+"
+    );
+    for &Width {
+        hidden_size: width,
+        layers,
+        heads,
+        steps,
+    } in widths
+    {
+        yaml.push_str(&format!(
+            "  model_{width}:
+    kind: init-model
+    needs: {{ tokenizer: tokenizer }}
+    with: {{ hidden_size: {width}, num_hidden_layers: {layers}, num_attention_heads: {heads} }}
+  train_{width}:
+    kind: pretrain
+    needs: {{ model: model_{width}, tokens: tokens, validation: tokens }}
+    with: {{ steps: {steps}, batch_size: 4, seq_len: 128, warmup_steps: 1, eval_every: {steps}, eval_batches: 1, checkpoint_every: 0 }}
+  score_{width}:
+    kind: perplexity
+    needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
+    with: {{ max_len: 128, batch_size: 4, max_docs: {docs} }}
+",
+            docs = 64 * 64 / width.max(64) + 8,
+        ));
+    }
+    yaml
+}
+
+fn stats(store: &Store, fingerprint: &str) -> Option<serde_json::Value> {
+    let path = store.artifact_dir(fingerprint).join("stats.json");
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Bytes/s of writing a file in `dir`.
+fn disk_bytes_per_s(dir: &Path) -> std::io::Result<f64> {
+    let path = dir.join("disk-probe.bin");
+    let block = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    {
+        let mut file = std::fs::File::create(&path)?;
+        for _ in 0..DISK_PROBE_BYTES / block.len() {
+            file.write_all(&block)?;
+        }
+        // Not synced: babelflow's own writes land in the page cache too.
+        file.flush()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(DISK_PROBE_BYTES as f64 / seconds.max(1e-6))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs the calibration recipe on `backend` in a scratch folder under
+/// `scratch`, one instance at a time.
+pub fn calibrate(
+    registry: &Registry,
+    backend: &str,
+    widths: &[Width],
+    scratch: &Path,
+    progress: Arc<Progress>,
+    cancel: &CancelFlag,
+) -> Result<Calibration, CalibrateError> {
+    let io = |source| CalibrateError::Scratch {
+        path: scratch.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(scratch).map_err(io)?;
+    std::fs::write(scratch.join("corpus.txt"), synthetic_corpus(3000)).map_err(io)?;
+    let recipe_path = scratch.join("calibrate.yaml");
+    std::fs::write(&recipe_path, recipe(backend, widths)).map_err(io)?;
+    let pipeline = Pipeline::load(&recipe_path, &[], registry).map_err(|d| CalibrateError::Recipe(d.to_string()))?;
+    let store = Arc::new(Store::open(&scratch.join("store")).map_err(super::EngineError::from)?);
+    let options = SchedulerOptions {
+        jobs: 1,
+        keep_going: false,
+        executor: Arc::new(Executor::Local(None)),
+    };
+    let (planned, outcomes) = pipeline.run(store.clone(), &Selection::default(), &options, cancel, progress, true)?;
+    let mut durations = BTreeMap::new();
+    for (p, outcome) in planned.iter().zip(&outcomes) {
+        match outcome {
+            Outcome::Ran { seconds } => {
+                durations.insert(p.name.clone(), *seconds);
+            }
+            Outcome::Cached => {}
+            other => {
+                return Err(CalibrateError::Instance {
+                    instance: p.name.clone(),
+                    what: format!("did not finish: {other:?}"),
+                })
+            }
+        }
+    }
+    // The estimate of the same instances, now that everything exists.
+    let planned = pipeline.plan(&store, &Selection::default())?;
+    let unpriced = Device::this_machine(backend, scratch);
+    let cost = super::estimate::estimate(&pipeline.graph, &planned, &store, &unpriced);
+    let find = |name: &str| -> Result<(&super::estimate::InstanceCost, serde_json::Value), CalibrateError> {
+        let missing = |what: &str| CalibrateError::Instance {
+            instance: name.to_string(),
+            what: what.to_string(),
+        };
+        let index = planned
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| missing("is not in the plan"))?;
+        let stats = stats(&store, &planned[index].fingerprint).ok_or_else(|| missing("wrote no stats.json"))?;
+        Ok((&cost.instances[index], stats))
+    };
+    let io_rate = disk_bytes_per_s(scratch).map_err(io)?;
+    let mut measured = Vec::new();
+    let mut overheads: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for &Width { hidden_size: width, .. } in widths {
+        let (train, train_stats) = find(&format!("train_{width}"))?;
+        let (score, score_stats) = find(&format!("score_{width}"))?;
+        let (Some(train_work), Some(score_work)) = (&train.work, &score.work) else {
+            return Err(CalibrateError::Instance {
+                instance: format!("train_{width}"),
+                what: "has no estimate to calibrate against".into(),
+            });
+        };
+        let train_seconds = train_stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+        let score_seconds = score_stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+        let scored_tokens = score_stats["tokens_per_s"].as_f64().unwrap_or(0.0) * score_seconds;
+        let forward_per_token = score_work.forward_flops / score_work.tokens.value.max(1.0);
+        let rate = Rate {
+            hidden_size: width,
+            train_flops_per_s: (train_work.train_flops + train_work.forward_flops) / train_seconds,
+            forward_flops_per_s: forward_per_token * scored_tokens / score_seconds,
+        };
+        for (kind, name, work, seconds) in [
+            ("pretrain", &train.name, train_work, train_seconds),
+            ("perplexity", &score.name, score_work, score_seconds),
+        ] {
+            if let Some(total) = durations.get(name.as_str()) {
+                let io_seconds = work.io_bytes as f64 / io_rate;
+                overheads
+                    .entry(kind)
+                    .or_default()
+                    .push((total - seconds - io_seconds).max(0.0));
+            }
+        }
+        measured.push(Measured {
+            rate,
+            train_seconds,
+            score_seconds,
+        });
+    }
+    let throughput = Throughput {
+        rates: measured.iter().map(|m| m.rate.clone()).collect(),
+        io_bytes_per_s: io_rate,
+        overhead_s: overheads.into_iter().map(|(k, v)| (k.to_string(), median(v))).collect(),
+        source: format!(
+            "babelflow calibrate on this machine, {} threads, at {}",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            super::execute::now_unix()
+        ),
+    };
+    Ok(Calibration {
+        backend: backend.to_string(),
+        throughput,
+        measured,
+    })
+}
+
+/// Saves a calibration into the store's calibration.json, beside other backends'.
+pub fn save(store_dir: &Path, calibration: &Calibration) -> Result<PathBuf, CalibrateError> {
+    let mut all = read_calibration(store_dir);
+    all.insert(calibration.backend.clone(), calibration.throughput.clone());
+    let path = store_dir.join(CALIBRATION_FILE);
+    let text = serde_json::to_string_pretty(&all).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|source| CalibrateError::Save {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_synthetic_corpus_is_the_same_every_time_and_skewed() {
+        let text = synthetic_corpus(50);
+        assert_eq!(text, synthetic_corpus(50));
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for word in text.split_whitespace() {
+            *counts.entry(word.trim_end_matches('.')).or_default() += 1;
+        }
+        let mut by_count: Vec<usize> = counts.values().copied().collect();
+        by_count.sort_unstable_by(|a, b| b.cmp(a));
+        // The commonest word is far commoner than the median one.
+        assert!(by_count[0] > 10 * by_count[by_count.len() / 2], "{:?}", &by_count[..5]);
+    }
+}

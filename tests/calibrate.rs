@@ -1,0 +1,69 @@
+//! `babelflow calibrate`: this machine's throughput, measured with the real
+//! stages, and `plan --estimate` pricing time with it.
+
+mod common;
+
+use std::sync::Arc;
+
+use babelflow::engine::calibrate::{self, Width};
+use babelflow::engine::device::Device;
+use babelflow::engine::progress::Progress;
+use babelflow::registry::Registry;
+use babelflow_stage::CancelFlag;
+use common::Project;
+
+#[test]
+fn calibration_measures_each_width_and_plan_prices_time_with_it() {
+    let p = Project::new();
+    let widths = [
+        Width {
+            hidden_size: 32,
+            layers: 1,
+            heads: 2,
+            steps: 2,
+        },
+        Width {
+            hidden_size: 64,
+            layers: 1,
+            heads: 4,
+            steps: 2,
+        },
+    ];
+    let calibration = calibrate::calibrate(
+        &Registry::builtin(),
+        "cpu",
+        &widths,
+        &p.path("scratch"),
+        Arc::new(Progress::new()),
+        &CancelFlag::new(),
+    )
+    .expect("calibration runs");
+    let rates = &calibration.throughput.rates;
+    assert_eq!(rates.iter().map(|r| r.hidden_size).collect::<Vec<_>>(), [32, 64]);
+    for r in rates {
+        assert!(r.train_flops_per_s > 1e6 && r.forward_flops_per_s > 1e6, "{r:?}");
+    }
+    assert!(calibration.throughput.io_bytes_per_s > 1e6);
+    assert!(calibration.throughput.overhead_s.contains_key("pretrain"));
+
+    let store = p.path("store");
+    std::fs::create_dir_all(&store).unwrap();
+    calibrate::save(&store, &calibration).unwrap();
+    let host = Device::this_machine("cpu", &store);
+    assert_eq!(host.throughput.as_ref(), Some(&calibration.throughput));
+
+    // The quickstart priced on it: every estimated instance has a time.
+    let recipe = common::repo_root().join("pipelines/quickstart.yaml");
+    let plan = p.plan(
+        recipe.to_str().unwrap(),
+        &["--estimate", "--store", store.to_str().unwrap()],
+    );
+    let pretrain = plan["estimate"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "pretrain")
+        .unwrap();
+    assert!(pretrain["seconds"].as_f64().unwrap() > 0.0, "{pretrain:#}");
+    assert!(plan["estimate"]["totals"]["seconds"].as_f64().unwrap() > 0.0);
+}
