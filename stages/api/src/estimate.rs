@@ -72,7 +72,10 @@ pub struct ModelFacts {
 pub struct Facts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelFacts>,
-    /// Characters of text (a corpus, a split).
+    /// Rows of a table (questions, instructions, documents).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Count>,
+    /// Characters of text (a corpus, a split; a table's text cells).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chars: Option<Count>,
     /// Tokens (a token artifact, a mix).

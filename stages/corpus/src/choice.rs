@@ -63,13 +63,13 @@ pub fn schema() -> SchemaRef {
 }
 
 #[derive(Default)]
-struct Rows {
-    id: Vec<String>,
-    subject: Vec<String>,
-    split: Vec<String>,
-    question: Vec<String>,
-    choices: Vec<Vec<String>>,
-    answer: Vec<String>,
+pub(crate) struct Rows {
+    pub id: Vec<String>,
+    pub subject: Vec<String>,
+    pub split: Vec<String>,
+    pub question: Vec<String>,
+    pub choices: Vec<Vec<String>>,
+    pub answer: Vec<String>,
 }
 
 /// (subject, split) from `abstract_algebra_dev.csv` or `dev/abstract_algebra.csv`.
@@ -101,7 +101,7 @@ fn subject_and_split(path: &Path) -> (String, String) {
     )
 }
 
-fn read_file(path: &Path, format: &str, rows: &mut Rows) -> Result<(), StageError> {
+pub(crate) fn read_file(path: &Path, format: &str, rows: &mut Rows) -> Result<(), StageError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -175,6 +175,10 @@ impl StageKind for IngestChoice {
     }
     fn outputs(&self, _params: &Params) -> Vec<String> {
         vec!["questions.parquet".into(), "stats.json".into()]
+    }
+
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::ingest_choice(ctx)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {

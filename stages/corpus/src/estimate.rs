@@ -124,3 +124,39 @@ pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
     })?;
     Ok(per_lang.values().map(|(_, c)| c).sum())
 }
+
+/// `ingest-choice`: its questions (every split) and their characters,
+/// read from the CSV files.
+pub fn ingest_choice(ctx: &EstimateContext) -> Estimate {
+    let paths: Option<Vec<std::path::PathBuf>> = ctx.input("files").iter().map(|i| i.path.clone()).collect();
+    let Some(paths) = paths else {
+        return Estimate::default();
+    };
+    let format = ctx.params.str("format").unwrap_or("auto");
+    let mut rows = crate::choice::Rows::default();
+    let files = crate::read::expand_paths(&paths).ok();
+    for path in files.into_iter().flatten() {
+        if crate::choice::read_file(&path, format, &mut rows).is_err() {
+            return Estimate::default();
+        }
+    }
+    let chars: usize = rows
+        .question
+        .iter()
+        .zip(&rows.choices)
+        .map(|(q, c)| q.chars().count() + c.iter().map(|c| c.chars().count()).sum::<usize>())
+        .sum();
+    let facts = Facts {
+        rows: Some(Count::new(
+            rows.id.len() as f64,
+            Basis::Measured,
+            "questions of every split",
+        )),
+        chars: Some(Count::new(chars as f64, Basis::Measured, "questions and choices")),
+        ..Facts::default()
+    };
+    Estimate {
+        outputs: [("questions.parquet".to_string(), facts)].into(),
+        ..Estimate::default()
+    }
+}

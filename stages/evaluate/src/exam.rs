@@ -201,6 +201,10 @@ impl StageKind for Exam {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::exam(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let (shots, batch) = (p.usize("shots")?, p.usize("batch_size")?);

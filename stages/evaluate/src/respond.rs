@@ -116,6 +116,10 @@ impl StageKind for Respond {
         problems
     }
 
+    fn estimate(&self, ctx: &babelflow_stage::EstimateContext) -> babelflow_stage::Estimate {
+        crate::estimate::respond(ctx)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let p = ctx.params;
         let template = Template::parse(p.str("template")?).map_err(|e| StageError::failed(e.to_string()))?;

@@ -169,3 +169,19 @@ pub fn mix(ctx: &EstimateContext) -> Estimate {
         ..Estimate::default()
     }
 }
+
+/// Tokens per character of the tokenizer file (or model folder) `at` on `texts`.
+pub fn tokens_per_char_of<'a>(at: &Path, texts: impl Iterator<Item = &'a str>) -> Option<f64> {
+    let file = if at.is_dir() {
+        at.join("tokenizer.json")
+    } else {
+        at.to_path_buf()
+    };
+    let tokenizer = LoadedTokenizer::load(&file).ok()?;
+    let (mut tokens, mut chars) = (0usize, 0usize);
+    for text in texts.take(SAMPLE_DOCS) {
+        chars += text.chars().count();
+        tokens += tokenizer.tokenizer.encode(text, false).map_or(0, |e| e.len());
+    }
+    (chars > 0).then(|| tokens as f64 / chars as f64)
+}
