@@ -53,7 +53,10 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
     let read = host.throughput.expect("read back from calibration.json");
     assert_eq!(read.source, calibration.throughput.source);
     for (a, b) in read.rates.iter().zip(rates) {
-        assert!((a.train_flops_per_s / b.train_flops_per_s - 1.0).abs() < 1e-9, "{a:?} {b:?}");
+        assert!(
+            (a.train_flops_per_s / b.train_flops_per_s - 1.0).abs() < 1e-9,
+            "{a:?} {b:?}"
+        );
     }
 
     // The quickstart priced on it: every estimated instance has a time.

@@ -56,6 +56,10 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
     }
     let t = &calibration.throughput;
     println!("  disk: {}B/s written", si(t.io_bytes_per_s));
+    println!(
+        "  a babelflow process holds {} besides an instance's work",
+        super::estimate::gib(t.process_bytes)
+    );
     for (kind, seconds) in &t.overhead_s {
         println!("  fixed cost of a `{kind}` instance: {}", duration(*seconds));
     }

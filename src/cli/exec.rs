@@ -133,6 +133,8 @@ pub fn exec(
         producers: context.producers,
         upstream: context.upstream,
         threads: context.threads,
+        // The only instance of this process.
+        alone: true,
         world: std::sync::Arc::clone(&world),
     };
     let progress = Progress::new();

@@ -175,14 +175,14 @@ stages:
     needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
     with: {{ max_len: 128, batch_size: 4, max_docs: {docs} }}
 ",
-            docs = 64 * 64 / width.max(64) + 8,
+            docs = 256 * 64 / width.max(64) + 16,
         ));
     }
     yaml
 }
 
-fn stats(store: &Store, fingerprint: &str) -> Option<serde_json::Value> {
-    let path = store.artifact_dir(fingerprint).join("stats.json");
+fn read_json(store: &Store, fingerprint: &str, name: &str) -> Option<serde_json::Value> {
+    let path = store.artifact_dir(fingerprint).join(name);
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
@@ -219,6 +219,9 @@ pub fn calibrate(
     progress: Arc<Progress>,
     cancel: &CancelFlag,
 ) -> Result<Calibration, CalibrateError> {
+    // What the process holds before any instance: the binary, its
+    // libraries, the runtime (a fresh `babelflow run` starts from this).
+    let process_bytes = babelflow_stage::memory::rss_bytes().unwrap_or(0);
     let io = |source| CalibrateError::Scratch {
         path: scratch.to_path_buf(),
         source,
@@ -263,7 +266,8 @@ pub fn calibrate(
             .iter()
             .position(|p| p.name == name)
             .ok_or_else(|| missing("is not in the plan"))?;
-        let stats = stats(&store, &planned[index].fingerprint).ok_or_else(|| missing("wrote no stats.json"))?;
+        let fingerprint = &planned[index].fingerprint;
+        let stats = read_json(&store, fingerprint, "stats.json").ok_or_else(|| missing("wrote no stats.json"))?;
         Ok((&cost.instances[index], stats))
     };
     let io_rate = disk_bytes_per_s(scratch).map_err(io)?;
@@ -291,7 +295,9 @@ pub fn calibrate(
             ("pretrain", &train.name, train_work, train_seconds),
             ("perplexity", &score.name, score_work, score_seconds),
         ] {
-            if let Some(total) = durations.get(name.as_str()) {
+            // Only where reading and writing the model is negligible: the
+            // disk probe's rate is not the page cache's.
+            if let Some(total) = durations.get(name.as_str()).filter(|_| width <= 256) {
                 let io_seconds = work.io_bytes as f64 / io_rate;
                 overheads
                     .entry(kind)
@@ -309,6 +315,7 @@ pub fn calibrate(
         rates: measured.iter().map(|m| m.rate.clone()).collect(),
         io_bytes_per_s: io_rate,
         overhead_s: overheads.into_iter().map(|(k, v)| (k.to_string(), median(v))).collect(),
+        process_bytes,
         source: format!(
             "babelflow calibrate on this machine, {} threads, at {}",
             std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -73,6 +73,10 @@ pub struct Throughput {
     /// (starting, reading the tokenizer and data, writing stats), by kind.
     #[serde(default)]
     pub overhead_s: BTreeMap<String, f64>,
+    /// Resident memory of a babelflow process besides an instance's work
+    /// (the binary, its libraries, the allocator's), measured on this machine.
+    #[serde(default)]
+    pub process_bytes: u64,
     /// "babelflow calibrate on this machine, 2026-12-06", or
     /// "documented peak × 40 % assumed utilisation".
     pub source: String,
@@ -147,6 +151,7 @@ impl Device {
                 }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
                 overhead_s: BTreeMap::new(),
+                process_bytes: 0,
                 source: format!(
                     "documented peak {:.0} TFLOP/s × {:.0} % assumed utilisation",
                     peak / 1e12,
@@ -162,7 +167,17 @@ impl Device {
     pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
         let memory = host_memory_bytes();
         let calibration = read_calibration(store_dir);
-        let throughput = calibration.get(backend).cloned();
+        // `auto` runs on a GPU backend when the build has one and a device
+        // answers, else on the CPU: take a GPU backend's calibration if one
+        // was made here, else the CPU's.
+        let throughput = match backend {
+            "auto" => calibration
+                .iter()
+                .find(|(b, _)| b.as_str() != "cpu")
+                .or_else(|| calibration.get_key_value("cpu"))
+                .map(|(_, t)| t.clone()),
+            _ => calibration.get(backend).cloned(),
+        };
         Device {
             name: format!("this machine ({backend})"),
             memory_bytes: memory.unwrap_or(u64::MAX),
@@ -179,6 +194,11 @@ impl Device {
             }),
             throughput,
         }
+    }
+
+    /// What a process holds besides an instance's work (0 unless measured).
+    pub fn process_bytes(&self) -> u64 {
+        self.throughput.as_ref().map_or(0, |t| t.process_bytes)
     }
 
     /// Wall time of `kind`'s `work` split over `processes`, when the throughput is known.
@@ -249,6 +269,7 @@ mod tests {
             rates: vec![rate(64, 1e9), rate(256, 16e9)],
             io_bytes_per_s: 1e9,
             overhead_s: [("pretrain".to_string(), 2.0)].into(),
+            process_bytes: 0,
             source: "test".into(),
         };
         assert_eq!(t.at(32), Some((1e9, 2e9)));

@@ -33,8 +33,21 @@ pub struct InstanceCost {
     /// Wall time on the device, when its throughput is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
-    /// Peak memory of one process above the device's memory.
+    /// Peak memory of one process: the work's, plus what the process
+    /// holds besides (measured by `babelflow calibrate` on this machine).
+    pub peak_bytes: u64,
+    /// `peak_bytes` above the device's memory.
     pub over_memory: bool,
+}
+
+/// An instance's estimate as a run records it in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recorded {
+    pub seconds: Option<f64>,
+    pub peak_bytes: u64,
+    pub device: String,
+    /// Where the time came from; `None` when the device's throughput is unknown.
+    pub source: Option<String>,
 }
 
 /// The sums over what would run.
@@ -106,10 +119,11 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
                 .work
                 .as_ref()
                 .and_then(|w| device.seconds(&p.kind, w, processes));
-            let over_memory = estimate
+            let peak_bytes = estimate
                 .work
                 .as_ref()
-                .is_some_and(|w| w.memory.total_bytes() > device.memory_bytes);
+                .map_or(0, |w| w.memory.total_bytes() + device.process_bytes());
+            let over_memory = peak_bytes > device.memory_bytes;
             InstanceCost {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
@@ -118,6 +132,7 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
                 work: estimate.work,
                 unknown: estimate.unknown,
                 seconds,
+                peak_bytes,
                 over_memory,
             }
         })
@@ -151,7 +166,7 @@ fn totals(instances: &[InstanceCost], device: &Device) -> Totals {
         totals.tokens += work.tokens.value;
         totals.train_flops += work.train_flops;
         totals.forward_flops += work.forward_flops;
-        totals.peak_bytes = totals.peak_bytes.max(work.memory.total_bytes());
+        totals.peak_bytes = totals.peak_bytes.max(cost.peak_bytes);
         seconds = seconds.zip(cost.seconds).map(|(a, b)| a + b);
         device_seconds = device_seconds
             .zip(cost.seconds)
@@ -162,4 +177,21 @@ fn totals(instances: &[InstanceCost], device: &Device) -> Totals {
         totals.device_hours = device_seconds.map(|s| s / 3600.0);
     }
     totals
+}
+
+impl PlanCost {
+    /// Each instance's estimate as a run records it (`None` where there is no work estimate).
+    pub fn recorded(&self) -> Vec<Option<Recorded>> {
+        self.instances
+            .iter()
+            .map(|c| {
+                c.work.as_ref().map(|_| Recorded {
+                    seconds: c.seconds,
+                    peak_bytes: c.peak_bytes,
+                    device: self.device.name.clone(),
+                    source: self.device.throughput.as_ref().map(|t| t.source.clone()),
+                })
+            })
+            .collect()
+    }
 }

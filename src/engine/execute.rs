@@ -27,6 +27,9 @@ pub struct Job {
     /// Everything upstream and how it fared (for the report's run table).
     pub upstream: Vec<Upstream>,
     pub threads: usize,
+    /// Nothing else runs in this process meanwhile (`--jobs 1`): the peak
+    /// memory is started over, so the manifest's is this instance's own.
+    pub alone: bool,
     /// The processes running this instance together: one, except in a
     /// data-parallel `babelflow exec` started by `mpirun` or `srun`.
     pub world: Arc<dyn Collective>,
@@ -108,6 +111,9 @@ pub fn execute(
     cancel: &CancelFlag,
     progress: &dyn ProgressSink,
 ) -> JobResult {
+    if job.alone {
+        babelflow_stage::memory::reset_peak();
+    }
     let started = Instant::now();
     let outcome = build(job, store, recipe, base_dir, cancel, progress, started);
     JobResult {
@@ -283,9 +289,12 @@ fn build(
             "threads": job.threads,
             "finished_at": now_unix(),
             "duration_s": started.elapsed().as_secs_f64(),
-            // The process's peak so far: this instance's own when it ran
-            // alone (`--jobs 1`), the concurrent ones' together otherwise.
+            // This instance's own peak when it ran alone (`--jobs 1`: the
+            // peak was started over), else the process's peak so far.
             "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
+            "peak_rss_own": job.alone,
+            // What `plan --estimate` said before the run (time, peak), to set beside the above.
+            "estimate": job.planned.estimate,
             "notes": notes,
             "files": files,
             "partial": (!missing.is_empty()).then(|| json!({

@@ -138,7 +138,13 @@ impl Pipeline {
             progress.line("another babelflow run holds the store lock; waiting for it to finish…")
         })?;
         store.clean_temp()?;
-        let planned = self.plan(&store, selection)?;
+        let mut planned = self.plan(&store, selection)?;
+        // What the estimate says now, for the manifests to keep beside what happens.
+        let device = device::Device::this_machine(&self.backend(), store.root());
+        let cost = estimate::estimate(&self.graph, &planned, &store, &device);
+        for (p, recorded) in planned.iter_mut().zip(cost.recorded()) {
+            p.estimate = recorded;
+        }
         let lock_path = store.lockfile_path(&self.id);
         let lockfile = Mutex::new(LockFile::load(&lock_path));
         if let Ok(mut l) = lockfile.lock() {

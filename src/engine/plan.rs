@@ -39,6 +39,10 @@ pub struct PlannedInstance {
     /// `--force`d: runs from scratch (an earlier attempt's checkpoint is dropped).
     #[serde(skip)]
     pub forced: bool,
+    /// What `plan --estimate` says of it on this machine, set by `run`
+    /// before anything executes; the manifest keeps it beside what happened.
+    #[serde(skip)]
+    pub estimate: Option<super::estimate::Recorded>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +183,7 @@ pub fn plan(
             needs: graph.deps[i].iter().map(|&d| graph.instances[d].name.clone()).collect(),
             inputs,
             forced: forced && selected[i],
+            estimate: None,
         });
     }
     Ok(planned.into_iter().flatten().collect())

@@ -267,6 +267,7 @@ pub fn run(
                         producers,
                         upstream: upstream_of(graph, planned, store, &outcomes, i),
                         threads,
+                        alone: options.jobs == 1,
                         world: babelflow_stage::distributed::single_process(),
                     };
                     if job_tx.send(job).is_err() {

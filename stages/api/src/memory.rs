@@ -14,6 +14,13 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_kb("VmHWM:").map(|kb| kb * 1024)
 }
 
+/// Starts the peak over from what is resident now (Linux ≥ 4.0:
+/// `/proc/self/clear_refs`), so the next peak is one instance's own. False
+/// where that is not possible.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -26,5 +33,16 @@ mod tests {
     fn the_peak_is_at_least_what_is_resident() {
         let (now, peak) = (super::rss_bytes().unwrap(), super::peak_rss_bytes().unwrap());
         assert!(now > 0 && peak >= now, "{now} {peak}");
+    }
+
+    #[test]
+    fn a_reset_peak_forgets_what_was_freed() {
+        let big = vec![1u8; 256 << 20];
+        std::hint::black_box(&big);
+        drop(big);
+        let before = super::peak_rss_bytes().unwrap();
+        assert!(super::reset_peak());
+        let after = super::peak_rss_bytes().unwrap();
+        assert!(after + (128 << 20) < before, "{before} → {after}");
     }
 }

@@ -111,18 +111,47 @@ pub fn text_chars(texts: &[PlannedInput], max_docs: usize) -> Option<Count> {
     Some(Count::new(total, basis, format!("characters {}", how.join("; "))))
 }
 
-/// Characters in a corpus table, at most `max_docs` documents per language (0: all).
+/// Documents of a table read to count its characters; a larger table's
+/// count is scaled up by its row count (from the Parquet footer), so a plan
+/// never reads a whole pretraining corpus.
+const COUNTED_ROWS: usize = 20_000;
+
+/// Characters in a corpus table, at most `max_docs` documents per language
+/// (0: all); past [`COUNTED_ROWS`] rows, extrapolated from those read.
 pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
+    let total_rows = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| parquet::file::reader::SerializedFileReader::new(f).ok())
+        .map(|r| {
+            parquet::file::reader::FileReader::metadata(&r)
+                .file_metadata()
+                .num_rows() as f64
+        });
     let mut per_lang = std::collections::BTreeMap::<String, (usize, u64)>::new();
-    read_corpus(path, &mut |doc| {
+    let mut read = 0usize;
+    let enough = "enough rows read";
+    let outcome = read_corpus(path, &mut |doc| {
+        if read >= COUNTED_ROWS {
+            return Err(StageError::failed(enough));
+        }
+        read += 1;
         let (docs, chars) = per_lang.entry(doc.lang).or_default();
         if max_docs == 0 || *docs < max_docs {
             *docs += 1;
             *chars += doc.text.chars().count() as u64;
         }
         Ok(())
-    })?;
-    Ok(per_lang.values().map(|(_, c)| c).sum())
+    });
+    let stopped_early = match outcome {
+        Ok(()) => false,
+        Err(e) if e.to_string().contains(enough) => true,
+        Err(e) => return Err(e),
+    };
+    let counted: u64 = per_lang.values().map(|(_, c)| c).sum();
+    Ok(match total_rows {
+        Some(rows) if stopped_early && max_docs == 0 => (counted as f64 * rows / read.max(1) as f64) as u64,
+        _ => counted,
+    })
 }
 
 /// `ingest-choice`: its questions (every split) and their characters,

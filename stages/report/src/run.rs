@@ -28,7 +28,12 @@ fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> 
         Cell::Text(instance.to_string()),
         Cell::Text(kind.to_string()),
         this_run,
+        Cell::from_json_f64(&m["estimate"]["seconds"], 2),
         Cell::from_json_f64(&m["duration_s"], 2),
+        m["estimate"]["peak_bytes"]
+            .as_f64()
+            .map(|b| Cell::Float(b / 1e6, 0))
+            .unwrap_or(Cell::Missing),
         m["peak_rss_bytes"]
             .as_f64()
             .map(|b| Cell::Float(b / 1e6, 0))
@@ -51,7 +56,9 @@ const HEADER: &[&str] = &[
     "instance",
     "kind",
     "in the run that made this report",
+    "estimated time (s)",
     "duration when made (s)",
+    "estimated peak (MB)",
     "peak memory (MB)",
     "backend",
     "device",
@@ -64,8 +71,10 @@ pub fn run_table(upstream: &[Upstream], bound: &[&InputItem]) -> Table {
     let mut t = Table::new("The run: every instance this report stands on", HEADER);
     t.note = Some(
         "Cached: its artifact was already in the store (the duration is from the run that made it). \
-         Missing: it has no artifact, and the sections that need it say so. Peak memory: the babelflow \
-         process's peak resident memory when the instance finished (shared by instances that ran at once)."
+         Missing: it has no artifact, and the sections that need it say so. Estimated: what `plan --estimate` \
+         said on this machine when the run began (time needs `babelflow calibrate`). Peak memory: the babelflow \
+         process's peak resident memory, the instance's own when it ran alone (`--jobs 1`), else shared with \
+         the instances before and beside it."
             .into(),
     );
     if upstream.is_empty() {

@@ -67,6 +67,21 @@ fn tensors(config: &LlamaConfig) -> Vec<Tensor> {
         .collect()
 }
 
+/// What exists only for a moment at the step's peak, when the backward
+/// pass begins: the gradient of the logits (as large as the logits), and a
+/// head held in bf16 widened to f32 for its product.
+fn transient_bytes(config: &LlamaConfig, trainable: &Trainable, rows: usize, seq_len: usize) -> u64 {
+    let (v, d) = (config.vocab_size as u64, config.hidden_size as u64);
+    let logits_gradient = (rows * seq_len) as u64 * v * 4;
+    let head_trains = matches!(trainable.mode, Mode::Full | Mode::Embeddings) && trainable.freeze.is_empty();
+    let widened_head = if trainable.frozen_dtype == DType::BF16 && !head_trains {
+        v * d * 4
+    } else {
+        0
+    };
+    logits_gradient + widened_head
+}
+
 /// The cost of a step of `rows` sequences of `seq_len` tokens on one process.
 pub fn step_cost(
     config: &LlamaConfig,
@@ -143,7 +158,8 @@ pub fn step_cost(
             weights_bytes,
             gradients_bytes: 4 * trainable_parameters,
             optimizer_state_bytes: 8 * trainable_parameters,
-            activations_bytes: activations_bytes(config, trainable, rows, seq_len, checkpointed),
+            activations_bytes: activations_bytes(config, trainable, rows, seq_len, checkpointed)
+                + transient_bytes(config, trainable, rows, seq_len),
         },
         train_flops_per_token: forward + backward + recompute,
         forward_flops_per_token: forward_flops_per_token(config, seq_len),

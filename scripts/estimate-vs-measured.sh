@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Estimated vs measured time and peak memory on this machine, for every
+# instance with a work estimate of three recipes: the quickstart, forgetting
+# (both toy-sized) and a SmolLM2-135M-shaped one (a synthetic checkpoint of
+# its shape, scripts/make_synthetic_checkpoint.py: full training, LoRA over
+# bf16 with activation checkpointing, perplexity). It calibrates a scratch
+# store (`babelflow calibrate`), runs each recipe into it one instance per
+# process (`run --only INSTANCE`: the peak resident memory is then the
+# instance's own, not what an earlier one left the allocator holding), and
+# prints the estimates each manifest recorded before its run beside what
+# happened.
+#
+#   ../shared/scripts/guard --mem 16G -- scripts/estimate-vs-measured.sh
+#
+# Needs a release build ($CARGO_TARGET_DIR/release/babelflow) and python3
+# with numpy. About 5 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="${BABELFLOW:-${CARGO_TARGET_DIR:-$HOME/.cache/babelflow-target}/release/babelflow}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+store="$work/store"
+printf 'cpu: %s (%s), %s threads\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
+  "$(grep -qw avx512f /proc/cpuinfo && echo avx512f || echo 'no avx512f')" "$(nproc)"
+"$bin" calibrate --store "$store" | grep -v '^[▶✓]'
+
+python3 scripts/make_synthetic_checkpoint.py smollm2-135m "$work/smollm2" >/dev/null
+python3 - "$work/text.txt" <<'PY'
+import random, sys
+random.seed(0)
+lines = [" ".join(f"w{random.randrange(3, 49152)}" for _ in range(120)) for _ in range(400)]
+open(sys.argv[1], "w").write("\n\n".join(lines) + "\n")
+PY
+cat > "$work/smollm2-shape.yaml" <<YAML
+name: smollm2-shape
+stages:
+  text:
+    kind: ingest
+    needs: { files: "$work/text.txt" }
+    with: { lang: en, text_unit: paragraph }
+  tokens:
+    kind: tokenize
+    needs: { corpus: text, tokenizer: "$work/smollm2/tokenizer.json" }
+  full:
+    kind: pretrain
+    needs: { model: "$work/smollm2", tokens: tokens }
+    with: { steps: 8, batch_size: 4, seq_len: 256, warmup_steps: 1, eval_every: 1000, eval_batches: 1,
+            checkpoint_every: 0 }
+  lora:
+    kind: pretrain
+    needs: { model: "$work/smollm2", tokens: tokens }
+    with: { steps: 8, batch_size: 4, seq_len: 256, warmup_steps: 1, eval_every: 1000, eval_batches: 1,
+            checkpoint_every: 0, trainable: lora, precision: bf16, checkpoint_activations: true }
+  score:
+    kind: perplexity
+    needs: { model: "full:model", text: "text:corpus.parquet" }
+    with: { max_len: 256, batch_size: 4, max_docs: 64 }
+YAML
+
+for recipe in pipelines/quickstart.yaml pipelines/forgetting.yaml "$work/smollm2-shape.yaml"; do
+  instances=$("$bin" plan "$recipe" --store "$store" --json |
+    python3 -c 'import json, sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["instances"]))')
+  for instance in $instances; do
+    "$bin" run "$recipe" --store "$store" --jobs 1 --only "$instance" >"$work/log" 2>&1 ||
+      { tail -30 "$work/log"; exit 1; }
+  done
+done
+for name in quickstart forgetting smollm2-shape; do
+  printf '\n%s\n\n' "$name"
+  python3 scripts/estimate_vs_measured.py "$store" "$name"
+done

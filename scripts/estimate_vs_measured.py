@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Estimated vs measured time and peak memory of every instance a run made.
+
+Reads the manifests in a babelflow store (each keeps `plan --estimate`'s
+figures from when the run began beside its duration and peak RSS) and
+prints a Markdown table of the instances with a work estimate, with the
+ratio measured / estimated. Usage: estimate_vs_measured.py STORE [RECIPE_NAME]
+"""
+import json
+import pathlib
+import sys
+
+
+def main():
+    store = pathlib.Path(sys.argv[1])
+    recipe = sys.argv[2] if len(sys.argv) > 2 else None
+    rows = []
+    for manifest in sorted(store.glob("artifacts/*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        estimate = m.get("estimate")
+        if not estimate or (recipe and m.get("recipe") != recipe):
+            continue
+        rows.append((m["finished_at"], m["instance"], m["kind"], estimate, m))
+    rows.sort()
+    print("| instance | kind | estimated time | measured time | ratio | estimated peak | measured peak | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for _, name, kind, e, m in rows:
+        seconds, took = e.get("seconds"), m["duration_s"]
+        peak, rss = e["peak_bytes"], m.get("peak_rss_bytes") or 0
+        own = "" if m.get("peak_rss_own") else " (shared)"
+        time_ratio = f"{took / seconds:.2f}" if seconds else "-"
+        est_time = f"{seconds:.2f} s" if seconds is not None else "?"
+        print(
+            f"| {name} | {kind} | {est_time} | {took:.2f} s | {time_ratio} "
+            f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{own} | {rss / peak:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
