@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use babelflow_corpus::estimate::text_chars;
 use babelflow_model::config::LlamaConfig;
 use babelflow_model::estimate::{forward_flops_per_token, model_of};
-use babelflow_stage::estimate::{Basis, Count, Memory, Work};
+use babelflow_stage::estimate::{Basis, Count, FitOption, Memory, Work};
 use babelflow_stage::{Estimate, EstimateContext};
 use babelflow_tokens::estimate::{tokens_per_char, ASSUMED_TOKENS_PER_CHAR};
 
@@ -100,6 +100,20 @@ fn rate_on<'a>(ctx: &EstimateContext, texts: impl Iterator<Item = &'a str>) -> (
 /// A forward-only instance's work: `tokens` in sequences of `t`, `rows` at once.
 fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weight_bytes: u64) -> Work {
     let parameters = babelflow_model::stage::parameter_count(config);
+    let activations = forward_activations(config, rows, t);
+    let mut fit_options = Vec::new();
+    if weight_bytes == 4 {
+        fit_options.push(FitOption {
+            change: "precision: bf16".into(),
+            peak_bytes: parameters * 2 + activations,
+        });
+    }
+    if rows > 1 {
+        fit_options.push(FitOption {
+            change: "batch_size: 1".into(),
+            peak_bytes: parameters * weight_bytes + forward_activations(config, 1, t),
+        });
+    }
     Work {
         forward_flops: tokens.value * forward_flops_per_token(config, t),
         tokens,
@@ -108,10 +122,10 @@ fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weig
         trainable_parameters: 0,
         memory: Memory {
             weights_bytes: parameters * weight_bytes,
-            activations_bytes: forward_activations(config, rows, t),
+            activations_bytes: activations,
             ..Memory::default()
         },
-        fit_options: Vec::new(),
+        fit_options,
         io_bytes: parameters * 4,
         hidden_size: config.hidden_size,
     }

@@ -67,6 +67,9 @@ pub fn vocab_of(input: &PlannedInput) -> Option<Count> {
     if let Some(v) = &input.facts.vocab_size {
         return Some(v.clone());
     }
+    if let Some(size) = input.facts.model.as_ref().and_then(|m| m.config["vocab_size"].as_u64()) {
+        return Some(Count::new(size as f64, Basis::Derived, "the model's vocab_size"));
+    }
     let path = input.path.as_ref()?;
     let file = if path.is_dir() {
         path.join("tokenizer.json")

@@ -58,6 +58,10 @@ fn vocab_of(input: &PlannedInput) -> Option<Count> {
     if let Some(v) = &input.facts.vocab_size {
         return Some(v.clone());
     }
+    // A model folder that will exist stands for its tokenizer: its vocabulary is the config's.
+    if let Some(size) = input.facts.model.as_ref().and_then(|m| m.config["vocab_size"].as_u64()) {
+        return Some(Count::new(size as f64, Basis::Derived, "the model's vocab_size"));
+    }
     let tokenizer = LoadedTokenizer::load(&tokenizer_file(input)?).ok()?;
     Some(Count::new(
         tokenizer.vocab_size as f64,
