@@ -33,6 +33,7 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
         &Registry::builtin(),
         "cpu",
         &widths,
+        Some(&common::bin()),
         &p.path("scratch"),
         Arc::new(Progress::new()),
         &CancelFlag::new(),
@@ -45,6 +46,11 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
     }
     assert!(calibration.throughput.io_bytes_per_s > 1e6);
     assert!(calibration.throughput.overhead_s.contains_key("pretrain"));
+    // What each kind's process holds besides its work, measured in a process of its own.
+    for kind in ["pretrain", "perplexity", "exam", "respond"] {
+        let held = calibration.throughput.process_bytes.get(kind).copied().unwrap_or(0);
+        assert!(held > 1 << 20 && held < 1 << 30, "{kind}: {held}");
+    }
 
     let store = p.path("store");
     std::fs::create_dir_all(&store).unwrap();

@@ -31,6 +31,7 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
         registry,
         backend,
         calibrate::WIDTHS,
+        std::env::current_exe().ok().as_deref(),
         &scratch,
         Arc::new(Progress::new()),
         &CancelFlag::new(),
@@ -56,12 +57,11 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
     }
     let t = &calibration.throughput;
     println!("  disk: {}B/s written", si(t.io_bytes_per_s));
-    println!(
-        "  a babelflow process holds {} besides an instance's work",
-        super::estimate::gib(t.process_bytes)
-    );
     for (kind, seconds) in &t.overhead_s {
-        println!("  fixed cost of a `{kind}` instance: {}", duration(*seconds));
+        let held = t.process_bytes.get(kind).map_or_else(String::new, |b| {
+            format!(", {:.0} MiB held besides its work", *b as f64 / (1u64 << 20) as f64)
+        });
+        println!("  fixed cost of a `{kind}` instance: {}{held}", duration(*seconds));
     }
     match calibrate::save(store.root(), &calibration) {
         Ok(path) => {

@@ -136,6 +136,44 @@ fn synthetic_corpus(paragraphs: usize) -> String {
     text
 }
 
+/// Multiple-choice questions in MMLU's CSV layout (question, A-D, answer)
+/// over the first words of `corpus`.
+fn synthetic_questions(corpus: &str, rows: usize) -> String {
+    let words: Vec<&str> = corpus.split_whitespace().collect();
+    let mut csv = String::new();
+    for r in 0..rows {
+        let at = |k: usize| words[(r * 17 + k * 5) % words.len()].trim_end_matches('.');
+        let question: Vec<&str> = (0..12).map(at).collect();
+        let answer = ["A", "B", "C", "D"][r % 4];
+        csv.push_str(&format!(
+            "{}?,{},{},{},{},{answer}\n",
+            question.join(" "),
+            at(20),
+            at(21),
+            at(22),
+            at(23)
+        ));
+    }
+    csv
+}
+
+/// Alpaca-style instructions over the first words of `corpus`.
+fn synthetic_instructions(corpus: &str, rows: usize) -> String {
+    let words: Vec<&str> = corpus.split_whitespace().collect();
+    let items: Vec<serde_json::Value> = (0..rows)
+        .map(|r| {
+            let span = |from: usize, n: usize| -> String {
+                (from..from + n)
+                    .map(|k| words[(r * 31 + k) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            serde_json::json!({"instruction": span(0, 14), "input": "", "output": span(14, 24)})
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
 fn recipe(backend: &str, widths: &[Width]) -> String {
     let mut yaml = format!(
         "name: calibrate
@@ -152,6 +190,14 @@ stages:
   tokens:
     kind: tokenize
     needs: {{ corpus: corpus, tokenizer: tokenizer }}
+  questions:
+    kind: ingest-choice
+    needs: {{ files: ./questions }}
+    with: {{ format: mmlu, lang: xx }}
+  instructions:
+    kind: ingest-instructions
+    needs: {{ files: ./instructions.json }}
+    with: {{ lang: xx }}
 "
     );
     for &Width {
@@ -177,6 +223,22 @@ stages:
 ",
             docs = 256 * 64 / width.max(64) + 16,
         ));
+        // The kinds whose cost at small sizes is mostly their own fixed
+        // cost, measured once at the smallest width, before any larger model
+        // leaves the allocator holding more than they need.
+        if width == widths[0].hidden_size {
+            yaml.push_str(&format!(
+                "  exam_{width}:
+    kind: exam
+    needs: {{ model: model_{width}, questions: questions }}
+    with: {{ shots: 1, max_len: 256 }}
+  respond_{width}:
+    kind: respond
+    needs: {{ model: model_{width}, instructions: instructions }}
+    with: {{ template: alpaca, max_new_tokens: 16, max_examples: 4 }}
+"
+            ));
+        }
     }
     yaml
 }
@@ -211,23 +273,39 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Runs the calibration recipe on `backend` in a scratch folder under
 /// `scratch`, one instance at a time.
+///
+/// With `binary` (this babelflow's executable), the smallest width's
+/// instances are run once more, each in a process of its own, for what a
+/// process holds besides an instance's work: in this long-lived process
+/// the allocator still holds what earlier instances freed.
 pub fn calibrate(
     registry: &Registry,
     backend: &str,
     widths: &[Width],
+    binary: Option<&Path>,
     scratch: &Path,
     progress: Arc<Progress>,
     cancel: &CancelFlag,
 ) -> Result<Calibration, CalibrateError> {
-    // What the process holds before any instance: the binary, its
-    // libraries, the runtime (a fresh `babelflow run` starts from this).
-    let process_bytes = babelflow_stage::memory::rss_bytes().unwrap_or(0);
     let io = |source| CalibrateError::Scratch {
         path: scratch.to_path_buf(),
         source,
     };
     std::fs::create_dir_all(scratch).map_err(io)?;
-    std::fs::write(scratch.join("corpus.txt"), synthetic_corpus(3000)).map_err(io)?;
+    let corpus = synthetic_corpus(3000);
+    std::fs::write(scratch.join("corpus.txt"), &corpus).map_err(io)?;
+    std::fs::create_dir_all(scratch.join("questions")).map_err(io)?;
+    std::fs::write(
+        scratch.join("questions/calibration_dev.csv"),
+        synthetic_questions(&corpus, 5),
+    )
+    .map_err(io)?;
+    std::fs::write(
+        scratch.join("questions/calibration_test.csv"),
+        synthetic_questions(&corpus[999..], 16),
+    )
+    .map_err(io)?;
+    std::fs::write(scratch.join("instructions.json"), synthetic_instructions(&corpus, 8)).map_err(io)?;
     let recipe_path = scratch.join("calibrate.yaml");
     std::fs::write(&recipe_path, recipe(backend, widths)).map_err(io)?;
     let pipeline = Pipeline::load(&recipe_path, &[], registry).map_err(|d| CalibrateError::Recipe(d.to_string()))?;
@@ -257,6 +335,11 @@ pub fn calibrate(
     let planned = pipeline.plan(&store, &Selection::default())?;
     let unpriced = Device::this_machine(backend, scratch);
     let cost = super::estimate::estimate(&pipeline.graph, &planned, &store, &unpriced);
+    // A manifest's peak: the instance's own (`jobs: 1`; in a process of its own when rerun below).
+    let peak_of = |name: &str| -> Option<f64> {
+        let p = planned.iter().find(|p| p.name == name)?;
+        read_json(&store, &p.fingerprint, "manifest.json")?["peak_rss_bytes"].as_f64()
+    };
     let find = |name: &str| -> Result<(&super::estimate::InstanceCost, serde_json::Value), CalibrateError> {
         let missing = |what: &str| CalibrateError::Instance {
             instance: name.to_string(),
@@ -310,6 +393,69 @@ pub fn calibrate(
             train_seconds,
             score_seconds,
         });
+    }
+    if let (Some(binary), Some(small)) = (binary, widths.first()) {
+        let width = small.hidden_size;
+        for name in [
+            format!("train_{width}"),
+            format!("score_{width}"),
+            format!("exam_{width}"),
+            format!("respond_{width}"),
+        ] {
+            let rerun = std::process::Command::new(binary)
+                .arg("run")
+                .arg(&recipe_path)
+                .arg("--store")
+                .arg(store.root())
+                .args(["--jobs", "1", "--only", &name, "--force", &name])
+                .output();
+            match rerun {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => {
+                    return Err(CalibrateError::Instance {
+                        instance: name,
+                        what: format!(
+                            "failed in a process of its own: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(CalibrateError::Instance {
+                        instance: name,
+                        what: format!("could not start {}: {e}", binary.display()),
+                    })
+                }
+            }
+        }
+    }
+    // At the smallest width, what each kind holds and takes beyond its work:
+    // the process, the tokenizer, the data, the report of it.
+    let mut process_bytes = BTreeMap::new();
+    if let (Some(small), Some(rate)) = (widths.first(), measured.first().map(|m| m.rate.clone())) {
+        let width = small.hidden_size;
+        for (kind, name) in [
+            ("pretrain", format!("train_{width}")),
+            ("perplexity", format!("score_{width}")),
+            ("exam", format!("exam_{width}")),
+            ("respond", format!("respond_{width}")),
+        ] {
+            let Some(work) = find(&name).ok().and_then(|(c, _)| c.work.clone()) else {
+                continue;
+            };
+            if let Some(peak) = peak_of(&name) {
+                process_bytes.insert(
+                    kind.to_string(),
+                    (peak - work.memory.total_bytes() as f64).max(0.0) as u64,
+                );
+            }
+            if matches!(kind, "exam" | "respond") {
+                if let Some(total) = durations.get(&name) {
+                    let compute = work.forward_flops / rate.forward_flops_per_s;
+                    overheads.entry(kind).or_default().push((total - compute).max(0.0));
+                }
+            }
+        }
     }
     let throughput = Throughput {
         rates: measured.iter().map(|m| m.rate.clone()).collect(),

@@ -74,9 +74,10 @@ pub struct Throughput {
     #[serde(default)]
     pub overhead_s: BTreeMap<String, f64>,
     /// Resident memory of a babelflow process besides an instance's work
-    /// (the binary, its libraries, the allocator's), measured on this machine.
+    /// (the binary, its libraries, the tokenizer, the data, the allocator's),
+    /// by kind, measured on this machine at the smallest width.
     #[serde(default)]
-    pub process_bytes: u64,
+    pub process_bytes: BTreeMap<String, u64>,
     /// "babelflow calibrate on this machine, 2026-12-06", or
     /// "documented peak × 40 % assumed utilisation".
     pub source: String,
@@ -106,8 +107,16 @@ impl Throughput {
 
     /// The fixed cost of an instance of `kind` (`sft` costs what `pretrain` does).
     fn overhead(&self, kind: &str) -> f64 {
-        let kind = if kind == "sft" { "pretrain" } else { kind };
-        self.overhead_s.get(kind).copied().unwrap_or(0.0)
+        self.overhead_s.get(like(kind)).copied().unwrap_or(0.0)
+    }
+
+    /// What a process running `kind` holds besides its work (`sft`: as `pretrain`).
+    pub fn process_bytes(&self, kind: &str) -> u64 {
+        let known = self.process_bytes.get(like(kind));
+        // A kind not measured: the least any kind holds.
+        known
+            .copied()
+            .unwrap_or_else(|| self.process_bytes.values().copied().min().unwrap_or(0))
     }
 }
 
@@ -120,6 +129,15 @@ pub struct Device {
     /// What would make the throughput known, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_hint: Option<String>,
+}
+
+/// The kind calibrated in `kind`'s place: `sft` trains as `pretrain` does.
+fn like(kind: &str) -> &str {
+    if kind == "sft" {
+        "pretrain"
+    } else {
+        kind
+    }
 }
 
 /// The file `babelflow calibrate` writes into a store: throughput per backend.
@@ -151,7 +169,7 @@ impl Device {
                 }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
                 overhead_s: BTreeMap::new(),
-                process_bytes: 0,
+                process_bytes: BTreeMap::new(),
                 source: format!(
                     "documented peak {:.0} TFLOP/s × {:.0} % assumed utilisation",
                     peak / 1e12,
@@ -196,9 +214,9 @@ impl Device {
         }
     }
 
-    /// What a process holds besides an instance's work (0 unless measured).
-    pub fn process_bytes(&self) -> u64 {
-        self.throughput.as_ref().map_or(0, |t| t.process_bytes)
+    /// What a process running `kind` holds besides its work (0 unless measured).
+    pub fn process_bytes(&self, kind: &str) -> u64 {
+        self.throughput.as_ref().map_or(0, |t| t.process_bytes(kind))
     }
 
     /// Wall time of `kind`'s `work` split over `processes`, when the throughput is known.
@@ -269,7 +287,7 @@ mod tests {
             rates: vec![rate(64, 1e9), rate(256, 16e9)],
             io_bytes_per_s: 1e9,
             overhead_s: [("pretrain".to_string(), 2.0)].into(),
-            process_bytes: 0,
+            process_bytes: [("pretrain".to_string(), 30), ("exam".to_string(), 50)].into(),
             source: "test".into(),
         };
         assert_eq!(t.at(32), Some((1e9, 2e9)));
@@ -281,6 +299,7 @@ mod tests {
             "{train} {forward}"
         );
         assert_eq!((t.overhead("sft"), t.overhead("perplexity")), (2.0, 0.0));
+        assert_eq!((t.process_bytes("sft"), t.process_bytes("respond")), (30, 30));
     }
 
     #[test]

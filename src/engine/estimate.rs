@@ -122,7 +122,7 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
             let peak_bytes = estimate
                 .work
                 .as_ref()
-                .map_or(0, |w| w.memory.total_bytes() + device.process_bytes());
+                .map_or(0, |w| w.memory.total_bytes() + device.process_bytes(&p.kind));
             let over_memory = peak_bytes > device.memory_bytes;
             InstanceCost {
                 name: p.name.clone(),
