@@ -71,12 +71,7 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
         recipe.to_str().unwrap(),
         &["--estimate", "--store", store.to_str().unwrap()],
     );
-    let pretrain = plan["estimate"]["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "pretrain")
-        .unwrap();
+    let pretrain = common::estimate_of(&plan, "pretrain");
     assert!(pretrain["seconds"].as_f64().unwrap() > 0.0, "{pretrain:#}");
     assert!(plan["estimate"]["totals"]["seconds"].as_f64().unwrap() > 0.0);
 }

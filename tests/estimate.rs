@@ -2,22 +2,12 @@
 
 mod common;
 
-use common::Project;
-use serde_json::Value;
-
-/// LLaMA-2-7B's config.json, as Meta's HF folder has it (no weights: the
-/// estimate reads the shape only).
-const LLAMA_2_7B: &str = r#"{
-  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float16",
-  "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-  "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": false
-}"#;
+use common::{estimate_of, Project};
 
 const N_7B: f64 = 6_738_415_616.0;
 
 fn seven_b_recipe(p: &Project) {
-    p.write("llama-2-7b/config.json", LLAMA_2_7B);
+    p.write("llama-2-7b/config.json", common::LLAMA_2_7B_CONFIG);
     p.write(
         "tokens.bin",
         "stand-in: a plan hashes its inputs, the estimate does not read them",
@@ -48,15 +38,6 @@ stages:
     );
 }
 
-fn instance<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    plan["estimate"]["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {plan:#}"))
-}
-
 #[test]
 fn a_7b_full_fine_tune_does_not_fit_an_80gb_device_and_lora_over_bf16_does() {
     let p = Project::new();
@@ -64,7 +45,7 @@ fn a_7b_full_fine_tune_does_not_fit_an_80gb_device_and_lora_over_bf16_does() {
     let plan = p.plan("r.yaml", &["--estimate", "--device", "a100-80gb"]);
     assert_eq!(plan["estimate"]["device"]["memory_bytes"], 80_000_000_000u64);
 
-    let full = instance(&plan, "full");
+    let full = estimate_of(&plan, "full");
     let work = &full["work"];
     assert_eq!(work["parameters"].as_f64().unwrap(), N_7B);
     assert_eq!(work["trainable_parameters"].as_f64().unwrap(), N_7B);
@@ -98,10 +79,10 @@ fn a_7b_full_fine_tune_does_not_fit_an_80gb_device_and_lora_over_bf16_does() {
     let compute = work["train_flops"].as_f64().unwrap() / (0.4 * 312e12);
     assert!(seconds > compute && seconds < compute * 1.1, "{seconds} vs {compute}");
 
-    let lora = instance(&plan, "lora");
+    let lora = estimate_of(&plan, "lora");
     assert_eq!(lora["over_memory"], false, "{lora:#}");
     assert_eq!(lora["work"]["trainable_parameters"].as_f64().unwrap(), 8_388_608.0);
-    let embeddings = instance(&plan, "embeddings");
+    let embeddings = estimate_of(&plan, "embeddings");
     assert_eq!(
         embeddings["work"]["trainable_parameters"].as_f64().unwrap(),
         2.0 * 32000.0 * 4096.0
@@ -148,17 +129,105 @@ fn the_quickstart_is_estimated_before_anything_exists() {
         recipe.to_str().unwrap(),
         &["--estimate", "--store", store.to_str().unwrap()],
     );
-    let pretrain = instance(&plan, "pretrain");
+    let pretrain = estimate_of(&plan, "pretrain");
     // 60 steps × 8 × 64.
     assert_eq!(pretrain["work"]["tokens"]["value"], 30720.0);
     // The tiny LLaMA init-model makes from the tokenizer's 1 000 ids, before either exists.
     let parameters = pretrain["work"]["parameters"].as_f64().unwrap();
     assert!(parameters > 100_000.0 && parameters < 1_000_000.0, "{parameters}");
     for name in ["sft", "perplexity@model", "perplexity@sft"] {
-        let work = &instance(&plan, name)["work"];
+        let work = &estimate_of(&plan, name)["work"];
         assert!(work["tokens"]["value"].as_f64().unwrap() > 0.0, "{name}: {work:#}");
     }
-    assert_eq!(instance(&plan, "perplexity@sft")["work"]["tokens"]["basis"], "assumed");
+    assert_eq!(
+        estimate_of(&plan, "perplexity@sft")["work"]["tokens"]["basis"],
+        "assumed"
+    );
     // Nothing was created by looking.
     assert!(!store.exists());
+}
+
+#[test]
+fn a_run_keeps_the_estimate_beside_what_happened_and_the_report_shows_both() {
+    let p = Project::new();
+    p.write(
+        "r.yaml",
+        &format!(
+            "name: recorded
+stages:
+  text:
+    kind: ingest
+    needs: {{ files: \"{}\" }}
+    with: {{ lang: en, text_unit: paragraph }}
+  tokenizer:
+    kind: train-tokenizer
+    needs: {{ corpus: text }}
+    with: {{ vocab_size: 300, min_frequency: 1 }}
+  tokens:
+    kind: tokenize
+    needs: {{ corpus: text, tokenizer: tokenizer }}
+  model:
+    kind: init-model
+    needs: {{ tokenizer: tokenizer }}
+    with: {{ hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2 }}
+  pretrain:
+    kind: pretrain
+    needs: {{ model: model, tokens: tokens }}
+    with: {{ steps: 3, batch_size: 2, seq_len: 32, warmup_steps: 1 }}
+  report:
+    kind: report
+    needs: {{ training: \"pretrain:stats.json\" }}
+",
+            common::repo_root().join("data/samples/text/en.txt").display()
+        ),
+    );
+    // A calibration of this machine, made up: 1 GFLOP/s, 1 GB/s, 0.5 s and 10 MiB a `pretrain`.
+    p.write(
+        ".babelflow/calibration.json",
+        r#"{"cpu": {"rates": [{"hidden_size": 0, "train_flops_per_s": 1e9, "forward_flops_per_s": 1e9}],
+                    "io_bytes_per_s": 1e9, "overhead_s": {"pretrain": 0.5},
+                    "process_bytes": {"pretrain": 10485760}, "source": "made up for this test"}}"#,
+    );
+    let before = p.plan("r.yaml", &["--estimate"]);
+    let planned = estimate_of(&before, "pretrain");
+    let seconds = planned["seconds"].as_f64().expect("priced with the calibration");
+    let peak = planned["peak_bytes"].as_f64().unwrap();
+    let work = &planned["work"];
+    let flops = work["train_flops"].as_f64().unwrap() + work["forward_flops"].as_f64().unwrap();
+    let io = work["io_bytes"].as_f64().unwrap();
+    assert!((seconds - (flops / 1e9 + io / 1e9 + 0.5)).abs() < 1e-9, "{planned:#}");
+    assert_eq!(
+        peak,
+        work["memory"]["weights_bytes"].as_f64().unwrap() + {
+            let m = &work["memory"];
+            m["gradients_bytes"].as_f64().unwrap()
+                + m["optimizer_state_bytes"].as_f64().unwrap()
+                + m["activations_bytes"].as_f64().unwrap()
+                + 10485760.0
+        }
+    );
+
+    p.ok(&["run", "r.yaml", "--jobs", "1"]);
+    let plan = p.plan("r.yaml", &[]);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::artifact_dir(&p, &plan, "pretrain").join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["estimate"]["seconds"].as_f64(), Some(seconds));
+    assert_eq!(manifest["estimate"]["peak_bytes"].as_f64(), Some(peak));
+    assert_eq!(manifest["estimate"]["source"], "made up for this test");
+    // Run alone, its peak is its own.
+    assert_eq!(manifest["peak_rss_own"], true);
+    let report = std::fs::read_to_string(common::artifact_dir(&p, &plan, "report").join("report.md")).unwrap();
+    let run_table = report
+        .split("estimated time (s)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no estimated time in the run table:\n{report}"));
+    assert!(run_table.contains("estimated peak (MB)"), "{report}");
+    let row = run_table
+        .lines()
+        .find(|l| l.starts_with("| pretrain |"))
+        .unwrap_or_else(|| panic!("no pretrain row in the run table:\n{report}"));
+    assert!(row.contains(&format!("{seconds:.2}")), "{row}");
+    assert!(row.contains(&format!("{:.0}", peak / 1e6)), "{row}");
 }

@@ -5,11 +5,6 @@ mod common;
 
 use common::Project;
 
-/// LLaMA-2-7B's config.json alone: enough to plan and estimate.
-const LLAMA_2_7B: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float16",
-  "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-  "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05}"#;
-
 fn sample(path: &str) -> String {
     common::repo_root()
         .join("data/samples")
@@ -21,7 +16,7 @@ fn sample(path: &str) -> String {
 #[test]
 fn recipes_for_swahili_hindi_and_vietnamese_plan_as_written() {
     let p = Project::new();
-    p.write("models/llama-2-7b/config.json", LLAMA_2_7B);
+    p.write("models/llama-2-7b/config.json", common::LLAMA_2_7B_CONFIG);
     for lang in ["sw", "hi", "vi"] {
         let recipe = format!("recipes/{lang}.yaml");
         let out = p.ok(&[
@@ -44,12 +39,7 @@ fn recipes_for_swahili_hindi_and_vietnamese_plan_as_written() {
         // Relative to the recipe, so the two move together.
         assert!(text.contains("base: \"../models/llama-2-7b\""), "{text}");
         let plan = p.plan(&recipe, &["--estimate"]);
-        let names: Vec<&str> = plan["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["name"].as_str().unwrap())
-            .collect();
+        let names = common::instance_names(&plan);
         for expected in [
             "corpus_target",
             "pretrain@original",
@@ -60,12 +50,7 @@ fn recipes_for_swahili_hindi_and_vietnamese_plan_as_written() {
             assert!(names.contains(&expected), "{lang}: {names:?}");
         }
         // The training it writes fits 24 GB for a 7B base: LoRA over bf16, checkpointed.
-        let pretrain = plan["estimate"]["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == "pretrain@original")
-            .unwrap();
+        let pretrain = common::estimate_of(&plan, "pretrain@original");
         assert!(pretrain["peak_bytes"].as_f64().unwrap() < 24e9, "{pretrain:#}");
     }
 }
@@ -73,11 +58,10 @@ fn recipes_for_swahili_hindi_and_vietnamese_plan_as_written() {
 #[test]
 fn compare_vocab_adds_an_extended_vocabulary_beside_the_original() {
     let p = Project::new();
-    p.write("base/config.json", LLAMA_2_7B);
+    p.write("base/config.json", common::LLAMA_2_7B_CONFIG);
     p.ok(&["new", "sw.yaml", "--lang", "sw", "--base", "base", "--compare-vocab"]);
     let plan = p.plan("sw.yaml", &["--estimate"]);
-    let estimates = plan["estimate"]["instances"].as_array().unwrap();
-    let extended = estimates.iter().find(|i| i["name"] == "pretrain@extended").unwrap();
+    let extended = common::estimate_of(&plan, "pretrain@extended");
     // The extended model's shape is known before it exists: 32 000 + up to 8 000 rows.
     let parameters = extended["work"]["parameters"].as_f64().unwrap();
     assert_eq!(parameters, 6_738_415_616.0 + 2.0 * 8000.0 * 4096.0);
@@ -149,7 +133,7 @@ stages:
 #[test]
 fn bad_requests_are_refused_before_anything_is_written() {
     let p = Project::new();
-    p.write("base/config.json", LLAMA_2_7B);
+    p.write("base/config.json", common::LLAMA_2_7B_CONFIG);
     let refused = |args: &[&str], says: &str| {
         let out = p.run(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();

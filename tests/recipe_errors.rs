@@ -157,12 +157,7 @@ fn matrix_expands_the_cross_product_and_rejects_a_non_list_axis() {
 "#,
     );
     let plan = p.plan("m.yaml", &[]);
-    let names: Vec<&str> = plan["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = common::instance_names(&plan);
     assert_eq!(
         names,
         vec!["train@sw-keep", "train@sw-ext", "train@vi-keep", "train@vi-ext"]

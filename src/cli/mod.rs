@@ -123,31 +123,7 @@ pub enum Command {
     },
     /// Write a commented transfer recipe for one target language (checked by
     /// planning it), e.g. `babelflow new recipes/sw.yaml --lang sw --base /models/llama-2-7b`.
-    New {
-        /// Where to write the recipe.
-        recipe: PathBuf,
-        /// The target language's ISO 639 code (sw, hi, vi, ...).
-        #[arg(long)]
-        lang: String,
-        /// The English model: an HF folder or a .gguf file.
-        #[arg(long, value_name = "MODEL")]
-        base: PathBuf,
-        /// Target-language text [default: the shipped sample for --lang].
-        #[arg(long, value_name = "PATH")]
-        text: Option<PathBuf>,
-        /// English text for the bilingual mix [default: the shipped English sample].
-        #[arg(long, value_name = "PATH")]
-        english: Option<PathBuf>,
-        /// Target-language instructions (Alpaca/BELLE/Bactrian-X/ShareGPT JSON) [default: the shipped sample].
-        #[arg(long, value_name = "PATH")]
-        instructions: Option<PathBuf>,
-        /// Also extend the vocabulary with target-language tokens, and compare both.
-        #[arg(long)]
-        compare_vocab: bool,
-        /// Overwrite an existing file.
-        #[arg(long)]
-        force: bool,
-    },
+    New(new::NewRecipe),
     /// Draw the instance graph.
     Graph {
         #[command(flatten)]
@@ -267,28 +243,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             estimate,
         } => run::plan(&registry, &recipe, only, force, json, &estimate),
-        Command::New {
-            recipe,
-            lang,
-            base,
-            text,
-            english,
-            instructions,
-            compare_vocab,
-            force,
-        } => new::new(
-            &registry,
-            new::NewRecipe {
-                path: recipe,
-                lang,
-                base,
-                text,
-                english,
-                instructions,
-                compare_vocab,
-                force,
-            },
-        ),
+        Command::New(recipe) => new::new(&registry, recipe),
         Command::Calibrate { store, backend } => calibrate::calibrate(&registry, store, &backend),
         Command::Graph { recipe, format } => inspect::graph(&registry, &recipe, format),
         Command::Status { recipe, json } => inspect::status(&registry, &recipe, json),

@@ -11,14 +11,31 @@ use babelflow::store::Store;
 use super::{EXIT_ERROR, EXIT_INVALID};
 
 /// What the user asked for.
+#[derive(clap::Args)]
 pub struct NewRecipe {
+    /// Where to write the recipe.
+    #[arg(value_name = "RECIPE")]
     pub path: PathBuf,
+    /// The target language's ISO 639 code (sw, hi, vi, ...).
+    #[arg(long)]
     pub lang: String,
+    /// The English model: an HF folder or a .gguf file.
+    #[arg(long, value_name = "MODEL")]
     pub base: PathBuf,
+    /// Target-language text [default: the shipped sample for --lang].
+    #[arg(long, value_name = "PATH")]
     pub text: Option<PathBuf>,
+    /// English text for the bilingual mix [default: the shipped English sample].
+    #[arg(long, value_name = "PATH")]
     pub english: Option<PathBuf>,
+    /// Target-language instructions (Alpaca/BELLE/Bactrian-X/ShareGPT JSON) [default: the shipped sample].
+    #[arg(long, value_name = "PATH")]
     pub instructions: Option<PathBuf>,
+    /// Also extend the vocabulary with target-language tokens, and compare both.
+    #[arg(long)]
     pub compare_vocab: bool,
+    /// Overwrite an existing file.
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -138,9 +155,8 @@ pub fn render(n: &NewRecipe, text: &str, english: &str, instructions: &str) -> S
 #   babelflow run {recipe_path}
 #   babelflow report {recipe_path}
 #
-# Sized for a 7B model in 24 GB (LoRA over a bf16 base, activation
-# checkpointing; `plan --estimate` says whether it fits). For more, raise
-# pretrain_steps, or set `trainable: full` in `pretrain` on a larger device.
+# Sized for a 7B model in 24 GB (`vars.lean`; `plan --estimate` says
+# whether it fits). For more, raise pretrain_steps.
 name: {lang}-transfer
 vars:
   base: {base}             # the English model: an HF folder (config.json + safetensors) or a .gguf file
@@ -148,6 +164,16 @@ vars:
   english_text: {english}  # English text: for the mix, and to see what English is kept
   instructions: {instructions}  # {name} instructions: Alpaca, BELLE, Bactrian-X or ShareGPT JSON
   vocab: {vocab}
+  # How both training stages hold a 7B model in 24 GB: LoRA over a bf16
+  # base, activation checkpointing, the merged model saved in the base's
+  # dtype. `trainable: full` trains every weight (about 16 bytes a parameter).
+  lean: &lean
+    trainable: lora
+    lora_rank: 16
+    lora_targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
+    precision: bf16
+    checkpoint_activations: true
+    save_dtype: input
   pretrain_steps: 1000     # × batch_size × seq_len tokens
   sft_steps: 300
   batch_size: 8
@@ -230,6 +256,7 @@ stages:
       tokens: \"mix@${{item}}\"
       validation: [\"val_tokens@${{item}}-target\", \"val_tokens@${{item}}-english\"]
     with:
+      <<: *lean
       steps: ${{vars.pretrain_steps}}
       batch_size: ${{vars.batch_size}}
       seq_len: ${{vars.seq_len}}
@@ -237,12 +264,6 @@ stages:
       min_lr: 2.0e-5
       warmup_steps: 20
       eval_every: 100
-      trainable: lora            # full: every weight (needs about 16 bytes a parameter)
-      lora_rank: 16
-      lora_targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]
-      precision: bf16            # the frozen base in bf16
-      checkpoint_activations: true
-      save_dtype: input          # the merged model in the base's dtype
 
   # --- instruction tuning ------------------------------------------------------
   sft:
@@ -253,6 +274,7 @@ stages:
       instructions: instructions
       validation: [\"val_tokens@${{item}}-target\", \"val_tokens@${{item}}-english\"]
     with:
+      <<: *lean
       template: bactrian         # or alpaca, belle, chat (the model's own chat template)
       steps: ${{vars.sft_steps}}
       batch_size: ${{vars.batch_size}}
@@ -261,11 +283,6 @@ stages:
       min_lr: 1.0e-5
       warmup_steps: 10
       eval_every: 100
-      trainable: lora
-      lora_rank: 16
-      precision: bf16
-      checkpoint_activations: true
-      save_dtype: input
 
   # --- evaluation --------------------------------------------------------------
   perplexity_before:

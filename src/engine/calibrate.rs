@@ -271,6 +271,57 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The corpus, questions, instructions and recipe in `scratch`; the recipe's path.
+fn write_inputs(scratch: &Path, backend: &str, widths: &[Width]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(scratch.join("questions"))?;
+    let corpus = synthetic_corpus(3000);
+    std::fs::write(scratch.join("corpus.txt"), &corpus)?;
+    std::fs::write(
+        scratch.join("questions/calibration_dev.csv"),
+        synthetic_questions(&corpus, 5),
+    )?;
+    std::fs::write(
+        scratch.join("questions/calibration_test.csv"),
+        synthetic_questions(&corpus[999..], 16),
+    )?;
+    std::fs::write(scratch.join("instructions.json"), synthetic_instructions(&corpus, 8))?;
+    let recipe_path = scratch.join("calibrate.yaml");
+    std::fs::write(&recipe_path, recipe(backend, widths))?;
+    Ok(recipe_path)
+}
+
+/// The kinds measured at the smallest width for what they hold and take
+/// besides their work, with the prefix of their instance's name.
+const SMALL: [(&str, &str); 4] = [
+    ("pretrain", "train"),
+    ("perplexity", "score"),
+    ("exam", "exam"),
+    ("respond", "respond"),
+];
+
+/// Runs `instance` of the calibration recipe again, alone in a `binary` process of its own.
+fn rerun_alone(binary: &Path, recipe: &Path, store: &Path, instance: &str) -> Result<(), CalibrateError> {
+    let failed = |what: String| CalibrateError::Instance {
+        instance: instance.to_string(),
+        what,
+    };
+    let out = std::process::Command::new(binary)
+        .arg("run")
+        .arg(recipe)
+        .arg("--store")
+        .arg(store)
+        .args(["--jobs", "1", "--only", instance, "--force", instance])
+        .output()
+        .map_err(|e| failed(format!("could not start {}: {e}", binary.display())))?;
+    if !out.status.success() {
+        return Err(failed(format!(
+            "failed in a process of its own: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the calibration recipe on `backend` in a scratch folder under
 /// `scratch`, one instance at a time.
 ///
@@ -291,23 +342,7 @@ pub fn calibrate(
         path: scratch.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(scratch).map_err(io)?;
-    let corpus = synthetic_corpus(3000);
-    std::fs::write(scratch.join("corpus.txt"), &corpus).map_err(io)?;
-    std::fs::create_dir_all(scratch.join("questions")).map_err(io)?;
-    std::fs::write(
-        scratch.join("questions/calibration_dev.csv"),
-        synthetic_questions(&corpus, 5),
-    )
-    .map_err(io)?;
-    std::fs::write(
-        scratch.join("questions/calibration_test.csv"),
-        synthetic_questions(&corpus[999..], 16),
-    )
-    .map_err(io)?;
-    std::fs::write(scratch.join("instructions.json"), synthetic_instructions(&corpus, 8)).map_err(io)?;
-    let recipe_path = scratch.join("calibrate.yaml");
-    std::fs::write(&recipe_path, recipe(backend, widths)).map_err(io)?;
+    let recipe_path = write_inputs(scratch, backend, widths).map_err(io)?;
     let pipeline = Pipeline::load(&recipe_path, &[], registry).map_err(|d| CalibrateError::Recipe(d.to_string()))?;
     let store = Arc::new(Store::open(&scratch.join("store")).map_err(super::EngineError::from)?);
     let options = SchedulerOptions {
@@ -394,52 +429,18 @@ pub fn calibrate(
             score_seconds,
         });
     }
-    if let (Some(binary), Some(small)) = (binary, widths.first()) {
-        let width = small.hidden_size;
-        for name in [
-            format!("train_{width}"),
-            format!("score_{width}"),
-            format!("exam_{width}"),
-            format!("respond_{width}"),
-        ] {
-            let rerun = std::process::Command::new(binary)
-                .arg("run")
-                .arg(&recipe_path)
-                .arg("--store")
-                .arg(store.root())
-                .args(["--jobs", "1", "--only", &name, "--force", &name])
-                .output();
-            match rerun {
-                Ok(out) if out.status.success() => {}
-                Ok(out) => {
-                    return Err(CalibrateError::Instance {
-                        instance: name,
-                        what: format!(
-                            "failed in a process of its own: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        ),
-                    })
-                }
-                Err(e) => {
-                    return Err(CalibrateError::Instance {
-                        instance: name,
-                        what: format!("could not start {}: {e}", binary.display()),
-                    })
-                }
-            }
+    let small = widths.first().map(|w| w.hidden_size);
+    if let (Some(binary), Some(width)) = (binary, small) {
+        for (_, prefix) in SMALL {
+            rerun_alone(binary, &recipe_path, store.root(), &format!("{prefix}_{width}"))?;
         }
     }
     // At the smallest width, what each kind holds and takes beyond its work:
     // the process, the tokenizer, the data, the report of it.
     let mut process_bytes = BTreeMap::new();
-    if let (Some(small), Some(rate)) = (widths.first(), measured.first().map(|m| m.rate.clone())) {
-        let width = small.hidden_size;
-        for (kind, name) in [
-            ("pretrain", format!("train_{width}")),
-            ("perplexity", format!("score_{width}")),
-            ("exam", format!("exam_{width}")),
-            ("respond", format!("respond_{width}")),
-        ] {
+    if let (Some(width), Some(rate)) = (small, measured.first().map(|m| m.rate.clone())) {
+        for (kind, prefix) in SMALL {
+            let name = format!("{prefix}_{width}");
             let Some(work) = find(&name).ok().and_then(|(c, _)| c.work.clone()) else {
                 continue;
             };
@@ -477,7 +478,8 @@ pub fn calibrate(
 
 /// Saves a calibration into the store's calibration.json, beside other backends'.
 pub fn save(store_dir: &Path, calibration: &Calibration) -> Result<PathBuf, CalibrateError> {
-    let mut all = read_calibration(store_dir);
+    // A file that does not read is replaced: this is what it was for.
+    let mut all = read_calibration(store_dir).unwrap_or_default();
     all.insert(calibration.backend.clone(), calibration.throughput.clone());
     let path = store_dir.join(CALIBRATION_FILE);
     let text = serde_json::to_string_pretty(&all).unwrap_or_default();

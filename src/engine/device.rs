@@ -184,7 +184,10 @@ impl Device {
     /// the throughput `babelflow calibrate` stored in `store_dir`, if any.
     pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
         let memory = host_memory_bytes();
-        let calibration = read_calibration(store_dir);
+        let (calibration, unreadable) = match read_calibration(store_dir) {
+            Ok(c) => (c, None),
+            Err(e) => (BTreeMap::new(), Some(e)),
+        };
         // `auto` runs on a GPU backend when the build has one and a device
         // answers, else on the CPU: take a GPU backend's calibration if one
         // was made here, else the CPU's.
@@ -204,9 +207,10 @@ impl Device {
                 None => "unknown (not Linux): not checked".into(),
             },
             throughput_hint: throughput.is_none().then(|| {
+                let why = unreadable.unwrap_or_else(|| format!("no throughput measured for `{backend}` in this store"));
                 format!(
-                    "no throughput measured for `{backend}` in this store: run `babelflow calibrate {}` \
-                     (about a minute), or price a documented device with --device",
+                    "{why}: run `babelflow calibrate --store {}` (about a minute), or price a documented device \
+                     with --device",
                     store_dir.display()
                 )
             }),
@@ -228,12 +232,16 @@ impl Device {
     }
 }
 
-/// Backend → throughput, as `babelflow calibrate` stored it; empty when absent or unreadable.
-pub fn read_calibration(store_dir: &Path) -> BTreeMap<String, Throughput> {
-    std::fs::read_to_string(store_dir.join(CALIBRATION_FILE))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+/// Backend → throughput, as `babelflow calibrate` stored it; empty when
+/// there is none, an error naming the file, line and column when it does
+/// not read.
+pub fn read_calibration(store_dir: &Path) -> Result<BTreeMap<String, Throughput>, String> {
+    let path = store_dir.join(CALIBRATION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{} does not read: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 fn host_memory_bytes() -> Option<u64> {
@@ -314,6 +322,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("babelflow-device-{}", std::process::id()));
         let host = Device::this_machine("cpu", &dir);
         assert!(host.throughput.is_none() && host.seconds("pretrain", &work(1.0), 1).is_none());
-        assert!(host.throughput_hint.unwrap().contains("babelflow calibrate"));
+        assert!(host.throughput_hint.unwrap().contains("babelflow calibrate --store"));
+    }
+
+    #[test]
+    fn a_calibration_that_does_not_read_is_named_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("babelflow-device-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(CALIBRATION_FILE), "{\n  \"cpu\": {\"rates\": 3}\n}").unwrap();
+        let hint = Device::this_machine("cpu", &dir).throughput_hint.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            hint.contains("calibration.json does not read") && hint.contains("line 2"),
+            "{hint}"
+        );
     }
 }

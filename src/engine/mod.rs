@@ -139,11 +139,14 @@ impl Pipeline {
         })?;
         store.clean_temp()?;
         let mut planned = self.plan(&store, selection)?;
-        // What the estimate says now, for the manifests to keep beside what happens.
-        let device = device::Device::this_machine(&self.backend(), store.root());
-        let cost = estimate::estimate(&self.graph, &planned, &store, &device);
-        for (p, recorded) in planned.iter_mut().zip(cost.recorded()) {
-            p.estimate = recorded;
+        // What the estimate says now, for the manifests to keep beside what
+        // happens (not worth reading inputs for when nothing runs).
+        if planned.iter().any(|p| p.action == Action::Run) {
+            let device = device::Device::this_machine(&self.backend(), store.root());
+            let cost = estimate::estimate(&self.graph, &planned, &store, &device);
+            for (p, recorded) in planned.iter_mut().zip(cost.recorded()) {
+                p.estimate = recorded;
+            }
         }
         let lock_path = store.lockfile_path(&self.id);
         let lockfile = Mutex::new(LockFile::load(&lock_path));

@@ -117,6 +117,35 @@ pub fn metrics_of(p: &Project, plan: &serde_json::Value, name: &str) -> Vec<(Str
 }
 
 /// Names of the instances a `plan --json` says will run.
+/// Every instance a plan names, in its order.
+pub fn instance_names(plan: &serde_json::Value) -> Vec<&str> {
+    plan["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
+/// One instance's entry in `plan --estimate --json`'s `estimate.instances`.
+pub fn estimate_of<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    plan["estimate"]["instances"]
+        .as_array()
+        .expect("plan --estimate --json has estimate.instances")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in the estimate: {plan:#}"))
+}
+
+/// LLaMA-2-7B's config.json as Meta's HF folder has it, without weights:
+/// enough to plan and estimate.
+pub const LLAMA_2_7B_CONFIG: &str = r#"{
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float16",
+  "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+  "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": false
+}"#;
+
 pub fn to_run(plan: &serde_json::Value) -> Vec<String> {
     plan["instances"]
         .as_array()

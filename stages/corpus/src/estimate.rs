@@ -9,7 +9,7 @@ use std::path::Path;
 use babelflow_stage::estimate::{Basis, Count, Facts, PlannedInput};
 use babelflow_stage::{Estimate, EstimateContext, StageError};
 
-use crate::read_corpus;
+use crate::read_corpus_head;
 
 /// Bytes of each file read to learn its characters per byte.
 const SAMPLE_BYTES: u64 = 64 * 1024;
@@ -68,7 +68,12 @@ pub fn ingest(ctx: &EstimateContext, outputs: &[String]) -> Estimate {
 /// `split`: each side's share of the table's characters.
 pub fn split(ctx: &EstimateContext) -> Estimate {
     let mut estimate = Estimate::default();
-    let Some(chars) = ctx.input("table").first().and_then(|t| t.facts.chars.clone()) else {
+    // The upstream estimate's, else counted in the table when it exists.
+    let Some(chars) = ctx
+        .input("table")
+        .first()
+        .and_then(|t| text_chars(std::slice::from_ref(t), 0))
+    else {
         return estimate;
     };
     let (Ok(validation), Ok(test)) = (ctx.params.f64("validation"), ctx.params.f64("test")) else {
@@ -119,6 +124,16 @@ const COUNTED_ROWS: usize = 20_000;
 /// Characters in a corpus table, at most `max_docs` documents per language
 /// (0: all); past [`COUNTED_ROWS`] rows, extrapolated from those read.
 pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
+    let mut per_lang = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    let read = read_corpus_head(path, COUNTED_ROWS, &mut |doc| {
+        let (docs, chars) = per_lang.entry(doc.lang).or_default();
+        if max_docs == 0 || *docs < max_docs {
+            *docs += 1;
+            *chars += doc.text.chars().count() as u64;
+        }
+        Ok(())
+    })?;
+    let counted: u64 = per_lang.values().map(|(_, c)| c).sum();
     let total_rows = std::fs::File::open(path)
         .ok()
         .and_then(|f| parquet::file::reader::SerializedFileReader::new(f).ok())
@@ -127,29 +142,8 @@ pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
                 .file_metadata()
                 .num_rows() as f64
         });
-    let mut per_lang = std::collections::BTreeMap::<String, (usize, u64)>::new();
-    let mut read = 0usize;
-    let enough = "enough rows read";
-    let outcome = read_corpus(path, &mut |doc| {
-        if read >= COUNTED_ROWS {
-            return Err(StageError::failed(enough));
-        }
-        read += 1;
-        let (docs, chars) = per_lang.entry(doc.lang).or_default();
-        if max_docs == 0 || *docs < max_docs {
-            *docs += 1;
-            *chars += doc.text.chars().count() as u64;
-        }
-        Ok(())
-    });
-    let stopped_early = match outcome {
-        Ok(()) => false,
-        Err(e) if e.to_string().contains(enough) => true,
-        Err(e) => return Err(e),
-    };
-    let counted: u64 = per_lang.values().map(|(_, c)| c).sum();
     Ok(match total_rows {
-        Some(rows) if stopped_early && max_docs == 0 => (counted as f64 * rows / read.max(1) as f64) as u64,
+        Some(rows) if max_docs == 0 && rows > read as f64 => (counted as f64 * rows / read.max(1) as f64) as u64,
         _ => counted,
     })
 }

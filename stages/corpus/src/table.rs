@@ -3,6 +3,7 @@
 //! so memory stays bounded whatever the corpus size.
 
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -151,6 +152,15 @@ pub fn for_each_batch(
     expected: &str,
     each: &mut dyn FnMut(&TableBatch) -> Result<(), StageError>,
 ) -> Result<(), StageError> {
+    for_batches_while(path, expected, &mut |b| each(b).map(|()| ControlFlow::Continue(())))
+}
+
+/// [`for_each_batch`] that stops when `each` says `Break`.
+fn for_batches_while(
+    path: &Path,
+    expected: &str,
+    each: &mut dyn FnMut(&TableBatch) -> Result<ControlFlow<()>, StageError>,
+) -> Result<(), StageError> {
     if !path.is_file() {
         return Err(StageError::input(
             path,
@@ -170,22 +180,41 @@ pub fn for_each_batch(
                 texts.insert(field.name().clone(), text);
             }
         }
-        each(&TableBatch {
+        if each(&TableBatch {
             batch,
             texts,
             path,
             expected,
-        })?;
+        })?
+        .is_break()
+        {
+            break;
+        }
     }
     Ok(())
 }
 
 /// Streams the documents of a corpus Parquet file, batch by batch.
 pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), StageError>) -> Result<(), StageError> {
+    read_corpus_head(path, usize::MAX, each).map(|_| ())
+}
+
+/// Streams the first `limit` documents of a corpus Parquet file (reading
+/// no further than the batch they end in); returns how many it read.
+pub fn read_corpus_head(
+    path: &Path,
+    limit: usize,
+    each: &mut dyn FnMut(Document) -> Result<(), StageError>,
+) -> Result<usize, StageError> {
     let expected = format!("a corpus artifact: {}", CORPUS_COLUMNS.join(", "));
-    for_each_batch(path, &expected, &mut |b| {
+    let mut read = 0;
+    for_batches_while(path, &expected, &mut |b| {
         let (id, lang, text, source) = (b.text("id")?, b.text("lang")?, b.text("text")?, b.text("source")?);
         for r in 0..b.num_rows() {
+            if read == limit {
+                return Ok(ControlFlow::Break(()));
+            }
+            read += 1;
             each(Document {
                 id: id.value(r).to_string(),
                 lang: lang.value(r).to_string(),
@@ -193,8 +222,9 @@ pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), Sta
                 source: source.value(r).to_string(),
             })?;
         }
-        Ok(())
-    })
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(read)
 }
 
 /// One row of an `ingest-instructions` table.

@@ -8,28 +8,59 @@ use std::path::PathBuf;
 use babelflow_corpus::estimate::text_chars;
 use babelflow_model::config::LlamaConfig;
 use babelflow_model::estimate::{forward_flops_per_token, model_of};
+use babelflow_model::precision::Precision;
 use babelflow_stage::estimate::{Basis, Count, FitOption, Memory, Work};
 use babelflow_stage::{Estimate, EstimateContext};
-use babelflow_tokens::estimate::{tokens_per_char, ASSUMED_TOKENS_PER_CHAR};
+use babelflow_tokens::estimate::{tokens_per_char, tokens_per_char_of, Rate};
+
+/// Why there is no estimate: `Some(reason)` to show in the plan, or `None`
+/// where a parameter did not read (recipe validation rules that out).
+type Attempt<T> = Result<T, Option<String>>;
+
+fn param<T>(value: Result<T, babelflow_stage::StageError>) -> Attempt<T> {
+    value.map_err(|_| None)
+}
+
+fn unknown<T>(why: &str) -> Attempt<T> {
+    Err(Some(why.to_string()))
+}
+
+fn into_estimate(work: Attempt<Work>) -> Estimate {
+    match work {
+        Ok(work) => Estimate {
+            work: Some(work),
+            ..Estimate::default()
+        },
+        Err(unknown) => Estimate {
+            unknown,
+            ..Estimate::default()
+        },
+    }
+}
+
+/// The shape of the model an evaluation reads.
+fn model(ctx: &EstimateContext) -> Attempt<LlamaConfig> {
+    match ctx.input("model").first().and_then(model_of) {
+        Some((config, _)) => Ok(config),
+        None => unknown("the model's shape is not known before it exists"),
+    }
+}
 
 /// The tokenizer file a model input will be read with, when it exists.
 fn tokenizer_path(ctx: &EstimateContext) -> Option<PathBuf> {
     let bound = ctx.input("tokenizer").first().and_then(|t| t.path.clone());
-    let path = bound.or_else(|| Some(ctx.input("model").first()?.path.as_ref()?.to_path_buf()))?;
-    let file = if path.is_dir() {
-        path.join("tokenizer.json")
-    } else {
-        path
-    };
-    file.is_file().then_some(file)
+    bound.or_else(|| ctx.input("model").first()?.path.clone())
 }
 
-/// Bytes per weight at a `precision` parameter.
+/// The model's tokenizer's rate on `texts`, measured when it exists.
+fn rate_on(ctx: &EstimateContext, texts: impl Iterator<Item = String>) -> Rate {
+    Rate::measured_or_assumed(tokenizer_path(ctx).and_then(|path| tokens_per_char_of(&path, texts)))
+}
+
+/// Bytes per weight at the `precision` parameter.
 fn precision_bytes(ctx: &EstimateContext) -> u64 {
-    match ctx.params.str("precision") {
-        Ok("bf16" | "f16") => 2,
-        _ => 4,
-    }
+    let precision = ctx.params.str("precision").ok().and_then(|p| Precision::parse(p).ok());
+    precision.map_or(4, |p| p.dtype().size() as u64)
 }
 
 /// Forward-pass working memory of `rows` sequences of `t`: the logits and
@@ -42,59 +73,28 @@ fn forward_activations(config: &LlamaConfig, rows: usize, t: usize) -> u64 {
 
 /// `perplexity`: every text token predicted once, in chunks of `max_len`.
 pub fn perplexity(ctx: &EstimateContext) -> Estimate {
-    let mut estimate = Estimate::default();
+    into_estimate(perplexity_work(ctx))
+}
+
+fn perplexity_work(ctx: &EstimateContext) -> Attempt<Work> {
     let p = ctx.params;
-    let (Ok(max_len), Ok(batch), Ok(max_docs)) = (p.usize("max_len"), p.usize("batch_size"), p.usize("max_docs"))
-    else {
-        return estimate;
-    };
-    let Some((config, _)) = ctx.input("model").first().and_then(model_of) else {
-        estimate.unknown = Some("the model's shape is not known before it exists".into());
-        return estimate;
-    };
+    let (max_len, batch, max_docs) = (
+        param(p.usize("max_len"))?,
+        param(p.usize("batch_size"))?,
+        param(p.usize("max_docs"))?,
+    );
+    let config = model(ctx)?;
     let texts = ctx.input("text");
     let Some(chars) = text_chars(texts, max_docs) else {
-        estimate.unknown = Some("the text's size is not known before it exists".into());
-        return estimate;
+        return unknown("the text's size is not known before it exists");
     };
     let existing: Vec<PathBuf> = texts.iter().filter_map(|t| t.path.clone()).collect();
-    let measured = match (tokenizer_path(ctx), existing.len() == texts.len()) {
-        (Some(tokenizer), true) => tokens_per_char(&tokenizer, &existing),
+    let measured = match tokenizer_path(ctx) {
+        Some(tokenizer) if existing.len() == texts.len() => tokens_per_char(&tokenizer, &existing),
         _ => None,
     };
-    let tokens = match measured {
-        Some(rate) => chars.scaled(rate, Basis::Measured, format!("× {rate:.3} tokens/char measured")),
-        None => chars.scaled(
-            ASSUMED_TOKENS_PER_CHAR,
-            Basis::Assumed,
-            format!("× {ASSUMED_TOKENS_PER_CHAR} tokens/char assumed (no tokenizer or text yet)"),
-        ),
-    };
-    estimate.work = Some(forward_work(&config, tokens, max_len, batch, precision_bytes(ctx)));
-    estimate
-}
-
-/// The context a model reads at most: `max_len`, or 0 for the model's own.
-fn context(config: &LlamaConfig, max_len: usize) -> usize {
-    if max_len == 0 {
-        config.max_position_embeddings
-    } else {
-        max_len
-    }
-}
-
-/// Tokens per character of the model's tokenizer on `texts` when it
-/// exists, else the assumption; with how it was got.
-fn rate_on<'a>(ctx: &EstimateContext, texts: impl Iterator<Item = &'a str>) -> (f64, Basis, String) {
-    let measured = tokenizer_path(ctx).and_then(|path| babelflow_tokens::estimate::tokens_per_char_of(&path, texts));
-    match measured {
-        Some(rate) => (rate, Basis::Measured, format!("{rate:.3} tokens/char measured")),
-        None => (
-            ASSUMED_TOKENS_PER_CHAR,
-            Basis::Assumed,
-            format!("{ASSUMED_TOKENS_PER_CHAR} tokens/char assumed"),
-        ),
-    }
+    let tokens = Rate::measured_or_assumed(measured).tokens(&chars);
+    Ok(forward_work(&config, tokens, max_len, batch, precision_bytes(ctx)))
 }
 
 /// A forward-only instance's work: `tokens` in sequences of `t`, `rows` at once.
@@ -134,34 +134,27 @@ fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weig
 /// `exam`: per question, a k-shot prompt read once for the letters and
 /// once per choice for the likelihoods, each cut to the context.
 pub fn exam(ctx: &EstimateContext) -> Estimate {
-    let mut estimate = Estimate::default();
+    into_estimate(exam_work(ctx))
+}
+
+fn exam_work(ctx: &EstimateContext) -> Attempt<Work> {
     let p = ctx.params;
-    let (Ok(shots), Ok(split), Ok(scoring), Ok(max_len), Ok(batch)) = (
-        p.usize("shots"),
-        p.str("split"),
-        p.str("scoring"),
-        p.usize("max_len"),
-        p.usize("batch_size"),
-    ) else {
-        return estimate;
-    };
-    let Some((config, _)) = ctx.input("model").first().and_then(model_of) else {
-        estimate.unknown = Some("the model's shape is not known before it exists".into());
-        return estimate;
-    };
-    // (questions, characters per question, and what they were counted on).
-    let mut questions = 0.0;
-    let mut chars = 0.0;
-    let mut basis = Basis::Measured;
+    let (shots, split, scoring) = (
+        param(p.usize("shots"))?,
+        param(p.str("split"))?,
+        param(p.str("scoring"))?,
+    );
+    let (max_len, batch) = (param(p.usize("max_len"))?, param(p.usize("batch_size"))?);
+    let config = model(ctx)?;
+    // The questions scored: counted in the table, else (every split) in the upstream estimate.
+    let (mut questions, mut chars, mut basis) = (0.0, 0.0, Basis::Measured);
     let mut texts: Vec<String> = Vec::new();
     for input in ctx.input("questions") {
         if let Some(path) = &input.path {
-            let Ok(all) = crate::exam::read_questions(path) else {
-                return estimate;
-            };
+            let all = crate::exam::read_questions(path).map_err(|_| None)?;
             for q in all.iter().filter(|q| q.split == split && !q.answer.is_empty()) {
-                questions += 1.0;
                 let text = format!("{} {}", q.question, q.choices.join(" "));
+                questions += 1.0;
                 chars += text.chars().count() as f64;
                 texts.push(text);
             }
@@ -170,13 +163,17 @@ pub fn exam(ctx: &EstimateContext) -> Estimate {
             chars += c.value;
             basis = Basis::Derived;
         } else {
-            estimate.unknown = Some("the questions are not known before they exist".into());
-            return estimate;
+            return unknown("the questions are not known before they exist");
         }
     }
-    let (rate, rate_basis, rate_how) = rate_on(ctx, texts.iter().map(String::as_str));
-    let per_question = chars / questions.max(1.0) * rate;
-    let t = ((shots as f64 + 1.0) * per_question + 8.0).min(context(&config, max_len) as f64);
+    let rate = rate_on(ctx, texts.into_iter());
+    let per_question = chars / questions.max(1.0) * rate.tokens_per_char;
+    let context = if max_len == 0 {
+        config.max_position_embeddings
+    } else {
+        max_len
+    };
+    let t = ((shots as f64 + 1.0) * per_question + 8.0).min(context as f64);
     let passes = match scoring {
         "letters" => 1.0,
         "likelihood" => 4.0,
@@ -189,13 +186,13 @@ pub fn exam(ctx: &EstimateContext) -> Estimate {
     };
     let tokens = Count::new(
         questions * passes * t,
-        basis.max(rate_basis),
+        basis.max(rate.basis),
         format!(
-            "{questions} questions of {of} × {passes} passes × {t:.0} tokens ({shots} shots + the question at {rate_how})"
+            "{questions} questions of {of} × {passes} passes × {t:.0} tokens ({shots} shots + the question at {})",
+            rate.how()
         ),
     );
-    estimate.work = Some(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)));
-    estimate
+    Ok(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)))
 }
 
 /// Prompt tokens of an instruction when nothing can be counted.
@@ -204,26 +201,19 @@ const ASSUMED_PROMPT_TOKENS: f64 = 64.0;
 /// `respond`: each answer generated token by token (a forward of one
 /// token over the cached context) after its prompt.
 pub fn respond(ctx: &EstimateContext) -> Estimate {
-    let mut estimate = Estimate::default();
+    into_estimate(respond_work(ctx))
+}
+
+fn respond_work(ctx: &EstimateContext) -> Attempt<Work> {
     let p = ctx.params;
-    let (Ok(max_new), Ok(max_examples), Ok(batch)) = (
-        p.usize("max_new_tokens"),
-        p.usize("max_examples"),
-        p.usize("batch_size"),
-    ) else {
-        return estimate;
-    };
-    let Some((config, _)) = ctx.input("model").first().and_then(model_of) else {
-        estimate.unknown = Some("the model's shape is not known before it exists".into());
-        return estimate;
-    };
+    let (max_new, max_examples) = (param(p.usize("max_new_tokens"))?, param(p.usize("max_examples"))?);
+    let batch = param(p.usize("batch_size"))?;
+    let config = model(ctx)?;
     let mut examples = 0.0;
     let mut prompts: Vec<String> = Vec::new();
     for input in ctx.input("instructions") {
         if let Some(path) = &input.path {
-            let Ok(all) = babelflow_corpus::read_instructions(path) else {
-                return estimate;
-            };
+            let all = babelflow_corpus::read_instructions(path).map_err(|_| None)?;
             let mut per_lang = std::collections::BTreeMap::<&str, usize>::new();
             for i in &all {
                 let n = per_lang.entry(i.lang.as_str()).or_default();
@@ -236,24 +226,21 @@ pub fn respond(ctx: &EstimateContext) -> Estimate {
         } else if max_examples > 0 {
             examples += max_examples as f64;
         } else {
-            estimate.unknown = Some("how many instructions there are is not known before they exist".into());
-            return estimate;
+            return unknown("how many instructions there are is not known before they exist");
         }
     }
     let (prompt, basis, how) = if prompts.is_empty() {
-        (
-            ASSUMED_PROMPT_TOKENS,
-            Basis::Assumed,
-            format!("{ASSUMED_PROMPT_TOKENS} prompt tokens assumed"),
-        )
+        let how = format!("{ASSUMED_PROMPT_TOKENS} prompt tokens assumed");
+        (ASSUMED_PROMPT_TOKENS, Basis::Assumed, how)
     } else {
-        let (rate, basis, how) = rate_on(ctx, prompts.iter().map(String::as_str));
         let chars: usize = prompts.iter().map(|p| p.chars().count()).sum();
-        let tokens = chars as f64 / prompts.len() as f64 * rate + 16.0;
+        let per_prompt = chars as f64 / prompts.len() as f64;
+        let rate = rate_on(ctx, prompts.into_iter());
+        let tokens = per_prompt * rate.tokens_per_char + 16.0;
         (
             tokens,
-            basis,
-            format!("{tokens:.0} prompt tokens ({how}, with the template)"),
+            rate.basis,
+            format!("{tokens:.0} prompt tokens ({}, with the template)", rate.how()),
         )
     };
     let t = prompt + max_new as f64;
@@ -262,6 +249,5 @@ pub fn respond(ctx: &EstimateContext) -> Estimate {
         basis.max(Basis::Params),
         format!("{examples} examples × ({how} + {max_new} new at most)"),
     );
-    estimate.work = Some(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)));
-    estimate
+    Ok(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)))
 }

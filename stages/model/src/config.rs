@@ -93,6 +93,16 @@ fn default_act() -> String {
 }
 
 impl LlamaConfig {
+    /// LLaMA-2-7B's shape (Touvron et al., 2023): d 4096, 32 layers of 32
+    /// heads, intermediate 11008, vocabulary 32000, untied; what estimates
+    /// are checked against by hand.
+    pub fn llama_2_7b() -> Self {
+        let mut config = Self::tiny(32000, 4096, 32, 32, 32);
+        config.intermediate_size = 11008;
+        config.max_position_embeddings = 4096;
+        config
+    }
+
     /// A small config for tests and from-scratch training.
     pub fn tiny(vocab_size: usize, hidden_size: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
         LlamaConfig {

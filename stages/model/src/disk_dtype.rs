@@ -60,9 +60,26 @@ impl DiskDtype {
     /// when it names none or one babelflow does not write.
     pub fn of_folder(dir: &Path) -> Option<DiskDtype> {
         let text = std::fs::read(dir.join("config.json")).ok()?;
-        let config: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        Self::of_config(&serde_json::from_slice(&text).ok()?)
+    }
+
+    /// The dtype a `config.json`'s contents name (see [`DiskDtype::of_folder`]).
+    pub fn of_config(config: &serde_json::Value) -> Option<DiskDtype> {
         let name = config.get("dtype").or_else(|| config.get("torch_dtype"))?.as_str()?;
         TABLE.iter().find(|row| row.2 == name).map(|row| row.0)
+    }
+
+    /// Names this dtype in a `config.json`'s contents, as `retag_dtype` does on disk.
+    pub fn tag(self, config: &mut serde_json::Value) {
+        config["torch_dtype"] = self.torch_name().into();
+        if config.get("dtype").is_some() {
+            config["dtype"] = self.torch_name().into();
+        }
+    }
+
+    /// Bytes a value takes on disk.
+    pub fn bytes(self) -> u64 {
+        self.safetensors().bitsize() as u64 / 8
     }
 }
 

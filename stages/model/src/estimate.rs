@@ -39,26 +39,18 @@ pub fn folder_facts(dir: &Path) -> Option<ModelFacts> {
 }
 
 /// The facts of a model folder babelflow writes with this config and on-disk dtype.
-pub fn model_facts(config: &LlamaConfig, torch_dtype: &str, base_vocab_size: Option<usize>) -> Option<ModelFacts> {
+pub fn model_facts(config: &LlamaConfig, dtype: DiskDtype, base_vocab_size: Option<usize>) -> Option<ModelFacts> {
     let mut config = serde_json::to_value(config).ok()?;
-    config["torch_dtype"] = torch_dtype.into();
+    dtype.tag(&mut config);
     Some(ModelFacts {
         config,
         base_vocab_size,
     })
 }
 
-/// Bytes per parameter of a model folder (its `torch_dtype`; f32 when unsaid).
-pub fn disk_bytes_per_parameter(model: &ModelFacts) -> u64 {
-    let config = &model.config;
-    let dtype = config
-        .get("torch_dtype")
-        .or_else(|| config.get("dtype"))
-        .and_then(Value::as_str);
-    match dtype {
-        Some("bfloat16" | "float16") => 2,
-        _ => 4,
-    }
+/// The dtype a model folder's weights are in (f32 when its config names none babelflow writes).
+pub fn disk_dtype(model: &ModelFacts) -> DiskDtype {
+    DiskDtype::of_config(&model.config).unwrap_or(DiskDtype::F32)
 }
 
 /// A tokenizer input's vocabulary: the upstream estimate's, else counted
@@ -117,7 +109,7 @@ pub fn import(ctx: &EstimateContext) -> Estimate {
     let mut facts = if path.is_dir() { folder_facts(path) } else { None };
     if let (Some(facts), Ok(Some(dtype))) = (&mut facts, ctx.params.opt_str("dtype")) {
         if let Some(dtype) = DiskDtype::parse(dtype) {
-            facts.config["torch_dtype"] = dtype.torch_name().into();
+            dtype.tag(&mut facts.config);
         }
     }
     model_output(facts)
@@ -144,7 +136,7 @@ pub fn init(ctx: &EstimateContext) -> Estimate {
         config.tie_word_embeddings = p.bool("tie_word_embeddings")?;
         Ok(config)
     })();
-    model_output(config.ok().and_then(|c| model_facts(&c, "float32", None)))
+    model_output(config.ok().and_then(|c| model_facts(&c, DiskDtype::F32, None)))
 }
 
 /// `resize-vocab`: the input model with the extended vocabulary; its work
@@ -159,9 +151,9 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         .input("model")
         .first()
         .and_then(model_input_facts)
-        .map_or(4, |m| disk_bytes_per_parameter(&m));
+        .map_or(DiskDtype::F32, |m| disk_dtype(&m));
     config.vocab_size = vocab;
-    let mut estimate = model_output(model_facts(&config, "float32", Some(base)));
+    let mut estimate = model_output(model_facts(&config, DiskDtype::F32, Some(base)));
     let parameters = crate::stage::parameter_count(&config);
     estimate.work = Some(Work {
         tokens: Count::new(0.0, Basis::Params, "none: rows are computed, not trained"),
@@ -174,7 +166,7 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
             ..Memory::default()
         },
         fit_options: Vec::new(),
-        io_bytes: parameters * (read + 4),
+        io_bytes: parameters * (read.bytes() + DiskDtype::F32.bytes()),
         hidden_size: config.hidden_size,
     });
     estimate

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use babelflow_corpus::estimate::text_chars;
-use babelflow_corpus::read_corpus;
+use babelflow_corpus::read_corpus_head;
 use babelflow_stage::estimate::{Basis, Count, Facts, PlannedInput};
 use babelflow_stage::{Estimate, EstimateContext};
 
@@ -18,28 +18,76 @@ use crate::hf::LoadedTokenizer;
 /// low-resource languages (0.3–0.5), said as an assumption.
 pub const ASSUMED_TOKENS_PER_CHAR: f64 = 0.3;
 
-/// Documents of each table read to measure a tokenizer's tokens per character.
+/// Documents of each table (texts in all) read to measure a tokenizer's tokens per character.
 const SAMPLE_DOCS: usize = 200;
 
-/// Tokens per character of `tokenizer` on the first documents of each table.
-pub fn tokens_per_char(tokenizer: &Path, tables: &[PathBuf]) -> Option<f64> {
-    let tokenizer = LoadedTokenizer::load(tokenizer).ok()?;
+/// A tokenizer's tokens per character: measured on the text where both
+/// exist, else [`ASSUMED_TOKENS_PER_CHAR`], saying which.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rate {
+    pub tokens_per_char: f64,
+    pub basis: Basis,
+}
+
+impl Rate {
+    pub fn measured_or_assumed(measured: Option<f64>) -> Rate {
+        match measured {
+            Some(tokens_per_char) => Rate {
+                tokens_per_char,
+                basis: Basis::Measured,
+            },
+            None => Rate {
+                tokens_per_char: ASSUMED_TOKENS_PER_CHAR,
+                basis: Basis::Assumed,
+            },
+        }
+    }
+
+    pub fn how(&self) -> String {
+        match self.basis {
+            Basis::Measured => format!("{:.3} tokens/char measured", self.tokens_per_char),
+            _ => format!(
+                "{} tokens/char assumed (no tokenizer or text yet)",
+                self.tokens_per_char
+            ),
+        }
+    }
+
+    /// The tokens of `chars` characters.
+    pub fn tokens(&self, chars: &Count) -> Count {
+        chars.scaled(self.tokens_per_char, self.basis, format!("× {}", self.how()))
+    }
+}
+
+/// Tokens per character of `tokenizer` (a tokenizer.json, or a model folder
+/// with one) on the first [`SAMPLE_DOCS`] of `texts`.
+pub fn tokens_per_char_of(tokenizer: &Path, texts: impl Iterator<Item = String>) -> Option<f64> {
+    let file = if tokenizer.is_dir() {
+        tokenizer.join("tokenizer.json")
+    } else {
+        tokenizer.to_path_buf()
+    };
+    let tokenizer = LoadedTokenizer::load(&file).ok()?;
     let (mut tokens, mut chars) = (0usize, 0usize);
-    for path in tables {
-        let mut docs = 0;
-        let _ = read_corpus(path, &mut |doc| {
-            if docs < SAMPLE_DOCS {
-                docs += 1;
-                chars += doc.text.chars().count();
-                tokens += tokenizer
-                    .tokenizer
-                    .encode(doc.text.as_str(), false)
-                    .map_or(0, |e| e.len());
-            }
-            Ok(())
-        });
+    for text in texts.take(SAMPLE_DOCS) {
+        chars += text.chars().count();
+        tokens += tokenizer.tokenizer.encode(text.as_str(), false).map_or(0, |e| e.len());
     }
     (chars > 0).then(|| tokens as f64 / chars as f64)
+}
+
+/// Tokens per character of `tokenizer` on the first documents of each corpus table.
+pub fn tokens_per_char(tokenizer: &Path, tables: &[PathBuf]) -> Option<f64> {
+    let per_table = SAMPLE_DOCS / tables.len().max(1) + 1;
+    let mut texts = Vec::new();
+    for path in tables {
+        read_corpus_head(path, per_table, &mut |doc| {
+            texts.push(doc.text);
+            Ok(())
+        })
+        .ok()?;
+    }
+    tokens_per_char_of(tokenizer, texts.into_iter())
 }
 
 /// A tokenizer input's file when it exists (a model folder stands for its tokenizer.json).
@@ -96,15 +144,11 @@ pub fn extend_vocab(ctx: &EstimateContext) -> Estimate {
     let (Some(base), Ok(new)) = (base, ctx.params.usize("new_tokens")) else {
         return Estimate::default();
     };
-    let extended = base.scaled(
-        1.0,
-        Basis::Params,
-        format!("the base vocabulary + new_tokens {new} (at most)"),
+    let extended = Count::new(
+        base.value + new as f64,
+        base.basis.max(Basis::Params),
+        format!("{} + new_tokens {new} (at most)", base.how),
     );
-    let extended = Count {
-        value: base.value + new as f64,
-        ..extended
-    };
     let facts = vocabulary(extended, Some(base.value as usize));
     Estimate {
         outputs: ["tokenizer.json", "added_tokens.json"]
@@ -126,14 +170,7 @@ pub fn tokenize(ctx: &EstimateContext) -> Estimate {
         Some(file) if tables.len() == corpora.len() => tokens_per_char(&file, &tables),
         _ => None,
     };
-    let tokens = match rate {
-        Some(rate) => chars.scaled(rate, Basis::Measured, format!("× {rate:.3} tokens/char measured")),
-        None => chars.scaled(
-            ASSUMED_TOKENS_PER_CHAR,
-            Basis::Assumed,
-            format!("× {ASSUMED_TOKENS_PER_CHAR} tokens/char assumed (no tokenizer or corpus yet)"),
-        ),
-    };
+    let tokens = Rate::measured_or_assumed(rate).tokens(&chars);
     let facts = Facts {
         tokens: Some(tokens),
         ..Facts::default()
@@ -172,20 +209,4 @@ pub fn mix(ctx: &EstimateContext) -> Estimate {
         .into(),
         ..Estimate::default()
     }
-}
-
-/// Tokens per character of the tokenizer file (or model folder) `at` on `texts`.
-pub fn tokens_per_char_of<'a>(at: &Path, texts: impl Iterator<Item = &'a str>) -> Option<f64> {
-    let file = if at.is_dir() {
-        at.join("tokenizer.json")
-    } else {
-        at.to_path_buf()
-    };
-    let tokenizer = LoadedTokenizer::load(&file).ok()?;
-    let (mut tokens, mut chars) = (0usize, 0usize);
-    for text in texts.take(SAMPLE_DOCS) {
-        chars += text.chars().count();
-        tokens += tokenizer.tokenizer.encode(text, false).map_or(0, |e| e.len());
-    }
-    (chars > 0).then(|| tokens as f64 / chars as f64)
 }

@@ -17,10 +17,11 @@
 
 use babelflow_model::config::LlamaConfig;
 use babelflow_model::estimate::{
-    attention_flops_per_token, disk_bytes_per_parameter, forward_flops_per_token, model_facts, model_input_facts,
-    model_of, product_weights,
+    attention_flops_per_token, disk_dtype, forward_flops_per_token, model_facts, model_input_facts, model_of,
+    product_weights,
 };
 use babelflow_model::hf::expected_tensors;
+use babelflow_model::hf::DiskDtype;
 use babelflow_stage::estimate::{Basis, Count, Facts, FitOption, Memory, Work};
 use babelflow_stage::{Estimate, EstimateContext};
 use burn::module::{ParamGroup, ParamId};
@@ -92,7 +93,7 @@ pub fn step_cost(
     checkpointed: bool,
 ) -> StepCost {
     let d = config.hidden_size as u64;
-    let frozen_bytes = if trainable.frozen_dtype == DType::BF16 { 2 } else { 4 };
+    let frozen_bytes = trainable.frozen_dtype.size() as u64;
     let freeze = (!trainable.freeze.is_empty())
         .then(|| ParamGroup::from_any_regexes(trainable.freeze.clone()).ok())
         .flatten();
@@ -290,17 +291,16 @@ pub fn estimate_training(
         estimate.unknown = Some("the input model's shape is not known before it exists".into());
         return Ok(estimate);
     };
-    let read = model_input_facts(model).map_or(4, |m| disk_bytes_per_parameter(&m));
-    let (save, torch_dtype) = match p.str("save_dtype")? {
-        "bf16" => (2, "bfloat16"),
-        "f16" => (2, "float16"),
-        "input" if read == 2 => (2, "bfloat16"),
-        _ => (4, "float32"),
+    // As `output.rs` saves: `input` is the input folder's dtype.
+    let read = model_input_facts(model).map_or(DiskDtype::F32, |m| disk_dtype(&m));
+    let save = match p.str("save_dtype")? {
+        "input" => read,
+        name => DiskDtype::parse(name).unwrap_or(DiskDtype::F32),
     };
     estimate.outputs.insert(
         "model".into(),
         Facts {
-            model: model_facts(&config, torch_dtype, base_vocab_size),
+            model: model_facts(&config, save, base_vocab_size),
             ..Facts::default()
         },
     );
@@ -333,8 +333,8 @@ pub fn estimate_training(
         validation_rows,
         evaluations: 2 + between(settings.steps, settings.eval_every),
         checkpoints: between(settings.steps, settings.checkpoint_every),
-        save_bytes_per_parameter: save,
-        read_bytes_per_parameter: read,
+        save_bytes_per_parameter: save.bytes(),
+        read_bytes_per_parameter: read.bytes(),
     };
     let how = format!(
         "{} steps × {} micro-batch{} × {batch} × {seq_len} {tokens_how}",
@@ -349,22 +349,6 @@ pub fn estimate_training(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// LLaMA-2-7B: d 4096, 32 heads of 128, intermediate 11008, 32 layers, vocabulary 32000, untied.
-    fn llama_7b() -> LlamaConfig {
-        let mut config = LlamaConfig::tiny(32000, 4096, 32, 32, 32);
-        config.intermediate_size = 11008;
-        config
-    }
-
-    fn trainable(mode: Mode, frozen_dtype: DType) -> Trainable {
-        Trainable {
-            mode,
-            freeze: vec![],
-            frozen_dtype,
-            base_rows: None,
-        }
-    }
 
     fn lora_qkvo() -> Mode {
         Mode::Lora {
@@ -381,7 +365,14 @@ mod tests {
 
     #[test]
     fn llama_2_7b_has_its_published_parameter_count() {
-        let cost = step_cost(&llama_7b(), None, &trainable(Mode::Full, DType::F32), 1, 512, false);
+        let cost = step_cost(
+            &LlamaConfig::llama_2_7b(),
+            None,
+            &Trainable::new(Mode::Full, DType::F32),
+            1,
+            512,
+            false,
+        );
         assert_eq!(cost.parameters, N_7B);
         assert_eq!(cost.trainable_parameters, N_7B);
     }
@@ -389,7 +380,14 @@ mod tests {
     #[test]
     fn full_training_is_six_flops_per_weight_plus_attention_by_hand() {
         let t = 512.0;
-        let cost = step_cost(&llama_7b(), None, &trainable(Mode::Full, DType::F32), 1, 512, false);
+        let cost = step_cost(
+            &LlamaConfig::llama_2_7b(),
+            None,
+            &Trainable::new(Mode::Full, DType::F32),
+            1,
+            512,
+            false,
+        );
         let products = (BLOCK_PRODUCTS + HEAD) as f64;
         let attention = 4.0 * 32.0 * t * 32.0 * 128.0;
         assert_eq!(cost.forward_flops_per_token, 2.0 * products + attention);
@@ -404,7 +402,14 @@ mod tests {
 
     #[test]
     fn lora_r8_trains_the_adapters_and_holds_the_base_in_bf16_by_hand() {
-        let cost = step_cost(&llama_7b(), None, &trainable(lora_qkvo(), DType::BF16), 1, 512, false);
+        let cost = step_cost(
+            &LlamaConfig::llama_2_7b(),
+            None,
+            &Trainable::new(lora_qkvo(), DType::BF16),
+            1,
+            512,
+            false,
+        );
         // q, k, v, o of 32 layers: 8·(4096 + 4096) each.
         let adapters = 32 * 4 * 8 * (4096 + 4096);
         assert_eq!(adapters, 8_388_608);
@@ -427,9 +432,9 @@ mod tests {
     #[test]
     fn embeddings_only_trains_both_vocabulary_matrices_by_hand() {
         let cost = step_cost(
-            &llama_7b(),
+            &LlamaConfig::llama_2_7b(),
             None,
-            &trainable(Mode::Embeddings, DType::F32),
+            &Trainable::new(Mode::Embeddings, DType::F32),
             1,
             512,
             false,
@@ -447,12 +452,12 @@ mod tests {
 
     #[test]
     fn new_embeddings_train_only_the_added_rows() {
-        let mut config = llama_7b();
+        let mut config = LlamaConfig::llama_2_7b();
         config.vocab_size = 49953; // Chinese-LLaMA's extended vocabulary
         let cost = step_cost(
             &config,
             Some(32000),
-            &trainable(Mode::NewEmbeddings, DType::BF16),
+            &Trainable::new(Mode::NewEmbeddings, DType::BF16),
             1,
             512,
             false,
@@ -462,9 +467,9 @@ mod tests {
 
     #[test]
     fn checkpointing_recomputes_the_blocks_forward() {
-        let config = llama_7b();
-        let whole = step_cost(&config, None, &trainable(lora_qkvo(), DType::BF16), 1, 512, false);
-        let checkpointed = step_cost(&config, None, &trainable(lora_qkvo(), DType::BF16), 1, 512, true);
+        let config = LlamaConfig::llama_2_7b();
+        let whole = step_cost(&config, None, &Trainable::new(lora_qkvo(), DType::BF16), 1, 512, false);
+        let checkpointed = step_cost(&config, None, &Trainable::new(lora_qkvo(), DType::BF16), 1, 512, true);
         let blocks_forward = whole.forward_flops_per_token - 2.0 * HEAD as f64 + 2.0 * (32 * 4 * 8 * 8192) as f64;
         assert_eq!(
             checkpointed.train_flops_per_token,
@@ -475,9 +480,9 @@ mod tests {
 
     #[test]
     fn freeze_patterns_take_weights_out_of_what_trains() {
-        let mut t = trainable(Mode::Full, DType::F32);
+        let mut t = Trainable::new(Mode::Full, DType::F32);
         t.freeze = vec![r"^layers\.[0-9]\.".into()];
-        let cost = step_cost(&llama_7b(), None, &t, 1, 512, false);
+        let cost = step_cost(&LlamaConfig::llama_2_7b(), None, &t, 1, 512, false);
         let per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096;
         assert_eq!(cost.trainable_parameters, N_7B - 10 * per_layer);
     }

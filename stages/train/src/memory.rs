@@ -73,31 +73,15 @@ mod tests {
     use super::*;
     use burn::tensor::DType;
 
-    /// LLaMA-2-7B's shape: d 4096, 32 heads of 128, intermediate 11008, 32 layers, vocabulary 32000.
-    fn llama_7b() -> LlamaConfig {
-        let mut config = LlamaConfig::tiny(32000, 4096, 32, 32, 32);
-        config.intermediate_size = 11008;
-        config
-    }
-
-    fn trainable(mode: Mode) -> Trainable {
-        Trainable {
-            mode,
-            freeze: vec![],
-            frozen_dtype: DType::F32,
-            base_rows: None,
-        }
-    }
-
     #[test]
     fn the_estimate_counts_what_the_kernels_keep_by_hand() {
-        let config = llama_7b();
+        let config = LlamaConfig::llama_2_7b();
         let (d, inter, h, t) = (4096u64, 11008u64, 32u64, 128u64);
         // Full training: every projection keeps its input.
         let full = 2 * d + d + 2 * d + h * t + 2 * inter + d + d + d + inter;
         let head = d + 32000;
         assert_eq!(
-            activations_bytes(&config, &trainable(Mode::Full), 1, 128, false),
+            activations_bytes(&config, &Trainable::new(Mode::Full, DType::F32), 1, 128, false),
             (32 * full + head) * 128 * 4
         );
         // LoRA r8 on q/k/v/o: the shared q/k/v input, o's input, four rank-8 intermediates.
@@ -108,12 +92,12 @@ mod tests {
         };
         let block = 2 * d + d + 2 * d + h * t + 2 * inter + d + d + 4 * 8;
         assert_eq!(
-            activations_bytes(&config, &trainable(lora.clone()), 1, 128, false),
+            activations_bytes(&config, &Trainable::new(lora.clone(), DType::F32), 1, 128, false),
             (32 * block + head) * 128 * 4
         );
         // Checkpointed: each block's input, one block being recomputed, the head.
         assert_eq!(
-            activations_bytes(&config, &trainable(lora), 1, 128, true),
+            activations_bytes(&config, &Trainable::new(lora, DType::F32), 1, 128, true),
             (32 * d + block + head) * 128 * 4
         );
     }

@@ -133,6 +133,16 @@ fn embeddings_group() -> ParamGroup {
 }
 
 impl Trainable {
+    /// `mode`, its frozen weights held in `frozen_dtype`, nothing else frozen.
+    pub fn new(mode: Mode, frozen_dtype: DType) -> Self {
+        Trainable {
+            mode,
+            freeze: Vec::new(),
+            frozen_dtype,
+            base_rows: None,
+        }
+    }
+
     pub fn from_params(params: &Params) -> Result<Self, StageError> {
         let mode = match params.str("trainable")? {
             "embeddings" => Mode::Embeddings,
