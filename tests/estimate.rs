@@ -155,21 +155,9 @@ fn a_run_keeps_the_estimate_beside_what_happened_and_the_report_shows_both() {
         &format!(
             "name: recorded
 stages:
-  text:
-    kind: ingest
-    needs: {{ files: \"{}\" }}
-    with: {{ lang: en, text_unit: paragraph }}
-  tokenizer:
-    kind: train-tokenizer
-    needs: {{ corpus: text }}
-    with: {{ vocab_size: 300, min_frequency: 1 }}
-  tokens:
+{}  tokens:
     kind: tokenize
     needs: {{ corpus: text, tokenizer: tokenizer }}
-  model:
-    kind: init-model
-    needs: {{ tokenizer: tokenizer }}
-    with: {{ hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2 }}
   pretrain:
     kind: pretrain
     needs: {{ model: model, tokens: tokens }}
@@ -178,7 +166,7 @@ stages:
     kind: report
     needs: {{ training: \"pretrain:stats.json\" }}
 ",
-            common::repo_root().join("data/samples/text/en.txt").display()
+            common::tiny_english_model_stages()
         ),
     );
     // A calibration of this machine, made up: 1 GFLOP/s, 1 GB/s, 0.5 s and 10 MiB a `pretrain`.

@@ -73,24 +73,7 @@ fn the_swahili_recipe_runs_end_to_end_at_toy_scale_on_the_shipped_samples() {
     // A tiny "English" model to start from.
     p.write(
         "base.yaml",
-        &format!(
-            "name: base
-stages:
-  text:
-    kind: ingest
-    needs: {{ files: \"{}\" }}
-    with: {{ lang: en, text_unit: paragraph }}
-  tokenizer:
-    kind: train-tokenizer
-    needs: {{ corpus: text }}
-    with: {{ vocab_size: 300, min_frequency: 1 }}
-  model:
-    kind: init-model
-    needs: {{ tokenizer: tokenizer }}
-    with: {{ hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2 }}
-",
-            sample("text/en.txt")
-        ),
+        &format!("name: base\nstages:\n{}", common::tiny_english_model_stages()),
     );
     p.ok(&["run", "base.yaml"]);
     let plan = p.plan("base.yaml", &[]);

@@ -146,6 +146,27 @@ pub const LLAMA_2_7B_CONFIG: &str = r#"{
   "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": false
 }"#;
 
+/// Recipe stages that make a tiny "English" LLaMA from the shipped sample:
+/// `text` (ingest), `tokenizer` (300 pieces), `model` (width 32, one layer).
+pub fn tiny_english_model_stages() -> String {
+    format!(
+        "  text:
+    kind: ingest
+    needs: {{ files: \"{}\" }}
+    with: {{ lang: en, text_unit: paragraph }}
+  tokenizer:
+    kind: train-tokenizer
+    needs: {{ corpus: text }}
+    with: {{ vocab_size: 300, min_frequency: 1 }}
+  model:
+    kind: init-model
+    needs: {{ tokenizer: tokenizer }}
+    with: {{ hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2 }}
+",
+        repo_root().join("data/samples/text/en.txt").display()
+    )
+}
+
 pub fn to_run(plan: &serde_json::Value) -> Vec<String> {
     plan["instances"]
         .as_array()

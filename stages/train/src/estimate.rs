@@ -363,16 +363,15 @@ mod tests {
     const BLOCK_PRODUCTS: u64 = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008);
     const HEAD: u64 = 32000 * 4096;
 
+    /// One step of one 512-token sequence of LLaMA-2-7B.
+    fn cost_7b(mode: Mode, frozen_dtype: DType, checkpointed: bool) -> StepCost {
+        let trainable = Trainable::new(mode, frozen_dtype);
+        step_cost(&LlamaConfig::llama_2_7b(), None, &trainable, 1, 512, checkpointed)
+    }
+
     #[test]
     fn llama_2_7b_has_its_published_parameter_count() {
-        let cost = step_cost(
-            &LlamaConfig::llama_2_7b(),
-            None,
-            &Trainable::new(Mode::Full, DType::F32),
-            1,
-            512,
-            false,
-        );
+        let cost = cost_7b(Mode::Full, DType::F32, false);
         assert_eq!(cost.parameters, N_7B);
         assert_eq!(cost.trainable_parameters, N_7B);
     }
@@ -380,14 +379,7 @@ mod tests {
     #[test]
     fn full_training_is_six_flops_per_weight_plus_attention_by_hand() {
         let t = 512.0;
-        let cost = step_cost(
-            &LlamaConfig::llama_2_7b(),
-            None,
-            &Trainable::new(Mode::Full, DType::F32),
-            1,
-            512,
-            false,
-        );
+        let cost = cost_7b(Mode::Full, DType::F32, false);
         let products = (BLOCK_PRODUCTS + HEAD) as f64;
         let attention = 4.0 * 32.0 * t * 32.0 * 128.0;
         assert_eq!(cost.forward_flops_per_token, 2.0 * products + attention);
@@ -402,14 +394,7 @@ mod tests {
 
     #[test]
     fn lora_r8_trains_the_adapters_and_holds_the_base_in_bf16_by_hand() {
-        let cost = step_cost(
-            &LlamaConfig::llama_2_7b(),
-            None,
-            &Trainable::new(lora_qkvo(), DType::BF16),
-            1,
-            512,
-            false,
-        );
+        let cost = cost_7b(lora_qkvo(), DType::BF16, false);
         // q, k, v, o of 32 layers: 8·(4096 + 4096) each.
         let adapters = 32 * 4 * 8 * (4096 + 4096);
         assert_eq!(adapters, 8_388_608);
@@ -431,14 +416,7 @@ mod tests {
 
     #[test]
     fn embeddings_only_trains_both_vocabulary_matrices_by_hand() {
-        let cost = step_cost(
-            &LlamaConfig::llama_2_7b(),
-            None,
-            &Trainable::new(Mode::Embeddings, DType::F32),
-            1,
-            512,
-            false,
-        );
+        let cost = cost_7b(Mode::Embeddings, DType::F32, false);
         assert_eq!(cost.trainable_parameters, 2 * HEAD);
         let products = (BLOCK_PRODUCTS + HEAD) as f64;
         let attention = 4.0 * 32.0 * 512.0 * 32.0 * 128.0;
@@ -467,9 +445,8 @@ mod tests {
 
     #[test]
     fn checkpointing_recomputes_the_blocks_forward() {
-        let config = LlamaConfig::llama_2_7b();
-        let whole = step_cost(&config, None, &Trainable::new(lora_qkvo(), DType::BF16), 1, 512, false);
-        let checkpointed = step_cost(&config, None, &Trainable::new(lora_qkvo(), DType::BF16), 1, 512, true);
+        let whole = cost_7b(lora_qkvo(), DType::BF16, false);
+        let checkpointed = cost_7b(lora_qkvo(), DType::BF16, true);
         let blocks_forward = whole.forward_flops_per_token - 2.0 * HEAD as f64 + 2.0 * (32 * 4 * 8 * 8192) as f64;
         assert_eq!(
             checkpointed.train_flops_per_token,
