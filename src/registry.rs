@@ -26,6 +26,9 @@ impl Registry {
         for kind in babelflow_tokens::kinds() {
             registry.add(kind);
         }
+        for kind in babelflow_vocab::kinds() {
+            registry.add(kind);
+        }
         for kind in babelflow_model::kinds() {
             registry.add(kind);
         }

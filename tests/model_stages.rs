@@ -33,7 +33,8 @@ stages:
     with: {{ new_tokens: 200, train_vocab_size: 600 }}
   ext_model:
     kind: resize-vocab
-    needs: {{ model: scratch, added: "extended:added_tokens.json", tokenizer: "extended:tokenizer.json" }}
+    needs: {{ model: scratch, added: "extended:added_tokens.json", tokenizer: "extended:tokenizer.json", corpus: corpus@zh }}
+    with: {{ init: focus, focus_dim: 16, focus_subsample: 0.001 }}
   imported:
     kind: import-model
     needs: {{ checkpoint: "{fixture}/" }}
@@ -58,6 +59,29 @@ stages:
     let ext = read(dir("ext_model").join("model/config.json"));
     assert_eq!(ext["vocab_size"], added["vocab_size"]);
     assert!(ext["vocab_size"].as_u64().unwrap() > vocab as u64);
+    // stats.json says how the new rows started: FOCUS where the Chinese
+    // text gave a new token a vector, its old pieces where it did not.
+    let notes = &read(dir("ext_model").join("stats.json"));
+    assert_eq!(notes["init"], "focus");
+    assert!(notes["text_tokens"].as_u64().unwrap() > 100, "{notes}");
+    let by: u64 = notes["new_rows_by"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by, ext["vocab_size"].as_u64().unwrap() - vocab as u64, "{notes}");
+    assert!(notes["new_rows_by"]["focus"].as_u64().unwrap() > 0, "{notes}");
+    // Without its text, the init is refused when planned, naming the input.
+    let without = recipe.replace(", corpus: corpus@zh }", " }");
+    p.write("no-corpus.yaml", &without);
+    let out = p.run(&["plan", "no-corpus.yaml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs input `corpus`") && err.contains("init: focus"),
+        "{err}"
+    );
     assert!(dir("imported").join("model/model.safetensors").is_file());
     assert_eq!(read(dir("imported").join("manifest.json"))["notes"]["layers"], 2);
 

@@ -132,6 +132,15 @@ pub fn resolve_refs(source: &RecipeSource, pending: &mut [Pending], declared: &[
                     ));
                 }
             }
+            for (name, why) in kind.inputs_required_by(&p.instance.params) {
+                if !p.input_spans.iter().any(|(n, _)| n == name) {
+                    diags.push(source.diag(
+                        p.needs_span,
+                        format!("`{}` needs input `{name}`: {why}", p.instance.name),
+                        None,
+                    ));
+                }
+            }
             for spec in specs {
                 let bound = bindings.iter().find(|b| b.name == spec.name).map(|b| b.sources.len());
                 if spec.required && !p.input_spans.iter().any(|(n, _)| n == spec.name) {

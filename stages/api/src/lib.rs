@@ -76,6 +76,13 @@ pub trait StageKind: Send + Sync {
         Vec::new()
     }
 
+    /// Optional inputs these parameters make necessary, each with why
+    /// (`resize-vocab` with `init: focus` reads `corpus`): `plan` refuses
+    /// the recipe when one is unbound, before anything runs.
+    fn inputs_required_by(&self, _params: &Params) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// What a run would resume from, if this kind left something resumable
     /// in `resume_dir` ("the checkpoint at step 40"): `plan` says so instead
     /// of "no earlier run". Read only; never fails.

@@ -46,11 +46,8 @@ pub mod stage;
 
 use std::sync::Arc;
 
-/// The stage kinds this crate provides.
+/// The stage kinds this crate provides (`resize-vocab` is babelflow-vocab's:
+/// its inits read text with the tokenizers).
 pub fn kinds() -> Vec<Arc<dyn babelflow_stage::StageKind>> {
-    vec![
-        Arc::new(stage::ImportModel),
-        Arc::new(stage::InitModel),
-        Arc::new(stage::ResizeVocab),
-    ]
+    vec![Arc::new(stage::ImportModel), Arc::new(stage::InitModel)]
 }

@@ -1,9 +1,8 @@
-//! Growing the vocabulary of a model after `extend-vocab`: existing rows of
-//! the embedding (and of an untied head) are kept bit for bit; new rows start
-//! from a named strategy:
-//! - `mean`: the mean of all existing rows, plus optional Gaussian noise;
-//! - `subword-mean`: the mean of the rows of the pieces the *old* tokenizer
-//!   splits the new token into (`base_pieces` in added_tokens.json).
+//! Growing the vocabulary of a model after `extend-vocab`: what
+//! added_tokens.json says was added, the resize itself (existing rows of the
+//! embedding and of an untied head kept bit for bit), and the record it
+//! leaves for `trainable: new-embeddings`. How the new rows start is
+//! babelflow-vocab's `resize-vocab` kind.
 
 use std::path::Path;
 
@@ -85,73 +84,18 @@ impl ResizedVocab {
     }
 }
 
-/// Normal draws from a seeded generator (Box–Muller over SplitMix64).
-struct Gauss(u64);
-
-impl Gauss {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (-2.0 * self.uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
-    }
+/// Which matrix new rows are grown for: the input embedding, or the output
+/// head when it is not tied to the embedding (a tied head is the embedding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matrix {
+    Embedding,
+    Head,
 }
 
-/// Grows a `[old_rows, d]` matrix to `[new_rows, d]`.
-pub fn grow_rows(
-    old: &[f32],
-    old_rows: usize,
-    d: usize,
-    new_rows: usize,
-    added: &[AddedToken],
-    init: ResizeInit,
-) -> Result<Vec<f32>, String> {
-    let mut out = Vec::with_capacity(new_rows * d);
-    out.extend_from_slice(&old[..old_rows * d]);
-    let mut mean = vec![0f64; d];
-    for r in 0..old_rows {
-        for (m, x) in mean.iter_mut().zip(&old[r * d..(r + 1) * d]) {
-            *m += *x as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= old_rows.max(1) as f64);
-    let mut gauss = Gauss(match init {
-        ResizeInit::Mean { seed, .. } => seed,
-        ResizeInit::SubwordMean => 0,
-    });
-    for id in old_rows..new_rows {
-        let pieces = added
-            .iter()
-            .find(|a| a.id == id)
-            .map(|a| a.base_pieces.as_slice())
-            .unwrap_or(&[]);
-        let row: Vec<f32> = match init {
-            ResizeInit::SubwordMean if !pieces.is_empty() => {
-                let mut acc = vec![0f64; d];
-                for &p in pieces {
-                    let p = p as usize;
-                    if p >= old_rows {
-                        return Err(format!("token {id}: piece {p} is not an existing row (< {old_rows})"));
-                    }
-                    for (a, x) in acc.iter_mut().zip(&old[p * d..(p + 1) * d]) {
-                        *a += *x as f64;
-                    }
-                }
-                acc.iter().map(|a| (a / pieces.len() as f64) as f32).collect()
-            }
-            ResizeInit::Mean { noise, .. } => mean.iter().map(|m| (m + noise * gauss.normal()) as f32).collect(),
-            // A new token the old tokenizer cannot split: fall back to the mean.
-            ResizeInit::SubwordMean => mean.iter().map(|m| *m as f32).collect(),
-        };
-        out.extend(row);
-    }
-    Ok(out)
-}
+/// `(matrix, old values, d)` → the added rows' values (see [`resize`]).
+pub type NewRows<'a> = dyn FnMut(Matrix, &[f32], usize) -> Result<Vec<f32>, String> + 'a;
 
+/// A `[rows, d]` matrix's values as f32, row-major.
 fn rows_of(t: Tensor<2>) -> (usize, usize, Vec<f32>) {
     let [r, d] = t.dims();
     (
@@ -161,13 +105,17 @@ fn rows_of(t: Tensor<2>) -> (usize, usize, Vec<f32>) {
     )
 }
 
-/// Resizes embeddings (and an untied head) to `added.vocab_size` rows.
+/// Resizes the embedding (and an untied head) to `added.vocab_size` rows.
+/// Existing rows are kept bit for bit; `new_rows(matrix, old, d)` gives the
+/// `(vocab_size - base_vocab_size) × d` values of the added rows from the
+/// old `[base_vocab_size, d]` matrix (how they start is the caller's
+/// choice: babelflow-vocab's inits).
 pub fn resize(
     model: Llama,
     config: &mut LlamaConfig,
     added: &AddedTokens,
-    init: ResizeInit,
     device: &Device,
+    new_rows: &mut NewRows,
 ) -> Result<Llama, ModelError> {
     let bad = |m: String| ModelError::Config {
         path: "added_tokens.json".into(),
@@ -179,46 +127,32 @@ pub fn resize(
             added.base_vocab_size, config.vocab_size
         )));
     }
-    let new_rows = added.vocab_size;
-    let grow = |t: Tensor<2>| -> Result<Tensor<2>, ModelError> {
-        let (r, d, data) = rows_of(t);
-        let grown = grow_rows(&data, r, d, new_rows, &added.added, init).map_err(bad)?;
-        Ok(Tensor::from_data(TensorData::new(grown, [new_rows, d]), device))
+    let vocab = added.vocab_size;
+    let mut grow = |matrix: Matrix, t: Tensor<2>| -> Result<Tensor<2>, ModelError> {
+        let (rows, d, mut data) = rows_of(t);
+        let grown = new_rows(matrix, &data, d).map_err(bad)?;
+        if grown.len() != (vocab - rows) * d {
+            return Err(bad(format!(
+                "{} new values for {} new rows of width {d}",
+                grown.len(),
+                vocab - rows
+            )));
+        }
+        data.extend(grown);
+        Ok(Tensor::from_data(TensorData::new(data, [vocab, d]), device))
     };
-    let embed = grow(model.embed_tokens.val())?;
+    let embed = grow(Matrix::Embedding, model.embed_tokens.val())?;
     let head = match &model.lm_head {
         Some(h) => Some(Proj {
-            weight: Param::from_tensor(grow(h.weight.val())?),
+            weight: Param::from_tensor(grow(Matrix::Head, h.weight.val())?),
             bias: None,
         }),
         None => None,
     };
-    config.vocab_size = new_rows;
+    config.vocab_size = vocab;
     Ok(Llama {
         embed_tokens: Param::from_tensor(embed),
         lm_head: head,
         ..model
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn old_rows_stay_and_subword_mean_rows_are_means_of_their_pieces() {
-        let old = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 3 rows of width 2
-        let added = vec![AddedToken {
-            id: 3,
-            token: "ab".into(),
-            base_pieces: vec![0, 2],
-        }];
-        let grown = grow_rows(&old, 3, 2, 5, &added, ResizeInit::SubwordMean).unwrap();
-        assert_eq!(&grown[..6], &old[..]);
-        assert_eq!(&grown[6..8], &[3.0, 4.0]); // mean of rows 0 and 2
-        assert_eq!(&grown[8..10], &[3.0, 4.0]); // no pieces: mean of all rows
-        let noisy = grow_rows(&old, 3, 2, 4, &[], ResizeInit::Mean { noise: 0.1, seed: 1 }).unwrap();
-        assert_eq!(&noisy[..6], &old[..]);
-        assert!(noisy[6] != 3.0 && (noisy[6] - 3.0).abs() < 1.0);
-    }
 }

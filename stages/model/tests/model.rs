@@ -233,50 +233,6 @@ fn batched_prompts_of_different_lengths_generate_what_each_would_alone() {
     assert_eq!(stopped[1], batched[1][..=first].to_vec());
 }
 
-#[test]
-fn resizing_keeps_old_rows_bit_identical_and_new_rows_follow_the_strategy() {
-    use babelflow_model::resize::{resize, AddedToken, AddedTokens, ResizeInit};
-    let device = Device::flex();
-    let (mut config, model) = hf::load(&fixture("tiny-gqa"), &device).unwrap();
-    let before = hf::named_tensors(&model);
-    let added = AddedTokens {
-        base_vocab_size: 32,
-        vocab_size: 35,
-        added: vec![
-            AddedToken {
-                id: 32,
-                token: "x".into(),
-                base_pieces: vec![3, 4],
-            },
-            AddedToken {
-                id: 33,
-                token: "y".into(),
-                base_pieces: vec![5],
-            },
-        ],
-    };
-    let resized = resize(model, &mut config, &added, ResizeInit::SubwordMean, &device).unwrap();
-    assert_eq!(config.vocab_size, 35);
-    let after = hf::named_tensors(&resized);
-    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
-        let (old_shape, old) = &before[name];
-        let (new_shape, new) = &after[name];
-        assert_eq!(new_shape, &vec![35, old_shape[1]]);
-        assert_eq!(&new[..old.len()], &old[..], "{name}: old rows changed");
-        let d = old_shape[1];
-        for k in 0..d {
-            let want = (old[3 * d + k] + old[4 * d + k]) / 2.0;
-            assert!((new[32 * d + k] - want).abs() < 1e-6, "{name}: subword-mean row");
-            assert_eq!(new[33 * d + k], old[5 * d + k]);
-        }
-    }
-    let err = resize(resized, &mut config, &added, ResizeInit::SubwordMean, &device)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("built on a vocabulary of 32, the model has 35"), "{err}");
-}
-
 /// Evaluation in bf16 or f16: the weights are converted (half the memory),
 /// the logits come back in f32, close to the f32 model's, and cached
 /// generation runs.

@@ -13,6 +13,7 @@ pub fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
         .into_iter()
         .chain(babelflow_tokens::kinds())
         .chain(babelflow_model::kinds())
+        .chain(babelflow_vocab::kinds())
         .chain(babelflow_evaluate::kinds())
         .find(|k| k.name() == name)
         .unwrap()

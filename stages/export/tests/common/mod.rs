@@ -22,6 +22,7 @@ pub fn kind(name: &str) -> std::sync::Arc<dyn babelflow_stage::StageKind> {
         .into_iter()
         .chain(babelflow_tokens::kinds())
         .chain(babelflow_model::kinds())
+        .chain(babelflow_vocab::kinds())
         .chain(babelflow_export::kinds())
         .find(|k| k.name() == name)
         .unwrap_or_else(|| panic!("no stage kind `{name}`"))

@@ -12,6 +12,7 @@ pub fn kind(name: &str) -> std::sync::Arc<dyn StageKind> {
         .into_iter()
         .chain(babelflow_tokens::kinds())
         .chain(babelflow_model::kinds())
+        .chain(babelflow_vocab::kinds())
         .chain(babelflow_train::kinds())
         .find(|k| k.name() == name)
         .unwrap_or_else(|| panic!("no kind `{name}`"))
