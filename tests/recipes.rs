@@ -116,6 +116,7 @@ fn sample_paths(p: &Project, recipe: &std::path::Path) -> Vec<String> {
         for split in ["train", "test"] {
             p.write(&format!("corpora/sft/{split}.json"), "[]");
         }
+        p.write("corpora/parallel/train.json", "[]");
         return vec![
             format!("vars.gguf={}", gguf.display()),
             format!("vars.corpora={}", corpora.display()),

@@ -3,6 +3,7 @@
 //! so; nothing is filled in.
 
 mod evaluation;
+mod extension;
 pub mod figures;
 mod run;
 mod table;
@@ -230,7 +231,7 @@ impl StageKind for Report {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "7"
+        "8"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
@@ -260,6 +261,7 @@ impl StageKind for Report {
         let mut tables: Vec<Table> = run::missing_table(&ctx.missing).into_iter().collect();
         tables.extend([data_table(corpus)?, fertility_table(tokens)?, training_table(training)?]);
         tables.extend(evaluation::tables(evaluation, &ctx.upstream)?);
+        tables.extend(extension::table(&ctx.upstream)?);
         tables.push(run::run_table(&ctx.upstream, &all));
         let mut figures = figures::training(training)?;
         figures.extend(figures::code_switching(evaluation)?);

@@ -16,6 +16,9 @@ pub struct Windows {
     count: usize,
     /// The language most of the stream is in (for validation labels).
     pub lang: String,
+    /// Each document's `(first token, tokens, characters)`, in stream
+    /// order: what text a span of tokens stands for.
+    documents: Vec<(u64, u64, u64)>,
 }
 
 #[allow(clippy::len_without_is_empty)] // a Windows is never empty: `open` refuses that
@@ -51,17 +54,24 @@ impl Windows {
             .max_by_key(|(_, n)| *n)
             .map(|(l, _)| l)
             .unwrap_or_else(|| "und".into());
+        let mut documents: Vec<(u64, u64, u64)> = index.iter().map(|d| (d.offset, d.n_tokens, d.n_chars)).collect();
+        documents.sort_unstable();
         Ok(Windows {
             tokens,
             path: bin.to_path_buf(),
             seq_len,
             count,
             lang,
+            documents,
         })
     }
 
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
     }
 
     pub fn vocab_size(&self) -> u32 {
@@ -97,6 +107,23 @@ impl Windows {
             cols: t,
             tokens: indices.len() * t,
         }
+    }
+
+    /// Characters of text behind the targets of windows `0..n` (tokens
+    /// `1..=n·seq_len` of the stream): whole documents count their
+    /// characters, a document the span cuts counts in proportion to its
+    /// tokens inside. Divides a validation loss into bits per character,
+    /// the one measure two tokenizers of the same text share.
+    pub fn chars_of_first(&self, n: usize) -> f64 {
+        let (from, to) = (1u64, 1 + (n.min(self.count) * self.seq_len) as u64);
+        self.documents
+            .iter()
+            .filter(|(_, tokens, _)| *tokens > 0)
+            .map(|&(start, tokens, chars)| {
+                let inside = (start + tokens).min(to).saturating_sub(start.max(from));
+                chars as f64 * inside as f64 / tokens as f64
+            })
+            .sum()
     }
 
     /// Window `i`: `seq_len + 1` ids.

@@ -1,6 +1,6 @@
 //! Training metrics as long-format Parquet rows: `step, tokens, metric,
 //! lang, value` (`loss`, `lr`, `tokens_per_s` with an empty lang;
-//! `val_loss`, `val_ppl` per validation language; `grad_norm` when
+//! `val_loss`, `val_ppl`, `val_bits_per_char` per validation language; `grad_norm` when
 //! clipping is on). The report reads them.
 
 use std::fs::File;

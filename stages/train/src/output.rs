@@ -53,8 +53,18 @@ pub fn write(
     }
     let backend = start.backend.as_str();
     let as_map = |v: &[(String, f64)]| v.iter().cloned().collect::<BTreeMap<_, _>>();
+    let bits_at = |step: u64| -> BTreeMap<String, f64> {
+        outcome
+            .metrics
+            .rows
+            .iter()
+            .filter(|(at, _, metric, _, _)| *at == step && metric == "val_bits_per_char")
+            .map(|(_, _, _, lang, value)| (lang.clone(), *value))
+            .collect()
+    };
+    let steps = ctx.params.usize("steps")?;
     let mut stats = serde_json::json!({
-        "steps": ctx.params.usize("steps")?,
+        "steps": steps,
         "tokens": outcome.tokens,
         "final_loss": outcome.last_loss,
         "tokens_per_s": outcome.tokens as f64 / outcome.seconds.max(1e-9),
@@ -68,6 +78,8 @@ pub fn write(
         "allreduce_seconds": outcome.allreduce_seconds,
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
+        "validation_bits_per_char_start": bits_at(0),
+        "validation_bits_per_char_end": bits_at(steps as u64),
         "precision": ctx.params.str("precision")?,
         "memory": memory(ctx, start, trainable, outcome.world_size)?,
     });

@@ -47,7 +47,8 @@ impl StageKind for Pretrain {
         // 5: the fused NLL and SwiGLU backward reuse their inputs' buffers (NLL: exp once per logit): last bits differ.
         // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
         // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
-        "6"
+        // 7: validation in bits per character too (`val_bits_per_char`, stats.json).
+        "7"
     }
     fn summary(&self) -> &'static str {
         "further-pretrain a LLaMA on a token stream (AdamW, warmup + decay, per-language validation)"

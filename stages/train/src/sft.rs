@@ -212,7 +212,8 @@ impl StageKind for Sft {
         // 5: BOS/EOS/PAD as transformers reads them; `template: chat`.
         // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
         // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
-        "6"
+        // 7: validation in bits per character too (`val_bits_per_char`, stats.json).
+        "7"
     }
     fn summary(&self) -> &'static str {
         "instruction-tune a LLaMA (alpaca/bactrian/belle/chat templates, loss on responses only)"

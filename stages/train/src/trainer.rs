@@ -200,8 +200,9 @@ pub fn tensors(batch: Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>
     )
 }
 
-/// Mean loss over the first `batches` batches of a validation stream.
-fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: usize, device: &Device) -> f64 {
+/// Mean loss per token over the first `batch × batches` windows of `set`,
+/// and how many windows that was.
+fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: usize, device: &Device) -> (f64, usize) {
     let n = set.len().min(batch * batches).max(1);
     let mut total = 0.0;
     let mut count = 0.0;
@@ -211,7 +212,7 @@ fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: us
         total += loss as f64 * chunk.len() as f64;
         count += chunk.len() as f64;
     }
-    total / count
+    (total / count, n)
 }
 
 /// The global L2 norm of the gradients (before clipping), read back once.
@@ -319,9 +320,15 @@ pub fn train(
         let plain = model.valid();
         let mut out = Vec::new();
         for set in validation {
-            let loss = validate(&plain, rope_eval, set, s.batch_size, s.eval_batches, device);
+            let (loss, windows) = validate(&plain, rope_eval, set, s.batch_size, s.eval_batches, device);
             metrics.push(step as u64, tokens, "val_loss", &set.lang, loss);
             metrics.push(step as u64, tokens, "val_ppl", &set.lang, loss.exp());
+            let chars = set.chars_of_first(windows);
+            if chars > 0.0 {
+                let predicted = (windows * set.seq_len()) as f64;
+                let bits = loss * predicted / chars / std::f64::consts::LN_2;
+                metrics.push(step as u64, tokens, "val_bits_per_char", &set.lang, bits);
+            }
             out.push((set.lang.clone(), loss));
         }
         out

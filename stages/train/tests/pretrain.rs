@@ -31,6 +31,28 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
     let start = stats["validation_loss_start"]["en"].as_f64().unwrap();
     let end = stats["validation_loss_end"]["en"].as_f64().unwrap();
     assert!(end < start - 0.5, "held-out English loss {start:.3} → {end:.3}");
+    // Bits per character: the loss over the 8 validation windows (4 × 2
+    // batches of 32 predicted tokens), per character of the text behind
+    // them, worked out here from the index by hand.
+    let index = babelflow_tokens::artifact::read_index(&val.with_file_name("index.parquet")).unwrap();
+    let stream_tokens: u64 = index.iter().map(|d| d.n_tokens).sum();
+    let predicted = (8 * 32).min(((stream_tokens - 1) / 32 * 32) as usize) as u64;
+    let chars: f64 = index
+        .iter()
+        .map(|d| {
+            let inside = (d.offset + d.n_tokens)
+                .min(1 + predicted)
+                .saturating_sub(d.offset.max(1));
+            d.n_chars as f64 * inside as f64 / d.n_tokens as f64
+        })
+        .sum();
+    for (loss, bits) in [
+        (start, &stats["validation_bits_per_char_start"]["en"]),
+        (end, &stats["validation_bits_per_char_end"]["en"]),
+    ] {
+        let want = loss * predicted as f64 / chars / std::f64::consts::LN_2;
+        assert!((bits.as_f64().unwrap() - want).abs() < 1e-9 * want, "{bits} vs {want}");
+    }
     assert!(trained.join("model/model.safetensors").is_file());
     assert!(trained.join("model/tokenizer.json").is_file());
     let device = babelflow_model::burn::tensor::Device::flex();
@@ -45,6 +67,7 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
         .unwrap();
     let mut losses = 0;
     let mut val_steps = Vec::new();
+    let mut bits_steps = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
         let metric = batch
@@ -65,12 +88,14 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
             match metric.value(r) {
                 "loss" => losses += 1,
                 "val_loss" => val_steps.push(step.value(r)),
+                "val_bits_per_char" => bits_steps.push(step.value(r)),
                 _ => {}
             }
         }
     }
     assert_eq!(losses, 40);
     assert_eq!(val_steps, vec![0, 20, 40]);
+    assert_eq!(bits_steps, vec![0, 20, 40]);
 }
 
 #[test]
