@@ -231,7 +231,7 @@ impl StageKind for Report {
         "report"
     }
     fn code_version(&self) -> &'static str {
-        "8"
+        "9"
     }
     fn summary(&self) -> &'static str {
         "report.md + self-contained report.html with the numbers of the bound artifacts"
