@@ -50,18 +50,18 @@ stages:
     with: { new_tokens: 100, train_vocab_size: 400 }
   ext_subword:
     kind: resize-vocab
-    needs: { model: trained_base, added: "extension:added_tokens.json", tokenizer: "extension:tokenizer.json" }
+    needs: &extension { model: trained_base, added: "extension:added_tokens.json", tokenizer: "extension:tokenizer.json" }
   ext_mean:
     kind: resize-vocab
-    needs: { model: trained_base, added: "extension:added_tokens.json", tokenizer: "extension:tokenizer.json" }
+    needs: *extension
     with: { init: mean }
   ext_focus:
     kind: resize-vocab
-    needs: { model: trained_base, added: "extension:added_tokens.json", tokenizer: "extension:tokenizer.json", corpus: text@sw }
+    needs: { <<: *extension, corpus: text@sw }
     with: { init: focus, focus_dim: 16, focus_subsample: 0.001 }
   ext_aligned:
     kind: resize-vocab
-    needs: { model: trained_base, added: "extension:added_tokens.json", tokenizer: "extension:tokenizer.json", parallel: pairs }
+    needs: { <<: *extension, parallel: pairs }
     with: { init: aligned }
   tokens:
     kind: tokenize

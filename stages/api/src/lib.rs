@@ -12,6 +12,7 @@ mod error;
 pub mod estimate;
 pub mod memory;
 mod params;
+pub mod rng;
 pub mod spm;
 pub mod testing;
 

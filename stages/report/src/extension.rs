@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow_array::{Array, Float64Array, StringArray, UInt64Array};
 use babelflow_stage::{StageError, Upstream};
 use serde_json::Value;
 
+use crate::figures::read_metrics;
 use crate::table::{Cell, Table};
 use crate::{manifest_in, read_json};
 
@@ -27,38 +27,10 @@ type Curves = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// The validation curves of a training run's metrics.parquet.
 fn curves(dir: &Path) -> Result<Curves, StageError> {
-    let path = dir.join("metrics.parquet");
-    let file = std::fs::File::open(&path).map_err(|e| StageError::io(&path, e))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| StageError::input(&path, None, format!("not a metrics Parquet file: {e}")))?;
     let mut out = Curves::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| StageError::input(&path, None, format!("Parquet read error: {e}")))?;
-        let column = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| {
-                StageError::input(&path, None, format!("no column `{name}` (expected training metrics)"))
-            })
-        };
-        let (tokens, metric, lang, value) = (column("tokens")?, column("metric")?, column("lang")?, column("value")?);
-        let (Some(tokens), Some(metric), Some(lang), Some(value)) = (
-            tokens.as_any().downcast_ref::<UInt64Array>(),
-            metric.as_any().downcast_ref::<StringArray>(),
-            lang.as_any().downcast_ref::<StringArray>(),
-            value.as_any().downcast_ref::<Float64Array>(),
-        ) else {
-            return Err(StageError::input(
-                &path,
-                None,
-                "columns of unexpected types (expected training metrics)",
-            ));
-        };
-        for r in 0..batch.num_rows() {
-            if metric.value(r) == "val_bits_per_char" {
-                out.entry(lang.value(r).to_string())
-                    .or_default()
-                    .push((tokens.value(r) as f64, value.value(r)));
-            }
+    for (_, tokens, metric, lang, value) in read_metrics(&dir.join("metrics.parquet"))? {
+        if metric == "val_bits_per_char" {
+            out.entry(lang).or_default().push((tokens as f64, value));
         }
     }
     Ok(out)

@@ -48,29 +48,6 @@ const INPUTS: &[InputSpec] = &[InputSpec {
     doc: "token artifacts (from `tokenize`), all made with one tokenizer",
 }];
 
-/// SplitMix64: a small, well-mixed, reproducible generator.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct LangMix {
     available_tokens: u64,
@@ -191,7 +168,8 @@ impl StageKind for Mix {
                 .min()
                 .unwrap_or(0),
         };
-        let mut rng = SplitMix::new(p.i64("seed")? as u64);
+        // The constant keeps the shuffles mixes have always made.
+        let mut rng = babelflow_stage::rng::Rng::new(p.i64("seed")? as u64 ^ 0x5851_f42d_4c95_7f2d);
         let mut pieces = Vec::new();
         let mut report = BTreeMap::new();
         let mut assigned = 0u64;

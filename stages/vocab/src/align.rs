@@ -117,7 +117,7 @@ pub fn weights(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use babelflow_stage::rng::Rng;
 
     #[test]
     fn a_new_token_aligns_to_the_source_tokens_it_always_comes_with() {

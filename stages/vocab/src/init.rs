@@ -9,7 +9,7 @@ use babelflow_model::burn::tensor::Device;
 use babelflow_model::resize::{AddedTokens, Matrix};
 
 use crate::multivariate;
-use crate::rng::Rng;
+use babelflow_stage::rng::Rng;
 
 /// The `init` choices of `resize-vocab`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,13 +139,7 @@ pub fn apply(
         Matrix::Embedding => seed,
         Matrix::Head => seed ^ 0x6865_6164,
     });
-    let mut mean = vec![0f64; d];
-    for row in old.chunks_exact(d) {
-        for (m, x) in mean.iter_mut().zip(row) {
-            *m += *x as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= rows as f64);
+    let mean = multivariate::row_mean(old, d);
 
     let drawn = plan
         .rules
@@ -157,7 +151,7 @@ pub fn apply(
         _ => None,
     });
     let mut samples = match scale {
-        Some(scale) => multivariate::sample(old, d, drawn, scale, &mut rng, device)?,
+        Some(scale) => multivariate::sample(old, &mean, drawn, scale, &mut rng, device)?,
         None => Vec::new(),
     }
     .into_iter();

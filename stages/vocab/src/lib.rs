@@ -8,7 +8,6 @@ mod align;
 mod focus;
 pub mod init;
 mod multivariate;
-mod rng;
 mod sgns;
 mod stage;
 mod text;

@@ -9,31 +9,46 @@
 
 use babelflow_model::burn::tensor::{Device, Tensor, TensorData};
 
-use crate::rng::Rng;
+use babelflow_stage::rng::Rng;
 
 /// Values of the `z` block per product: bounds the memory of one chunk
 /// (64 MiB of f32) whatever the vocabulary.
 const CHUNK_VALUES: usize = 16 << 20;
 
-/// `k` rows of width `d` drawn from the old rows' `[n, d]` distribution.
-pub fn sample(old: &[f32], d: usize, k: usize, scale: f64, rng: &mut Rng, device: &Device) -> Result<Vec<f32>, String> {
-    if !(scale.is_finite() && scale >= 0.0) {
-        return Err(format!("covariance_scale must be a finite number ≥ 0, not {scale}"));
-    }
+/// The mean of the `[n, d]` rows `old`, in f64.
+pub fn row_mean(old: &[f32], d: usize) -> Vec<f64> {
     let n = old.len() / d.max(1);
-    if n == 0 || k == 0 {
-        return Ok(Vec::new());
-    }
     let mut mean = vec![0f64; d];
     for row in old.chunks_exact(d) {
         for (m, x) in mean.iter_mut().zip(row) {
             *m += *x as f64;
         }
     }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
+    mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+    mean
+}
+
+/// `k` rows of width `d` drawn from the distribution of the `[n, d]` rows
+/// `old`, whose mean (`row_mean`) is `mean`.
+pub fn sample(
+    old: &[f32],
+    mean: &[f64],
+    k: usize,
+    scale: f64,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<f32>, String> {
+    if !(scale.is_finite() && scale >= 0.0) {
+        return Err(format!("covariance_scale must be a finite number ≥ 0, not {scale}"));
+    }
+    let d = mean.len();
+    let n = old.len() / d.max(1);
+    if n == 0 || k == 0 {
+        return Ok(Vec::new());
+    }
     let centred: Vec<f32> = old
         .chunks_exact(d)
-        .flat_map(|row| row.iter().zip(&mean).map(|(x, m)| (*x as f64 - m) as f32))
+        .flat_map(|row| row.iter().zip(mean).map(|(x, m)| (*x as f64 - m) as f32))
         .collect();
     let centred: Tensor<2> = Tensor::from_data(TensorData::new(centred, [n, d]), device);
     let factor = (scale / n as f64).sqrt();
@@ -51,7 +66,7 @@ pub fn sample(old: &[f32], d: usize, k: usize, scale: f64, rng: &mut Rng, device
             .try_into_vec::<f32>()
             .map_err(|e| format!("reading drawn rows back: {e:?}"))?;
         for row in drawn.chunks_exact(d) {
-            out.extend(row.iter().zip(&mean).map(|(x, m)| (*x as f64 + m) as f32));
+            out.extend(row.iter().zip(mean).map(|(x, m)| (*x as f64 + m) as f32));
         }
         done += rows;
     }
@@ -99,7 +114,7 @@ mod tests {
         let (mu, sigma) = moments(&old, d);
         let k = 20_000;
         for scale in [1.0, 0.01] {
-            let drawn = sample(&old, d, k, scale, &mut Rng::new(5), &Device::flex()).unwrap();
+            let drawn = sample(&old, &row_mean(&old, d), k, scale, &mut Rng::new(5), &Device::flex()).unwrap();
             assert_eq!(drawn.len(), k * d);
             let (m, c) = moments(&drawn, d);
             for i in 0..d {
@@ -129,10 +144,11 @@ mod tests {
     #[test]
     fn a_seed_repeats_its_draws_and_fewer_rows_than_dimensions_still_draw() {
         let old = old_rows(3, &mut Rng::new(2));
-        let a = sample(&old, 4, 10, 1.0, &mut Rng::new(9), &Device::flex()).unwrap();
-        let b = sample(&old, 4, 10, 1.0, &mut Rng::new(9), &Device::flex()).unwrap();
+        let mean = row_mean(&old, 4);
+        let a = sample(&old, &mean, 10, 1.0, &mut Rng::new(9), &Device::flex()).unwrap();
+        let b = sample(&old, &mean, 10, 1.0, &mut Rng::new(9), &Device::flex()).unwrap();
         assert_eq!(a, b);
         assert!(a.iter().all(|v| v.is_finite()));
-        assert!(sample(&old, 4, 1, f64::NAN, &mut Rng::new(9), &Device::flex()).is_err());
+        assert!(sample(&old, &mean, 1, f64::NAN, &mut Rng::new(9), &Device::flex()).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! Single-threaded and seeded, so the vectors (and the rows built from
 //! them) are the same on every run; word2vec's own threads race on purpose.
 
-use crate::rng::Rng;
+use babelflow_stage::rng::Rng;
 
 /// Training settings (word2vec's defaults for skip-gram, but for `dim`).
 #[derive(Debug, Clone, Copy, PartialEq)]

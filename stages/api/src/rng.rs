@@ -1,14 +1,17 @@
-//! Seeded draws for the inits: every init is a function of its inputs and
-//! `seed`, on any machine (SplitMix64; normals by Box–Muller).
+//! The one seeded generator stage kinds draw from (SplitMix64; normals by
+//! Box–Muller): a result that depends on a seed is the same on every
+//! machine and every run. `mix` shuffles with it, `resize-vocab`'s inits
+//! sample and train with it.
 
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator whose first step adds to `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -28,6 +31,14 @@ impl Rng {
 
     pub fn normal(&mut self) -> f64 {
         (-2.0 * self.uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
     }
 }
 
