@@ -218,4 +218,55 @@ stages:
         .unwrap_or_else(|| panic!("no pretrain row in the run table:\n{report}"));
     assert!(row.contains(&format!("{seconds:.2}")), "{row}");
     assert!(row.contains(&format!("{:.0}", peak / 1e6)), "{row}");
+
+    // Twice the steps is the same shape: the run that happened prices it,
+    // its seconds per FLOP beyond the fixed cost and its own peak.
+    let took = manifest["duration_s"].as_f64().unwrap();
+    let longer = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.steps=6"]);
+    let planned = estimate_of(&longer, "pretrain");
+    assert_eq!(planned["action"], "run");
+    assert_eq!(planned["shape"], manifest["estimate"]["shape"]);
+    let work = &planned["work"];
+    let longer_flops = work["train_flops"].as_f64().unwrap() + work["forward_flops"].as_f64().unwrap();
+    assert!(longer_flops > 1.5 * flops, "{longer_flops} {flops}");
+    let fixed = work["io_bytes"].as_f64().unwrap() / 1e9 + 0.5;
+    let expected = fixed + (took - fixed).max(0.0) * longer_flops / manifest["estimate"]["flops"].as_f64().unwrap();
+    let priced = planned["seconds"].as_f64().unwrap();
+    assert!((priced - expected).abs() < 1e-9, "{priced} {expected} {planned:#}");
+    assert!(
+        planned["seconds_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("an earlier run of the same shape in this store (latest `pretrain` of recorded"),
+        "{planned:#}"
+    );
+    assert_eq!(planned["peak_bytes"], manifest["peak_rss_bytes"]);
+    let text = p.ok(&["plan", "r.yaml", "--estimate", "--set", "stages.pretrain.with.steps=6"]);
+    assert!(
+        text.contains("pretrain: time from an earlier run of the same shape")
+            && text.contains("pretrain: peak memory = measured peak of an earlier run"),
+        "{text}"
+    );
+
+    // Another batch size holds other activations: another shape, priced by the calibration.
+    let wider = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.batch_size=4"]);
+    let planned = estimate_of(&wider, "pretrain");
+    assert_ne!(planned["shape"], manifest["estimate"]["shape"]);
+    assert_eq!(planned["seconds_source"], "made up for this test");
+    // A documented device is not the machine the run was measured on.
+    let a100 = p.plan(
+        "r.yaml",
+        &[
+            "--estimate",
+            "--device",
+            "a100-80gb",
+            "--set",
+            "stages.pretrain.with.steps=6",
+        ],
+    );
+    let source = estimate_of(&a100, "pretrain")["seconds_source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(source.starts_with("documented peak"), "{source}");
 }

@@ -121,9 +121,17 @@ pub fn print(cost: &PlanCost) {
     if let Some(hours) = t.device_hours {
         println!("  device time: {hours:.2} device-hours");
     }
+    let device_source = device.throughput.as_ref().map(|t| t.source.as_str());
     for c in running.iter().filter(|c| c.work.is_some()) {
         if let Some(work) = &c.work {
             println!("  {}: tokens = {}", c.name, work.tokens.how);
+        }
+        // Priced by what runs of its shape measured, not by the device's rate.
+        if let Some(source) = c.seconds_source.as_deref().filter(|s| Some(*s) != device_source) {
+            println!("  {}: time from {source}", c.name);
+        }
+        if let Some(source) = c.peak_source.as_deref().filter(|s| s.starts_with("measured")) {
+            println!("  {}: peak memory = {source}", c.name);
         }
     }
     if !t.not_estimated.is_empty() {

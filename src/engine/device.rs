@@ -129,6 +129,9 @@ pub struct Device {
     /// What would make the throughput known, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_hint: Option<String>,
+    /// This machine, where the store's earlier runs were measured (not a
+    /// documented device priced from its data sheet).
+    pub is_this_machine: bool,
 }
 
 /// The kind calibrated in `kind`'s place: `sft` trains as `pretrain` does.
@@ -177,6 +180,7 @@ impl Device {
                 ),
             }),
             throughput_hint: None,
+            is_this_machine: false,
         })
     }
 
@@ -215,6 +219,7 @@ impl Device {
                 )
             }),
             throughput,
+            is_this_machine: true,
         }
     }
 
@@ -228,7 +233,15 @@ impl Device {
         let t = self.throughput.as_ref()?;
         let (train, forward) = t.at(work.hidden_size)?;
         let compute = work.train_flops / train + work.forward_flops / forward;
-        Some(compute / processes.max(1) as f64 + work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind))
+        Some(compute / processes.max(1) as f64 + self.fixed_seconds(kind, work))
+    }
+
+    /// What `kind`'s `work` costs besides its FLOPs: reading and writing
+    /// checkpoints, and the kind's fixed cost (0 where not measured).
+    pub fn fixed_seconds(&self, kind: &str, work: &Work) -> f64 {
+        self.throughput
+            .as_ref()
+            .map_or(0.0, |t| work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind))
     }
 }
 

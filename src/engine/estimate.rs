@@ -2,7 +2,9 @@
 //! kind estimates its outputs' facts and its work (tokens, FLOPs, memory)
 //! from its parameters and the upstream estimates, upstream first; this
 //! module turns the work into time on a [`Device`] and checks that each
-//! instance fits the device's memory.
+//! instance fits the device's memory. On this machine, an instance with
+//! the shape of runs the store already holds is priced by what those runs
+//! measured ([`super::history`]).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,7 @@ use babelflow_stage::{Estimate, EstimateContext};
 use serde::Serialize;
 
 use super::device::Device;
+use super::history::{flops_of, shape_of, History};
 use super::plan::{Action, PlannedInstance};
 use crate::graph::Graph;
 use crate::recipe::expand::Source;
@@ -33,9 +36,19 @@ pub struct InstanceCost {
     /// Wall time on the device, when its throughput is known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// Where `seconds` came from: the device's throughput, or earlier runs
+    /// of the same shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_source: Option<String>,
     /// Peak memory of one process: the work's, plus what the process
-    /// holds besides (measured by `babelflow calibrate` on this machine).
+    /// holds besides (measured by `babelflow calibrate` on this machine);
+    /// or the peak earlier runs of the same shape measured.
     pub peak_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_source: Option<String>,
+    /// The key runs of the same shape share (see [`super::history::shape_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<String>,
     /// `peak_bytes` above the device's memory.
     pub over_memory: bool,
 }
@@ -46,8 +59,12 @@ pub struct Recorded {
     pub seconds: Option<f64>,
     pub peak_bytes: u64,
     pub device: String,
-    /// Where the time came from; `None` when the device's throughput is unknown.
+    /// Where the time came from; `None` when it is unknown.
     pub source: Option<String>,
+    pub peak_source: Option<String>,
+    /// For later estimates of the same shape: the key and the FLOPs.
+    pub shape: Option<String>,
+    pub flops: f64,
 }
 
 /// The sums over what would run.
@@ -108,6 +125,8 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
         };
         estimates[i] = Some(inst.kind.estimate(&ctx));
     }
+    // Earlier runs price only the machine they ran on.
+    let history = device.is_this_machine.then(|| History::load(store));
     let instances: Vec<InstanceCost> = planned
         .iter()
         .zip(&graph.instances)
@@ -115,26 +134,49 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
         .map(|((p, inst), estimate)| {
             let estimate = estimate.unwrap_or_default();
             let processes = processes(inst);
-            let seconds = estimate
-                .work
-                .as_ref()
-                .and_then(|w| device.seconds(&p.kind, w, processes));
-            let peak_bytes = estimate
-                .work
-                .as_ref()
-                .map_or(0, |w| w.memory.total_bytes() + device.process_bytes(&p.kind));
-            let over_memory = peak_bytes > device.memory_bytes;
-            InstanceCost {
+            let mut cost = InstanceCost {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
                 action: p.action,
                 processes,
-                work: estimate.work,
+                work: None,
                 unknown: estimate.unknown,
-                seconds,
-                peak_bytes,
-                over_memory,
+                seconds: None,
+                seconds_source: None,
+                peak_bytes: 0,
+                peak_source: None,
+                shape: None,
+                over_memory: false,
+            };
+            if let Some(work) = estimate.work {
+                cost.seconds = device.seconds(&p.kind, &work, processes);
+                cost.seconds_source = cost.seconds.and(device.throughput.as_ref()).map(|t| t.source.clone());
+                cost.peak_bytes = work.memory.total_bytes() + device.process_bytes(&p.kind);
+                cost.peak_source = Some(if device.process_bytes(&p.kind) > 0 {
+                    "model: weights, gradients, optimizer state, activations; and what the process holds besides \
+                     (babelflow calibrate)"
+                        .to_string()
+                } else {
+                    "model: weights, gradients, optimizer state, activations".to_string()
+                });
+                let shape = shape_of(&p.kind, &work, processes);
+                let fixed_s = device.fixed_seconds(&p.kind, &work);
+                if let Some(past) = history
+                    .as_ref()
+                    .and_then(|h| h.estimate(&shape, &inst.backend, &work, fixed_s))
+                {
+                    cost.seconds = Some(past.seconds);
+                    cost.seconds_source = Some(past.seconds_source);
+                    if let Some((peak, source)) = past.peak {
+                        cost.peak_bytes = peak;
+                        cost.peak_source = Some(source);
+                    }
+                }
+                cost.shape = Some(shape);
+                cost.over_memory = cost.peak_bytes > device.memory_bytes;
+                cost.work = Some(work);
             }
+            cost
         })
         .collect();
     let totals = totals(&instances, device);
@@ -172,7 +214,8 @@ fn totals(instances: &[InstanceCost], device: &Device) -> Totals {
             .zip(cost.seconds)
             .map(|(a, b)| a + b * cost.processes as f64);
     }
-    if device.throughput.is_some() {
+    // Known when every instance is priced, by the device or by earlier runs.
+    if device.throughput.is_some() || instances.iter().any(|c| c.action == Action::Run && c.seconds.is_some()) {
         totals.seconds = seconds;
         totals.device_hours = device_seconds.map(|s| s / 3600.0);
     }
@@ -185,11 +228,14 @@ impl PlanCost {
         self.instances
             .iter()
             .map(|c| {
-                c.work.as_ref().map(|_| Recorded {
+                c.work.as_ref().map(|work| Recorded {
                     seconds: c.seconds,
                     peak_bytes: c.peak_bytes,
                     device: self.device.name.clone(),
-                    source: self.device.throughput.as_ref().map(|t| t.source.clone()),
+                    source: c.seconds_source.clone(),
+                    peak_source: c.peak_source.clone(),
+                    shape: c.shape.clone(),
+                    flops: flops_of(work),
                 })
             })
             .collect()

@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod device;
 pub mod estimate;
 pub mod execute;
+pub mod history;
 pub mod plan;
 pub mod progress;
 pub mod scheduler;

@@ -1,0 +1,271 @@
+//! Earlier runs of the same shape as a source of estimates. Every manifest
+//! keeps what `plan --estimate` said before its run — with the instance's
+//! shape and FLOPs — beside the time it took and its peak memory. When
+//! an instance about to run has the shape of runs the store already holds
+//! (same kind, backend and model, same trainable part, same memory
+//! layout: batch × length, precision, checkpointing; any number of steps
+//! or documents), their measured seconds per FLOP and their peak price it
+//! more closely than a calibration at another shape can.
+
+use babelflow_stage::estimate::Work;
+use serde_json::Value;
+
+use crate::store::Store;
+
+/// One finished run, as its manifest recorded it.
+#[derive(Debug, Clone)]
+pub struct PastRun {
+    pub instance: String,
+    pub recipe: String,
+    shape: String,
+    backend: String,
+    finished_at: u64,
+    duration_s: f64,
+    flops: f64,
+    /// Ran with `--jobs 1`: alone, its time and peak its own.
+    alone: bool,
+    peak_bytes: Option<u64>,
+}
+
+impl PastRun {
+    fn from_manifest(m: &Value) -> Option<PastRun> {
+        let estimate = &m["estimate"];
+        Some(PastRun {
+            instance: m["instance"].as_str()?.to_string(),
+            recipe: m["recipe"].as_str().unwrap_or("?").to_string(),
+            shape: estimate["shape"].as_str()?.to_string(),
+            backend: m["backend"].as_str()?.to_string(),
+            finished_at: m["finished_at"].as_u64().unwrap_or(0),
+            duration_s: m["duration_s"].as_f64()?,
+            flops: estimate["flops"].as_f64()?,
+            alone: m["peak_rss_own"].as_bool() == Some(true),
+            peak_bytes: m["peak_rss_bytes"].as_u64(),
+        })
+    }
+}
+
+/// The runs a store's manifests describe, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    runs: Vec<PastRun>,
+}
+
+/// An estimate made from earlier runs of the same shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FromHistory {
+    pub seconds: f64,
+    pub seconds_source: String,
+    /// The median measured peak, when the runs ran alone (else a peak is
+    /// the process's, with what ran beside it).
+    pub peak: Option<(u64, String)>,
+}
+
+/// The key two instances share when they hold the same memory and run
+/// the same products per token: the kind, the model's size and width,
+/// what trains, the memory layout and the processes. Steps and text
+/// lengths are left out: they scale the FLOPs, not the shape.
+pub fn shape_of(kind: &str, work: &Work, processes: usize) -> String {
+    let key = serde_json::json!({
+        "kind": kind,
+        "parameters": work.parameters,
+        "trainable_parameters": work.trainable_parameters,
+        "hidden_size": work.hidden_size,
+        "memory": work.memory,
+        "processes": processes,
+    });
+    blake3::hash(key.to_string().as_bytes()).to_hex()[..16].to_string()
+}
+
+/// The FLOPs an instance's time is priced by.
+pub fn flops_of(work: &Work) -> f64 {
+    work.train_flops + work.forward_flops
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl History {
+    /// Every manifest in `store` that recorded a shape. Manifests that do
+    /// not read are passed over: a history is a hint, not an input.
+    pub fn load(store: &Store) -> History {
+        let runs: Vec<PastRun> = store
+            .artifacts()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|fingerprint| {
+                let text = std::fs::read_to_string(store.artifact_dir(fingerprint).join("manifest.json")).ok()?;
+                PastRun::from_manifest(&serde_json::from_str(&text).ok()?)
+            })
+            .collect();
+        History::of(runs)
+    }
+
+    fn of(mut runs: Vec<PastRun>) -> History {
+        runs.sort_by_key(|r| std::cmp::Reverse(r.finished_at));
+        History { runs }
+    }
+
+    /// The estimate of `work` on `backend` from the runs of the same
+    /// shape, `None` when there are none. `fixed_s` is what the instance
+    /// costs besides its FLOPs (checkpoint I/O, the kind's fixed cost), the
+    /// same for runs of one shape: only the rest scales with the FLOPs.
+    pub fn estimate(&self, shape: &str, backend: &str, work: &Work, fixed_s: f64) -> Option<FromHistory> {
+        let of_shape = || self.runs.iter().filter(|r| r.shape == shape && r.backend == backend);
+        // Runs that had the machine to themselves, when there are any: one
+        // that shared it was slower than this one will be alone. The latest
+        // five: the machine of a year ago is not this one.
+        let alone = of_shape().any(|r| r.alone);
+        let same: Vec<&PastRun> = of_shape().filter(|r| r.alone || !alone).take(5).collect();
+        let latest = same.first()?;
+        let flops = flops_of(work);
+        let seconds = median(
+            same.iter()
+                .map(|r| {
+                    let compute = (r.duration_s - fixed_s).max(0.0);
+                    let scale = if r.flops > 0.0 { flops / r.flops } else { 1.0 };
+                    fixed_s + compute * scale
+                })
+                .collect(),
+        );
+        let seconds_source = format!(
+            "{} of the same shape in this store (latest `{}` of {}: {:.2} s for {:.3e} FLOPs{})",
+            if same.len() == 1 {
+                "an earlier run".to_string()
+            } else {
+                format!("median of {} earlier runs", same.len())
+            },
+            latest.instance,
+            latest.recipe,
+            latest.duration_s,
+            latest.flops,
+            if alone {
+                ""
+            } else {
+                "; beside other instances, so slower than alone"
+            },
+        );
+        let peaks: Vec<f64> = same.iter().filter_map(|r| r.peak_bytes).map(|b| b as f64).collect();
+        let peak = (alone && !peaks.is_empty()).then(|| {
+            (
+                median(peaks.clone()) as u64,
+                format!(
+                    "measured peak of {} of the same shape in this store",
+                    if peaks.len() == 1 {
+                        "an earlier run".to_string()
+                    } else {
+                        format!("the median of {} earlier runs", peaks.len())
+                    }
+                ),
+            )
+        });
+        Some(FromHistory {
+            seconds,
+            seconds_source,
+            peak,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use babelflow_stage::estimate::{Basis, Count, Memory};
+
+    fn work(flops: f64, activations: u64) -> Work {
+        Work {
+            tokens: Count::new(1.0, Basis::Params, "test"),
+            train_flops: flops,
+            forward_flops: 0.0,
+            parameters: 1000,
+            trainable_parameters: 1000,
+            memory: Memory {
+                activations_bytes: activations,
+                ..Memory::default()
+            },
+            fit_options: vec![],
+            io_bytes: 0,
+            hidden_size: 64,
+        }
+    }
+
+    fn run(shape: &str, finished_at: u64, duration_s: f64, flops: f64, alone: bool) -> PastRun {
+        PastRun {
+            instance: format!("run{finished_at}"),
+            recipe: "r".into(),
+            shape: shape.into(),
+            backend: "cpu".into(),
+            finished_at,
+            duration_s,
+            flops,
+            alone,
+            peak_bytes: Some(100 * finished_at),
+        }
+    }
+
+    #[test]
+    fn the_shape_ignores_how_long_a_run_is_but_not_its_memory_layout() {
+        assert_eq!(
+            shape_of("pretrain", &work(1e9, 10), 1),
+            shape_of("pretrain", &work(5e9, 10), 1)
+        );
+        assert_ne!(
+            shape_of("pretrain", &work(1e9, 10), 1),
+            shape_of("pretrain", &work(1e9, 20), 1)
+        );
+        assert_ne!(
+            shape_of("pretrain", &work(1e9, 10), 1),
+            shape_of("sft", &work(1e9, 10), 1)
+        );
+        assert_ne!(
+            shape_of("pretrain", &work(1e9, 10), 1),
+            shape_of("pretrain", &work(1e9, 10), 2)
+        );
+    }
+
+    #[test]
+    fn time_scales_with_the_flops_beyond_the_fixed_cost_and_takes_the_median() {
+        // Three runs alone of 1 GFLOP: 3, 5 and 4 s, of which 1 s is fixed.
+        let history = History::of(vec![
+            run("a", 3, 3.0, 1e9, true),
+            run("a", 2, 5.0, 1e9, true),
+            run("a", 1, 4.0, 1e9, true),
+            run("a", 9, 40.0, 1e9, false),
+            run("b", 4, 99.0, 1e9, true),
+        ]);
+        let e = history.estimate("a", "cpu", &work(2e9, 0), 1.0).unwrap();
+        // Median compute 3 s per GFLOP, twice the FLOPs: 1 + 6 s; the run
+        // that shared the machine left out.
+        assert!((e.seconds - 7.0).abs() < 1e-12, "{e:?}");
+        assert!(e.seconds_source.contains("median of 3 earlier runs"), "{e:?}");
+        assert!(e.seconds_source.contains("`run3`"), "the latest is named: {e:?}");
+        // The runs' peaks: 100, 200 and 300 bytes.
+        assert_eq!(e.peak.unwrap().0, 200);
+        assert!(history.estimate("a", "vulkan", &work(1e9, 0), 0.0).is_none());
+        assert!(history.estimate("c", "cpu", &work(1e9, 0), 0.0).is_none());
+    }
+
+    #[test]
+    fn runs_that_shared_the_machine_price_time_when_there_are_no_others_and_say_so() {
+        let history = History::of(vec![run("a", 1, 4.0, 1e9, false)]);
+        let e = history.estimate("a", "cpu", &work(1e9, 0), 0.0).unwrap();
+        assert_eq!(e.seconds, 4.0);
+        assert!(e.seconds_source.contains("beside other instances"), "{e:?}");
+        // Its peak was the process's, with what ran beside it.
+        assert!(e.peak.is_none());
+    }
+
+    #[test]
+    fn only_the_latest_five_runs_count() {
+        let mut runs: Vec<PastRun> = (0..5).map(|t| run("a", 10 + t, 2.0, 1e9, true)).collect();
+        runs.extend((0..5).map(|t| run("a", t, 50.0, 1e9, true)));
+        let history = History::of(runs);
+        assert_eq!(history.estimate("a", "cpu", &work(1e9, 0), 0.0).unwrap().seconds, 2.0);
+    }
+}
