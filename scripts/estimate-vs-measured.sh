@@ -8,12 +8,14 @@
 # process (`run --only INSTANCE`: the peak resident memory is then the
 # instance's own, not what an earlier one left the allocator holding), and
 # prints the estimates each manifest recorded before its run beside what
-# happened.
+# happened. It then runs the same shapes once more (another seed; more
+# steps and documents), which the store's first runs price (`time from`
+# earlier runs of the same shape), and prints that too.
 #
 #   ../shared/scripts/guard --mem 16G -- scripts/estimate-vs-measured.sh
 #
 # Needs a release build ($CARGO_TARGET_DIR/release/babelflow) and python3
-# with numpy. About 5 minutes on 2 cores.
+# with numpy. About 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${BABELFLOW:-${CARGO_TARGET_DIR:-$HOME/.cache/babelflow-target}/release/babelflow}"
@@ -57,15 +59,35 @@ stages:
     with: { max_len: 256, batch_size: 4, max_docs: 64 }
 YAML
 
-for recipe in pipelines/quickstart.yaml pipelines/forgetting.yaml "$work/smollm2-shape.yaml"; do
-  instances=$("$bin" plan "$recipe" --store "$store" --json |
-    python3 -c 'import json, sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["instances"]))')
+# Runs every instance of RECIPE into the store, one process each; ARGS (`--set`s) apply to all.
+run_each() {
+  local recipe="$1"; shift
+  instances=$("$bin" plan "$recipe" --store "$store" --json "$@" |
+    python3 -c 'import json, sys; print(" ".join(i["name"] for i in json.load(sys.stdin)["instances"] if i["action"] == "run"))')
   for instance in $instances; do
-    "$bin" run "$recipe" --store "$store" --jobs 1 --only "$instance" >"$work/log" 2>&1 ||
+    "$bin" run "$recipe" --store "$store" --jobs 1 --only "$instance" "$@" >"$work/log" 2>&1 ||
       { tail -30 "$work/log"; exit 1; }
   done
+}
+
+first=$(date +%s)
+for recipe in pipelines/quickstart.yaml pipelines/forgetting.yaml "$work/smollm2-shape.yaml"; do
+  run_each "$recipe"
 done
-for name in quickstart forgetting smollm2-shape; do
-  printf '\n%s\n\n' "$name"
-  python3 scripts/estimate_vs_measured.py "$store" "$name"
+# The same shapes again, now that the store holds runs of them: the toy
+# recipes from another initialisation (every instance after it reruns, same
+# sizes), the SmolLM2-shaped one with 1.5x the steps and documents.
+sleep 1  # a manifest finished in this second belongs to the first run
+second=$(date +%s)
+run_each pipelines/quickstart.yaml --set stages.model.with.seed=1
+run_each pipelines/forgetting.yaml --set stages.model.with.seed=1
+run_each "$work/smollm2-shape.yaml" --set stages.full.with.steps=12 --set stages.lora.with.steps=12 \
+  --set stages.score.with.max_docs=96
+for pass in "first run, priced by the calibration:$first:$second" "second run of the same shapes, priced by the first:$second:"; do
+  IFS=: read -r title from until <<<"$pass"
+  printf '\n## %s\n' "$title"
+  for name in quickstart forgetting smollm2-shape; do
+    printf '\n%s\n\n' "$name"
+    python3 scripts/estimate_vs_measured.py "$store" "$name" "$from" "$until"
+  done
 done

@@ -4,7 +4,9 @@
 Reads the manifests in a babelflow store (each keeps `plan --estimate`'s
 figures from when the run began beside its duration and peak RSS) and
 prints a Markdown table of the instances with a work estimate, with the
-ratio measured / estimated. Usage: estimate_vs_measured.py STORE [RECIPE_NAME]
+ratio measured / estimated, and where the estimated time came from.
+Usage: estimate_vs_measured.py STORE [RECIPE_NAME [FROM_UNIX [UNTIL_UNIX]]]
+(FROM/UNTIL: only instances that finished in that window).
 """
 import json
 import pathlib
@@ -14,24 +16,30 @@ import sys
 def main():
     store = pathlib.Path(sys.argv[1])
     recipe = sys.argv[2] if len(sys.argv) > 2 else None
+    since = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] else 0
+    until = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] else None
     rows = []
     for manifest in sorted(store.glob("artifacts/*/manifest.json")):
         m = json.loads(manifest.read_text())
         estimate = m.get("estimate")
         if not estimate or (recipe and m.get("recipe") != recipe):
             continue
+        if m["finished_at"] < since or (until is not None and m["finished_at"] >= until):
+            continue
         rows.append((m["finished_at"], m["instance"], m["kind"], estimate, m))
     rows.sort()
-    print("| instance | kind | estimated time | measured time | ratio | estimated peak | measured peak | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| instance | kind | estimated time | from | measured time | ratio | estimated peak | measured peak | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for _, name, kind, e, m in rows:
         seconds, took = e.get("seconds"), m["duration_s"]
         peak, rss = e["peak_bytes"], m.get("peak_rss_bytes") or 0
         own = "" if m.get("peak_rss_own") else " (shared)"
         time_ratio = f"{took / seconds:.2f}" if seconds else "-"
         est_time = f"{seconds:.2f} s" if seconds is not None else "?"
+        source = e.get("source") or ""
+        origin = "earlier runs" if "same shape" in source else "calibrate" if "calibrate" in source else source[:20]
         print(
-            f"| {name} | {kind} | {est_time} | {took:.2f} s | {time_ratio} "
+            f"| {name} | {kind} | {est_time} | {origin} | {took:.2f} s | {time_ratio} "
             f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{own} | {rss / peak:.2f} |"
         )
 

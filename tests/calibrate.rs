@@ -43,6 +43,12 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
     assert_eq!(rates.iter().map(|r| r.hidden_size).collect::<Vec<_>>(), [32, 64]);
     for r in rates {
         assert!(r.train_flops_per_s > 1e6 && r.forward_flops_per_s > 1e6, "{r:?}");
+        // The forward measured at three batch sizes: one sequence, 4, 16.
+        let rows: Vec<usize> = r.forward_by_rows.iter().map(|f| f.rows).collect();
+        assert_eq!(rows.len(), 3, "{r:?}");
+        assert!(rows[0] < rows[1] && rows[1] < rows[2], "{rows:?}");
+        assert!(r.forward_by_rows.iter().all(|f| f.flops_per_s > 1e6), "{r:?}");
+        assert!(r.forward_by_rows.iter().any(|f| f.flops_per_s == r.forward_flops_per_s));
     }
     assert!(calibration.throughput.io_bytes_per_s > 1e6);
     assert!(calibration.throughput.overhead_s.contains_key("pretrain"));
@@ -63,6 +69,7 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
             (a.train_flops_per_s / b.train_flops_per_s - 1.0).abs() < 1e-9,
             "{a:?} {b:?}"
         );
+        assert_eq!(a.forward_by_rows.len(), b.forward_by_rows.len());
     }
 
     // The quickstart priced on it: every estimated instance has a time.

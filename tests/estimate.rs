@@ -162,6 +162,10 @@ stages:
     kind: pretrain
     needs: {{ model: model, tokens: tokens }}
     with: {{ steps: 3, batch_size: 2, seq_len: 32, warmup_steps: 1 }}
+  score:
+    kind: perplexity
+    needs: {{ model: \"pretrain:model\", text: \"text:corpus.parquet\" }}
+    with: {{ max_len: 64, batch_size: 2 }}
   report:
     kind: report
     needs: {{ training: \"pretrain:stats.json\" }}
@@ -225,12 +229,15 @@ stages:
     let longer = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.steps=6"]);
     let planned = estimate_of(&longer, "pretrain");
     assert_eq!(planned["action"], "run");
-    assert_eq!(planned["shape"], manifest["estimate"]["shape"]);
+    assert_eq!(planned["shape"], manifest["work_done"]["shape"]);
     let work = &planned["work"];
     let longer_flops = work["train_flops"].as_f64().unwrap() + work["forward_flops"].as_f64().unwrap();
     assert!(longer_flops > 1.5 * flops, "{longer_flops} {flops}");
     let fixed = work["io_bytes"].as_f64().unwrap() / 1e9 + 0.5;
-    let expected = fixed + (took - fixed).max(0.0) * longer_flops / manifest["estimate"]["flops"].as_f64().unwrap();
+    // The FLOPs the run did, by the same model: training's are fixed by its parameters.
+    let done_flops = manifest["work_done"]["flops"].as_f64().unwrap();
+    assert_eq!(done_flops, flops);
+    let expected = fixed + (took - fixed).max(0.0) * longer_flops / done_flops;
     let priced = planned["seconds"].as_f64().unwrap();
     assert!((priced - expected).abs() < 1e-9, "{priced} {expected} {planned:#}");
     assert!(
@@ -251,7 +258,7 @@ stages:
     // Another batch size holds other activations: another shape, priced by the calibration.
     let wider = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.batch_size=4"]);
     let planned = estimate_of(&wider, "pretrain");
-    assert_ne!(planned["shape"], manifest["estimate"]["shape"]);
+    assert_ne!(planned["shape"], manifest["work_done"]["shape"]);
     assert_eq!(planned["seconds_source"], "made up for this test");
     // A documented device is not the machine the run was measured on.
     let a100 = p.plan(
@@ -269,4 +276,21 @@ stages:
         .unwrap()
         .to_string();
     assert!(source.starts_with("documented peak"), "{source}");
+
+    // Before the run the scored text's size was a guess; what the manifest
+    // keeps for later estimates is the work done, with the text read.
+    assert_eq!(estimate_of(&before, "score")["work"]["tokens"]["basis"], "assumed");
+    let dir = common::artifact_dir(&p, &plan, "score");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap();
+    let (done, scored) = (
+        manifest["work_done"]["tokens"].as_f64().unwrap(),
+        stats["per_lang"]["en"]["tokens"].as_f64().unwrap(),
+    );
+    assert!(
+        (done - scored).abs() <= 0.05 * scored,
+        "{done} tokens done, {scored} scored"
+    );
 }

@@ -44,15 +44,22 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
-    println!("  width  train FLOP/s  forward FLOP/s  train time  scoring time");
+    println!("  width  train FLOP/s  forward FLOP/s  train time  scoring time  forward FLOP/s by rows a pass");
     for m in &calibration.measured {
+        let by_rows: Vec<String> = m
+            .rate
+            .forward_by_rows
+            .iter()
+            .map(|r| format!("{}: {}", r.rows, si(r.flops_per_s)))
+            .collect();
         println!(
-            "  {:5}  {:>12}  {:>14}  {:>10}  {:>12}",
+            "  {:5}  {:>12}  {:>14}  {:>10}  {:>12}  {}",
             m.rate.hidden_size,
             si(m.rate.train_flops_per_s),
             si(m.rate.forward_flops_per_s),
             duration(m.train_seconds),
-            duration(m.score_seconds)
+            duration(m.score_seconds),
+            by_rows.join(", ")
         );
     }
     let t = &calibration.throughput;

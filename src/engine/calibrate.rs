@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use babelflow_stage::CancelFlag;
 
-use super::device::{read_calibration, Device, Rate, Throughput, CALIBRATION_FILE};
+use super::device::{read_calibration, Device, Rate, RowsRate, Throughput, CALIBRATION_FILE};
 use super::progress::Progress;
 use super::scheduler::SchedulerOptions;
 use super::{Outcome, Pipeline, Selection};
@@ -174,6 +174,15 @@ fn synthetic_instructions(corpus: &str, rows: usize) -> String {
     serde_json::Value::Array(items).to_string()
 }
 
+/// Documents scored at `width` with batches of 4: a few tenths of a second.
+fn score_docs(width: usize) -> usize {
+    256 * 64 / width.max(64) + 16
+}
+
+/// Batch sizes scored besides 4, for the forward rate's dependence on how
+/// many rows a pass multiplies (one short sequence to a wide batch).
+const SCORE_BATCHES: [usize; 2] = [1, 16];
+
 fn recipe(backend: &str, widths: &[Width]) -> String {
     let mut yaml = format!(
         "name: calibrate
@@ -221,8 +230,17 @@ stages:
     needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
     with: {{ max_len: 128, batch_size: 4, max_docs: {docs} }}
 ",
-            docs = 256 * 64 / width.max(64) + 16,
+            docs = score_docs(width),
         ));
+        for (batch, docs) in SCORE_BATCHES.iter().map(|&b| (b, score_docs(width) * b / 8 + 4)) {
+            yaml.push_str(&format!(
+                "  score_{width}_batch{batch}:
+    kind: perplexity
+    needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
+    with: {{ max_len: 128, batch_size: {batch}, max_docs: {docs} }}
+"
+            ));
+        }
         // The kinds whose cost at small sizes is mostly their own fixed
         // cost, measured once at the smallest width, before any larger model
         // leaves the allocator holding more than they need.
@@ -264,6 +282,16 @@ fn disk_bytes_per_s(dir: &Path) -> std::io::Result<f64> {
     let seconds = started.elapsed().as_secs_f64();
     std::fs::remove_file(&path)?;
     Ok(DISK_PROBE_BYTES as f64 / seconds.max(1e-6))
+}
+
+/// A scoring instance's (seconds, forward FLOP/s): the FLOPs of the tokens
+/// it scored (its estimate's per token, padding included) over the seconds
+/// its stats.json reports.
+fn forward_rate(work: &babelflow_stage::estimate::Work, stats: &serde_json::Value) -> (f64, f64) {
+    let seconds = stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+    let scored_tokens = stats["tokens_per_s"].as_f64().unwrap_or(0.0) * seconds;
+    let per_token = work.forward_flops / work.tokens.value.max(1.0);
+    (seconds, per_token * scored_tokens / seconds)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -401,13 +429,30 @@ pub fn calibrate(
             });
         };
         let train_seconds = train_stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
-        let score_seconds = score_stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
-        let scored_tokens = score_stats["tokens_per_s"].as_f64().unwrap_or(0.0) * score_seconds;
-        let forward_per_token = score_work.forward_flops / score_work.tokens.value.max(1.0);
+        let (score_seconds, forward_flops_per_s) = forward_rate(score_work, &score_stats);
+        let mut forward_by_rows = vec![RowsRate {
+            rows: score_work.forward_rows,
+            flops_per_s: forward_flops_per_s,
+        }];
+        for batch in SCORE_BATCHES {
+            let name = format!("score_{width}_batch{batch}");
+            let (cost, stats) = find(&name)?;
+            let work = cost.work.as_ref().ok_or_else(|| CalibrateError::Instance {
+                instance: name.clone(),
+                what: "has no estimate to calibrate against".into(),
+            })?;
+            forward_by_rows.push(RowsRate {
+                rows: work.forward_rows,
+                flops_per_s: forward_rate(work, &stats).1,
+            });
+        }
+        forward_by_rows.sort_by_key(|r| r.rows);
+        forward_by_rows.dedup_by_key(|r| r.rows);
         let rate = Rate {
             hidden_size: width,
             train_flops_per_s: (train_work.train_flops + train_work.forward_flops) / train_seconds,
-            forward_flops_per_s: forward_per_token * scored_tokens / score_seconds,
+            forward_flops_per_s,
+            forward_by_rows,
         };
         for (kind, name, work, seconds) in [
             ("pretrain", &train.name, train_work, train_seconds),

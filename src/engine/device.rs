@@ -56,8 +56,52 @@ pub struct Rate {
     pub hidden_size: usize,
     /// FLOP/s of training steps (forward + backward + optimizer, validation included).
     pub train_flops_per_s: f64,
-    /// FLOP/s of forward-only passes (evaluation).
+    /// FLOP/s of forward-only passes (evaluation), at the calibration's
+    /// usual batch.
     pub forward_flops_per_s: f64,
+    /// Forward FLOP/s by rows a pass multiplies (sequences × positions),
+    /// ascending: one sequence of a few tokens runs at a fraction of what a
+    /// wide batch does. Empty: `forward_flops_per_s` at any size.
+    #[serde(default)]
+    pub forward_by_rows: Vec<RowsRate>,
+}
+
+/// Forward FLOP/s measured with passes of `rows` rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowsRate {
+    pub rows: usize,
+    pub flops_per_s: f64,
+}
+
+/// log-log interpolation of `y` at `x` between points sorted by x, the
+/// nearest end's `y` outside them.
+fn between(points: &[(f64, f64)], x: f64) -> Option<f64> {
+    let (first, last) = (points.first()?, points.last()?);
+    if x <= first.0 || points.len() == 1 {
+        return Some(first.1);
+    }
+    if x >= last.0 {
+        return Some(last.1);
+    }
+    let upper = points.iter().position(|p| p.0 >= x)?;
+    let (a, b) = (points[upper - 1], points[upper]);
+    let f = (x.ln() - a.0.ln()) / (b.0.ln() - a.0.ln());
+    Some((a.1.ln() + f * (b.1.ln() - a.1.ln())).exp())
+}
+
+impl Rate {
+    /// Forward FLOP/s at passes of `rows` rows (0: unknown, the usual batch's).
+    fn forward_at(&self, rows: usize) -> f64 {
+        let points: Vec<(f64, f64)> = self
+            .forward_by_rows
+            .iter()
+            .map(|r| (r.rows as f64, r.flops_per_s))
+            .collect();
+        match rows {
+            0 => self.forward_flops_per_s,
+            rows => between(&points, rows as f64).unwrap_or(self.forward_flops_per_s),
+        }
+    }
 }
 
 /// Throughput of one process, and where the figure came from.
@@ -84,24 +128,15 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    /// (train, forward) FLOP/s at `hidden_size`.
-    pub fn at(&self, hidden_size: usize) -> Option<(f64, f64)> {
-        let first = self.rates.first()?;
-        let last = self.rates.last()?;
-        if hidden_size <= first.hidden_size || self.rates.len() == 1 {
-            return Some((first.train_flops_per_s, first.forward_flops_per_s));
-        }
-        if hidden_size >= last.hidden_size {
-            return Some((last.train_flops_per_s, last.forward_flops_per_s));
-        }
-        let upper = self.rates.iter().position(|r| r.hidden_size >= hidden_size)?;
-        let (a, b) = (&self.rates[upper - 1], &self.rates[upper]);
-        let x = ((hidden_size as f64).ln() - (a.hidden_size as f64).ln())
-            / ((b.hidden_size as f64).ln() - (a.hidden_size as f64).ln());
-        let between = |u: f64, v: f64| (u.ln() + x * (v.ln() - u.ln())).exp();
+    /// (train, forward) FLOP/s at `hidden_size`, the forward's at passes of
+    /// `rows` rows (0: the calibration's usual batch).
+    pub fn at(&self, hidden_size: usize, rows: usize) -> Option<(f64, f64)> {
+        let width = |r: &Rate| r.hidden_size as f64;
+        let train: Vec<(f64, f64)> = self.rates.iter().map(|r| (width(r), r.train_flops_per_s)).collect();
+        let forward: Vec<(f64, f64)> = self.rates.iter().map(|r| (width(r), r.forward_at(rows))).collect();
         Some((
-            between(a.train_flops_per_s, b.train_flops_per_s),
-            between(a.forward_flops_per_s, b.forward_flops_per_s),
+            between(&train, hidden_size as f64)?,
+            between(&forward, hidden_size as f64)?,
         ))
     }
 
@@ -169,6 +204,7 @@ impl Device {
                     hidden_size: 0,
                     train_flops_per_s: flops,
                     forward_flops_per_s: flops,
+                    forward_by_rows: Vec::new(),
                 }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
                 overhead_s: BTreeMap::new(),
@@ -231,7 +267,7 @@ impl Device {
     /// Wall time of `kind`'s `work` split over `processes`, when the throughput is known.
     pub fn seconds(&self, kind: &str, work: &Work, processes: usize) -> Option<f64> {
         let t = self.throughput.as_ref()?;
-        let (train, forward) = t.at(work.hidden_size)?;
+        let (train, forward) = t.at(work.hidden_size, work.forward_rows)?;
         let compute = work.train_flops / train + work.forward_flops / forward;
         Some(compute / processes.max(1) as f64 + self.fixed_seconds(kind, work))
     }
@@ -285,6 +321,7 @@ mod tests {
             fit_options: vec![],
             io_bytes: 0,
             hidden_size: 512,
+            forward_rows: 0,
         }
     }
 
@@ -303,6 +340,7 @@ mod tests {
             hidden_size,
             train_flops_per_s: flops,
             forward_flops_per_s: 2.0 * flops,
+            forward_by_rows: Vec::new(),
         };
         let t = Throughput {
             rates: vec![rate(64, 1e9), rate(256, 16e9)],
@@ -311,16 +349,59 @@ mod tests {
             process_bytes: [("pretrain".to_string(), 30), ("exam".to_string(), 50)].into(),
             source: "test".into(),
         };
-        assert_eq!(t.at(32), Some((1e9, 2e9)));
-        assert_eq!(t.at(1024), Some((16e9, 32e9)));
+        assert_eq!(t.at(32, 0), Some((1e9, 2e9)));
+        assert_eq!(t.at(1024, 0), Some((16e9, 32e9)));
         // Halfway in log width is halfway in log rate: 4 GFLOP/s at 128.
-        let (train, forward) = t.at(128).unwrap();
+        let (train, forward) = t.at(128, 0).unwrap();
         assert!(
             (train - 4e9).abs() < 1.0 && (forward - 8e9).abs() < 1.0,
             "{train} {forward}"
         );
         assert_eq!((t.overhead("sft"), t.overhead("perplexity")), (2.0, 0.0));
         assert_eq!((t.process_bytes("sft"), t.process_bytes("respond")), (30, 30));
+    }
+
+    #[test]
+    fn a_forward_rate_is_read_at_the_passes_rows_then_at_the_width() {
+        let rows = |points: &[(usize, f64)]| {
+            points
+                .iter()
+                .map(|&(rows, flops_per_s)| RowsRate { rows, flops_per_s })
+                .collect()
+        };
+        let t = Throughput {
+            rates: vec![
+                Rate {
+                    hidden_size: 64,
+                    train_flops_per_s: 1e9,
+                    forward_flops_per_s: 2e9,
+                    forward_by_rows: rows(&[(100, 1e9), (400, 4e9)]),
+                },
+                Rate {
+                    hidden_size: 256,
+                    train_flops_per_s: 1e9,
+                    forward_flops_per_s: 2e9,
+                    forward_by_rows: rows(&[(100, 4e9), (400, 16e9)]),
+                },
+            ],
+            io_bytes_per_s: 1e9,
+            overhead_s: BTreeMap::new(),
+            process_bytes: BTreeMap::new(),
+            source: "test".into(),
+        };
+        let forward = |width, rows| t.at(width, rows).unwrap().1;
+        // Rows unknown: the usual batch's rate.
+        assert_eq!(forward(64, 0), 2e9);
+        // Below and above the rows measured: the nearest.
+        assert_eq!((forward(64, 10), forward(64, 4000)), (1e9, 4e9));
+        // Halfway in log rows, then halfway in log width: 2 and 8, then 4 GFLOP/s.
+        assert!((forward(64, 200) - 2e9).abs() < 1.0);
+        assert!((forward(128, 200) - 4e9).abs() < 1.0, "{}", forward(128, 200));
+        // An older calibration without rows reads as before.
+        let old: Rate =
+            serde_json::from_str(r#"{"hidden_size": 64, "train_flops_per_s": 1e9, "forward_flops_per_s": 3e9}"#)
+                .unwrap();
+        assert_eq!(old.forward_at(50), 3e9);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use babelflow_stage::{Estimate, EstimateContext};
 use serde::Serialize;
 
 use super::device::Device;
-use super::history::{flops_of, shape_of, History};
+use super::history::{shape_of, History};
 use super::plan::{Action, PlannedInstance};
 use crate::graph::Graph;
 use crate::recipe::expand::Source;
@@ -62,9 +62,6 @@ pub struct Recorded {
     /// Where the time came from; `None` when it is unknown.
     pub source: Option<String>,
     pub peak_source: Option<String>,
-    /// For later estimates of the same shape: the key and the FLOPs.
-    pub shape: Option<String>,
-    pub flops: f64,
 }
 
 /// The sums over what would run.
@@ -187,7 +184,8 @@ pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, devic
     }
 }
 
-fn processes(inst: &crate::recipe::Instance) -> usize {
+/// Processes an instance runs on: each rank of a data-parallel one.
+pub fn processes(inst: &crate::recipe::Instance) -> usize {
     (inst.resources.nodes * inst.resources.tasks_per_node).max(1)
 }
 
@@ -228,14 +226,12 @@ impl PlanCost {
         self.instances
             .iter()
             .map(|c| {
-                c.work.as_ref().map(|work| Recorded {
+                c.work.as_ref().map(|_| Recorded {
                     seconds: c.seconds,
                     peak_bytes: c.peak_bytes,
                     device: self.device.name.clone(),
                     source: c.seconds_source.clone(),
                     peak_source: c.peak_source.clone(),
-                    shape: c.shape.clone(),
-                    flops: flops_of(work),
                 })
             })
             .collect()

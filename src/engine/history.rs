@@ -1,6 +1,7 @@
 //! Earlier runs of the same shape as a source of estimates. Every manifest
-//! keeps what `plan --estimate` said before its run — with the instance's
-//! shape and FLOPs — beside the time it took and its peak memory. When
+//! keeps the work the instance did (`work_done`: its shape and FLOPs, by
+//! the estimate's model with every input read after the run) beside the
+//! time it took and its peak memory. When
 //! an instance about to run has the shape of runs the store already holds
 //! (same kind, backend and model, same trainable part, same memory
 //! layout: batch × length, precision, checkpointing; any number of steps
@@ -29,19 +30,30 @@ pub struct PastRun {
 
 impl PastRun {
     fn from_manifest(m: &Value) -> Option<PastRun> {
-        let estimate = &m["estimate"];
+        let done = &m["work_done"];
         Some(PastRun {
             instance: m["instance"].as_str()?.to_string(),
             recipe: m["recipe"].as_str().unwrap_or("?").to_string(),
-            shape: estimate["shape"].as_str()?.to_string(),
+            shape: done["shape"].as_str()?.to_string(),
             backend: m["backend"].as_str()?.to_string(),
             finished_at: m["finished_at"].as_u64().unwrap_or(0),
             duration_s: m["duration_s"].as_f64()?,
-            flops: estimate["flops"].as_f64()?,
+            flops: done["flops"].as_f64()?,
             alone: m["peak_rss_own"].as_bool() == Some(true),
             peak_bytes: m["peak_rss_bytes"].as_u64(),
         })
     }
+}
+
+/// What an instance did, for its manifest: its shape and FLOPs by the
+/// estimate's model, now that every input exists (before the run, a text's
+/// size may have been a guess).
+pub fn work_done(kind: &str, work: &Work, processes: usize) -> Value {
+    serde_json::json!({
+        "shape": shape_of(kind, work, processes),
+        "flops": flops_of(work),
+        "tokens": work.tokens.value,
+    })
 }
 
 /// The runs a store's manifests describe, newest first.
@@ -192,6 +204,7 @@ mod tests {
             fit_options: vec![],
             io_bytes: 0,
             hidden_size: 64,
+            forward_rows: 0,
         }
     }
 

@@ -165,6 +165,10 @@ pub struct Work {
     pub io_bytes: u64,
     /// The model's hidden size: how fast a device runs it depends on it.
     pub hidden_size: usize,
+    /// Rows of one forward-only pass (sequences × positions computed):
+    /// a product over few rows runs at a fraction of the rate of one over
+    /// many. 0 where not modelled (training is priced by its own rate).
+    pub forward_rows: usize,
 }
 
 /// A kind's answer: the facts of each output it will write, and its work

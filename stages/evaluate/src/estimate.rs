@@ -3,7 +3,7 @@
 //! when the text exists, else the upstream estimate) times the tokenizer's
 //! tokens per character, measured on the text when both exist.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use babelflow_corpus::estimate::text_chars;
 use babelflow_model::config::LlamaConfig;
@@ -94,7 +94,89 @@ fn perplexity_work(ctx: &EstimateContext) -> Attempt<Work> {
         _ => None,
     };
     let tokens = Rate::measured_or_assumed(measured).tokens(&chars);
-    Ok(forward_work(&config, tokens, max_len, batch, precision_bytes(ctx)))
+    let mut work = forward_work(&config, tokens, max_len, batch, precision_bytes(ctx));
+    // Chunks are batched in reading order and padded to the batch's
+    // longest: the forward computes more positions than it scores.
+    let padding = match tokenizer_path(ctx) {
+        Some(tokenizer) if existing.len() == texts.len() => padding_of(&tokenizer, &existing, max_len, batch, max_docs),
+        _ => None,
+    };
+    if let Some(padding) = padding {
+        work.forward_flops *= padding.positions_per_token;
+        work.forward_rows = padding.rows_per_pass;
+        work.tokens.how = format!(
+            "{}; the forward computes {:.2} positions per scored token, with the padding of {} chunks of {} \
+             documents (measured)",
+            work.tokens.how, padding.positions_per_token, padding.chunks, padding.documents
+        );
+    }
+    Ok(work)
+}
+
+/// Documents tokenized to measure the padding of a scored text, and rows
+/// of a table read at most to find them: a plan never reads a whole corpus.
+const PADDING_SAMPLE_DOCS: usize = 200;
+const PADDING_ROWS_READ: usize = 20_000;
+
+/// What padding costs a forward over chunked text, on a sample.
+#[derive(Debug, Clone, PartialEq)]
+struct Padding {
+    positions_per_token: f64,
+    /// Positions of one batch, on average: the rows its products multiply.
+    rows_per_pass: usize,
+    chunks: usize,
+    documents: usize,
+}
+
+/// Positions computed per token scored when `perplexity` cuts each
+/// document into chunks of `max_len` (after a context token) and runs
+/// them `batch` at a time, each batch padded to its longest chunk:
+/// measured on the first documents of `tables` (`max_docs` a language,
+/// as the stage reads them). `None` when the tokenizer or a table does
+/// not read.
+fn padding_of(tokenizer: &Path, tables: &[PathBuf], max_len: usize, batch: usize, max_docs: usize) -> Option<Padding> {
+    let file = if tokenizer.is_dir() {
+        tokenizer.join("tokenizer.json")
+    } else {
+        tokenizer.to_path_buf()
+    };
+    let tokenizer = babelflow_tokens::hf::LoadedTokenizer::load(&file).ok()?;
+    let mut lengths: Vec<usize> = Vec::new();
+    let mut documents = 0;
+    let per_table = PADDING_SAMPLE_DOCS / tables.len().max(1) + 1;
+    for path in tables {
+        let mut per_lang = std::collections::BTreeMap::<String, usize>::new();
+        let mut taken = 0;
+        babelflow_corpus::read_corpus_head(path, PADDING_ROWS_READ, &mut |doc| {
+            let seen = per_lang.entry(doc.lang.clone()).or_default();
+            if taken >= per_table || (max_docs > 0 && *seen >= max_docs) {
+                return Ok(());
+            }
+            *seen += 1;
+            taken += 1;
+            let ids = tokenizer
+                .tokenizer
+                .encode(doc.text.as_str(), false)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default();
+            lengths.extend(crate::perplexity::chunks(Some(0), &ids, max_len).iter().map(Vec::len));
+            documents += 1;
+            Ok(())
+        })
+        .ok()?;
+    }
+    let scored: usize = lengths.iter().map(|l| l - 1).sum();
+    let batches = lengths.chunks(batch.max(1));
+    let passes = batches.len();
+    let computed: usize = batches
+        .map(|group| group.len() * group.iter().copied().max().unwrap_or(0))
+        .sum();
+    (scored > 0).then(|| Padding {
+        positions_per_token: computed as f64 / scored as f64,
+        rows_per_pass: computed / passes.max(1),
+        chunks: lengths.len(),
+        documents,
+    })
 }
 
 /// A forward-only instance's work: `tokens` in sequences of `t`, `rows` at once.
@@ -128,6 +210,7 @@ fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weig
         fit_options,
         io_bytes: parameters * 4,
         hidden_size: config.hidden_size,
+        forward_rows: rows * t,
     }
 }
 
@@ -249,5 +332,10 @@ fn respond_work(ctx: &EstimateContext) -> Attempt<Work> {
         basis.max(Basis::Params),
         format!("{examples} examples × ({how} + {max_new} new at most)"),
     );
-    Ok(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)))
+    let mut work = forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx));
+    // Most passes generate: one new token a sequence over the cached context.
+    if max_new as f64 >= prompt {
+        work.forward_rows = batch;
+    }
+    Ok(work)
 }

@@ -95,3 +95,90 @@ fn half_precision_scores_within_a_percent_of_f32() {
         assert!((half - full).abs() <= 0.01 * full, "{precision}: {half} vs f32 {full}");
     }
 }
+
+/// The estimate's FLOPs count what the forward computes: chunks batched in
+/// reading order, each batch padded to its longest chunk.
+#[test]
+fn the_estimate_counts_the_padded_positions_the_forward_computes() {
+    use babelflow_stage::estimate::{Facts, PlannedInput};
+    use babelflow_stage::EstimateContext;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, tables) = tiny_model(dir.path());
+    let (config, _) = babelflow_model::hf::load(&model_dir, &Device::flex()).unwrap();
+    let tok = LoadedTokenizer::load(&model_dir.join("tokenizer.json")).unwrap();
+    let perplexity = kind("perplexity");
+    let estimate = |max_len: usize, batch: usize| {
+        let params = babelflow_stage::testing::params_for(
+            perplexity.params(),
+            json!({"max_len": max_len, "batch_size": batch, "max_docs": 5}),
+        )
+        .unwrap();
+        let planned = |path: &std::path::Path| PlannedInput {
+            path: Some(path.to_path_buf()),
+            facts: Facts::default(),
+        };
+        let ctx = EstimateContext {
+            instance: "ppl",
+            params: &params,
+            inputs: [
+                ("model".to_string(), vec![planned(&model_dir)]),
+                ("text".to_string(), tables.iter().map(|t| planned(t)).collect()),
+            ]
+            .into(),
+            processes: 1,
+        };
+        perplexity.estimate(&ctx).work.expect("the text and the model exist")
+    };
+
+    // By hand: the first 5 documents of each table, cut into chunks of 16
+    // after a context token, 3 chunks a batch, each batch as wide as its longest.
+    let mut lengths = Vec::new();
+    for table in &tables {
+        let mut n = 0;
+        babelflow_corpus::read_corpus(table, &mut |doc| {
+            if n < 5 {
+                n += 1;
+                let ids = tok
+                    .tokenizer
+                    .encode(doc.text.as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                lengths.extend(
+                    babelflow_evaluate::perplexity::chunks(Some(0), &ids, 16)
+                        .iter()
+                        .map(Vec::len),
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let scored: usize = lengths.iter().map(|l| l - 1).sum();
+    let computed: usize = lengths.chunks(3).map(|b| b.len() * b.iter().max().unwrap()).sum();
+    assert!(
+        computed > scored,
+        "short windows in batches of 3 pad: {computed} {scored}"
+    );
+
+    let work = estimate(16, 3);
+    let per_position = babelflow_model::estimate::forward_flops_per_token(&config, 16);
+    let expected = work.tokens.value * computed as f64 / scored as f64 * per_position;
+    assert!(
+        (work.forward_flops - expected).abs() <= 1e-9 * expected,
+        "{} vs {expected}: {}",
+        work.forward_flops,
+        work.tokens.how
+    );
+    assert!(
+        work.tokens.how.contains("positions per scored token"),
+        "{}",
+        work.tokens.how
+    );
+    // One chunk a batch pads nothing: each computes its context position besides those it scores.
+    let alone = estimate(16, 1);
+    let computed: usize = lengths.iter().sum();
+    let expected = alone.tokens.value * computed as f64 / scored as f64 * per_position;
+    assert!((alone.forward_flops - expected).abs() <= 1e-9 * expected);
+}

@@ -168,6 +168,7 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         fit_options: Vec::new(),
         io_bytes: parameters * (read.bytes() + DiskDtype::F32.bytes()),
         hidden_size: config.hidden_size,
+        forward_rows: 0,
     });
     estimate
 }

@@ -260,6 +260,7 @@ pub fn training_work(
         io_bytes: cost.parameters * (run.read_bytes_per_parameter + run.save_bytes_per_parameter)
             + run.checkpoints as u64 * checkpoint_bytes,
         hidden_size: config.hidden_size,
+        forward_rows: 0,
     }
 }
 
