@@ -248,6 +248,10 @@ stages:
         "{planned:#}"
     );
     assert_eq!(planned["peak_bytes"], manifest["peak_rss_bytes"]);
+    // The model scored is to be trained again, but the tokenizer it will
+    // hold exists: the text is measured in its tokens, not guessed.
+    let score = &estimate_of(&longer, "score")["work"]["tokens"];
+    assert_eq!(score["basis"], "measured", "{score:#}");
     let text = p.ok(&["plan", "r.yaml", "--estimate", "--set", "stages.pretrain.with.steps=6"]);
     assert!(
         text.contains("pretrain: time from an earlier run of the same shape")

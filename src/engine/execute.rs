@@ -96,31 +96,6 @@ fn readable(message: &str, job: &Job, temp: &std::path::Path, store: &Store) -> 
     text
 }
 
-/// The work the instance did by its kind's estimate, read now that its
-/// inputs exist; `null` for kinds that estimate none.
-fn work_done(inst: &Instance, inputs: &BTreeMap<String, Vec<babelflow_stage::InputItem>>) -> serde_json::Value {
-    use babelflow_stage::estimate::{Facts, PlannedInput};
-    let ctx = babelflow_stage::EstimateContext {
-        instance: &inst.name,
-        params: &inst.params,
-        inputs: inputs
-            .iter()
-            .map(|(name, items)| {
-                let planned = items.iter().map(|item| PlannedInput {
-                    path: Some(item.path.clone()),
-                    facts: Facts::default(),
-                });
-                (name.clone(), planned.collect())
-            })
-            .collect(),
-        processes: super::estimate::processes(inst),
-    };
-    let estimate = inst.kind.estimate(&ctx);
-    estimate.work.map_or(serde_json::Value::Null, |work| {
-        super::history::work_done(inst.kind.name(), &work, ctx.processes)
-    })
-}
-
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -297,7 +272,6 @@ fn build(
         }
         let notes = ctx.take_notes();
         drop(ctx);
-        let done = work_done(inst, &inputs);
         std::fs::copy(&log_path, temp.join("log.txt")).map_err(|e| StageError::io(&log_path, e))?;
         let files = crate::store::integrity::record(&temp).map_err(|e| StageError::io(&temp, e))?;
         let manifest = json!({
@@ -321,8 +295,6 @@ fn build(
             "peak_rss_own": job.alone,
             // What `plan --estimate` said before the run (time, peak), to set beside the above.
             "estimate": job.planned.estimate,
-            // What it did, for later estimates of the same shape.
-            "work_done": done,
             "notes": notes,
             "files": files,
             "partial": (!missing.is_empty()).then(|| json!({

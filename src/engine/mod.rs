@@ -125,6 +125,46 @@ impl Pipeline {
         Ok(planned)
     }
 
+    /// Adds to the manifest of each instance that ran the work it did, by
+    /// the estimate made now that every input exists (before the run a
+    /// text's size may have been a guess, a tokenizer's vocabulary an upper
+    /// bound): later estimates of the same shape, which see the store as
+    /// this one does, find it by its shape and scale its time by its FLOPs.
+    /// A manifest that cannot be updated only loses that hint.
+    fn record_work_done(
+        &self,
+        store: &Store,
+        selection: &Selection,
+        planned: &[PlannedInstance],
+        outcomes: &[Outcome],
+    ) {
+        let Ok(now) = self.plan(store, selection) else {
+            return;
+        };
+        let mut device = device::Device::this_machine(&self.backend(), store.root());
+        // The work, not the time: no need to read the history.
+        device.is_this_machine = false;
+        let cost = estimate::estimate(&self.graph, &now, store, &device);
+        for ((p, outcome), c) in planned.iter().zip(outcomes).zip(&cost.instances) {
+            let (Outcome::Ran { .. }, Some(work)) = (outcome, &c.work) else {
+                continue;
+            };
+            let path = store.artifact_dir(&p.fingerprint).join("manifest.json");
+            let Some(mut manifest) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            else {
+                continue;
+            };
+            manifest["work_done"] = history::work_done(&p.kind, work, c.processes);
+            if let Ok(bytes) = serde_json::to_vec_pretty(&manifest) {
+                if let Err(e) = crate::store::write_atomic(&path, &bytes) {
+                    tracing::warn!("cannot record the work done in {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
     /// Plans and executes; returns the plan and each instance's outcome.
     pub fn run(
         &self,
@@ -211,6 +251,9 @@ impl Pipeline {
             &progress,
             &mut on_done,
         );
+        if outcomes.iter().any(|o| matches!(o, Outcome::Ran { .. })) {
+            self.record_work_done(&store, selection, &planned, &outcomes);
+        }
         // Cached instances are recorded too, so `status` knows their artifacts.
         if let Ok(mut l) = lockfile.lock() {
             for (i, p) in planned.iter().enumerate() {

@@ -65,6 +65,10 @@ impl Count {
 pub struct ModelFacts {
     pub config: Value,
     pub base_vocab_size: Option<usize>,
+    /// The tokenizer.json the folder will hold, when that file exists now
+    /// (a model trained from another keeps its tokenizer): an evaluation
+    /// of a model not yet trained can still measure its text in tokens.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// What is known about one output before it exists.

@@ -49,7 +49,10 @@ fn model(ctx: &EstimateContext) -> Attempt<LlamaConfig> {
 /// The tokenizer file a model input will be read with, when it exists.
 fn tokenizer_path(ctx: &EstimateContext) -> Option<PathBuf> {
     let bound = ctx.input("tokenizer").first().and_then(|t| t.path.clone());
-    bound.or_else(|| ctx.input("model").first()?.path.clone())
+    let model = || ctx.input("model").first();
+    bound
+        .or_else(|| model()?.path.clone())
+        .or_else(|| babelflow_model::estimate::model_tokenizer(model()?))
 }
 
 /// The model's tokenizer's rate on `texts`, measured when it exists.

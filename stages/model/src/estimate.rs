@@ -35,16 +35,39 @@ pub fn folder_facts(dir: &Path) -> Option<ModelFacts> {
     Some(ModelFacts {
         config,
         base_vocab_size,
+        tokenizer: tokenizer_file(dir),
     })
 }
 
-/// The facts of a model folder babelflow writes with this config and on-disk dtype.
-pub fn model_facts(config: &LlamaConfig, dtype: DiskDtype, base_vocab_size: Option<usize>) -> Option<ModelFacts> {
+/// A tokenizer input's file when it exists now (a folder stands for its tokenizer.json).
+pub fn tokenizer_file(path: &Path) -> Option<std::path::PathBuf> {
+    let file = if path.is_dir() {
+        path.join("tokenizer.json")
+    } else {
+        path.to_path_buf()
+    };
+    file.is_file().then_some(file)
+}
+
+/// The tokenizer file a model input's folder will hold, when it exists now.
+pub fn model_tokenizer(input: &PlannedInput) -> Option<std::path::PathBuf> {
+    model_input_facts(input)?.tokenizer
+}
+
+/// The facts of a model folder babelflow writes with this config and
+/// on-disk dtype, and the tokenizer file it will copy in.
+pub fn model_facts(
+    config: &LlamaConfig,
+    dtype: DiskDtype,
+    base_vocab_size: Option<usize>,
+    tokenizer: Option<std::path::PathBuf>,
+) -> Option<ModelFacts> {
     let mut config = serde_json::to_value(config).ok()?;
     dtype.tag(&mut config);
     Some(ModelFacts {
         config,
         base_vocab_size,
+        tokenizer,
     })
 }
 
@@ -136,7 +159,15 @@ pub fn init(ctx: &EstimateContext) -> Estimate {
         config.tie_word_embeddings = p.bool("tie_word_embeddings")?;
         Ok(config)
     })();
-    model_output(config.ok().and_then(|c| model_facts(&c, DiskDtype::F32, None)))
+    let tokenizer = ctx
+        .input("tokenizer")
+        .first()
+        .and_then(|t| tokenizer_file(t.path.as_ref()?));
+    model_output(
+        config
+            .ok()
+            .and_then(|c| model_facts(&c, DiskDtype::F32, None, tokenizer)),
+    )
 }
 
 /// `resize-vocab`: the input model with the extended vocabulary; its work
@@ -153,7 +184,11 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         .and_then(model_input_facts)
         .map_or(DiskDtype::F32, |m| disk_dtype(&m));
     config.vocab_size = vocab;
-    let mut estimate = model_output(model_facts(&config, DiskDtype::F32, Some(base)));
+    let tokenizer = ctx
+        .input("tokenizer")
+        .first()
+        .and_then(|t| tokenizer_file(t.path.as_ref()?));
+    let mut estimate = model_output(model_facts(&config, DiskDtype::F32, Some(base), tokenizer));
     let parameters = crate::stage::parameter_count(&config);
     estimate.work = Some(Work {
         tokens: Count::new(0.0, Basis::Params, "none: rows are computed, not trained"),

@@ -298,10 +298,15 @@ pub fn estimate_training(
         "input" => read,
         name => DiskDtype::parse(name).unwrap_or(DiskDtype::F32),
     };
+    // The tokenizer the trained folder will hold: the `tokenizer` input's, else the model's.
+    let tokenizer = match ctx.input("tokenizer").first() {
+        Some(t) => t.path.as_deref().and_then(babelflow_model::estimate::tokenizer_file),
+        None => babelflow_model::estimate::model_tokenizer(model),
+    };
     estimate.outputs.insert(
         "model".into(),
         Facts {
-            model: model_facts(&config, save, base_vocab_size),
+            model: model_facts(&config, save, base_vocab_size, tokenizer),
             ..Facts::default()
         },
     );
