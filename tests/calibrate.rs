@@ -52,6 +52,9 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
     }
     assert!(calibration.throughput.io_bytes_per_s > 1e6);
     assert!(calibration.throughput.overhead_s.contains_key("pretrain"));
+    // Scoring's cost besides its passes: fixed, and per token read (fitted over the three batch sizes).
+    assert!(calibration.throughput.overhead_s.contains_key("perplexity"));
+    assert!(calibration.throughput.overhead_per_token_s.contains_key("perplexity"));
     // What each kind's process holds besides its work, measured in a process of its own.
     for kind in ["pretrain", "perplexity", "exam", "respond"] {
         let held = calibration.throughput.process_bytes.get(kind).copied().unwrap_or(0);

@@ -68,7 +68,14 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
         let held = t.process_bytes.get(kind).map_or_else(String::new, |b| {
             format!(", {:.0} MiB held besides its work", *b as f64 / (1u64 << 20) as f64)
         });
-        println!("  fixed cost of a `{kind}` instance: {}{held}", duration(*seconds));
+        let per_token = t
+            .overhead_per_token_s
+            .get(kind)
+            .map_or_else(String::new, |s| format!(" + {:.1} µs a token read", s * 1e6));
+        println!(
+            "  fixed cost of a `{kind}` instance: {}{per_token}{held}",
+            duration(*seconds)
+        );
     }
     match calibrate::save(store.root(), &calibration) {
         Ok(path) => {

@@ -174,9 +174,10 @@ fn synthetic_instructions(corpus: &str, rows: usize) -> String {
     serde_json::Value::Array(items).to_string()
 }
 
-/// Documents scored at `width` with batches of 4: a few tenths of a second.
+/// Documents scored at `width` with batches of 4: about a second, enough
+/// batches that the first (which allocates) does not set the rate.
 fn score_docs(width: usize) -> usize {
-    256 * 64 / width.max(64) + 16
+    3 * (256 * 64 / width.max(64) + 16)
 }
 
 /// Batch sizes scored besides 4, for the forward rate's dependence on how
@@ -243,10 +244,17 @@ stages:
         }
         // The kinds whose cost at small sizes is mostly their own fixed
         // cost, measured once at the smallest width, before any larger model
-        // leaves the allocator holding more than they need.
+        // leaves the allocator holding more than they need. What a scoring
+        // process holds grows with the batches it has run (the allocator's
+        // arenas: 35 MiB after 16 documents, 57 after 1 000, here), so it
+        // is measured on a few documents, as a small model is scored.
         if width == widths[0].hidden_size {
             yaml.push_str(&format!(
-                "  exam_{width}:
+                "  held_{width}:
+    kind: perplexity
+    needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
+    with: {{ max_len: 128, batch_size: 4, max_docs: 32 }}
+  exam_{width}:
     kind: exam
     needs: {{ model: model_{width}, questions: questions }}
     with: {{ shots: 1, max_len: 256 }}
@@ -294,6 +302,30 @@ fn forward_rate(work: &babelflow_stage::estimate::Work, stats: &serde_json::Valu
     (seconds, per_token * scored_tokens / seconds)
 }
 
+/// The least-squares line `y = a + b·x` through `points`, with `a` and `b`
+/// at least 0 (a cost is never negative: where the fit says so, the other
+/// term is refitted alone); `None` with fewer than two distinct `x`.
+fn line_through(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    if points.len() < 2 || sxx <= 0.0 {
+        return None;
+    }
+    let b = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx;
+    let a = my - b * mx;
+    Some(if b < 0.0 {
+        (my, 0.0)
+    } else if a < 0.0 {
+        let through_zero =
+            points.iter().map(|(x, y)| x * y).sum::<f64>() / points.iter().map(|(x, _)| x * x).sum::<f64>();
+        (0.0, through_zero)
+    } else {
+        (a, b)
+    })
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -322,7 +354,7 @@ fn write_inputs(scratch: &Path, backend: &str, widths: &[Width]) -> std::io::Res
 /// besides their work, with the prefix of their instance's name.
 const SMALL: [(&str, &str); 4] = [
     ("pretrain", "train"),
-    ("perplexity", "score"),
+    ("perplexity", "held"),
     ("exam", "exam"),
     ("respond", "respond"),
 ];
@@ -419,6 +451,7 @@ pub fn calibrate(
     let io_rate = disk_bytes_per_s(scratch).map_err(io)?;
     let mut measured = Vec::new();
     let mut overheads: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut scoring_outside: Vec<(f64, f64)> = Vec::new();
     for &Width { hidden_size: width, .. } in widths {
         let (train, train_stats) = find(&format!("train_{width}"))?;
         let (score, score_stats) = find(&format!("score_{width}"))?;
@@ -434,6 +467,7 @@ pub fn calibrate(
             rows: score_work.forward_rows,
             flops_per_s: forward_flops_per_s,
         }];
+        let mut scorings = vec![(score.name.clone(), score_work.clone(), score_seconds)];
         for batch in SCORE_BATCHES {
             let name = format!("score_{width}_batch{batch}");
             let (cost, stats) = find(&name)?;
@@ -441,10 +475,21 @@ pub fn calibrate(
                 instance: name.clone(),
                 what: "has no estimate to calibrate against".into(),
             })?;
+            let (seconds, flops_per_s) = forward_rate(work, &stats);
             forward_by_rows.push(RowsRate {
                 rows: work.forward_rows,
-                flops_per_s: forward_rate(work, &stats).1,
+                flops_per_s,
             });
+            scorings.push((name, work.clone(), seconds));
+        }
+        // What scoring takes besides its forward passes (reading and
+        // tokenizing the text: per token; starting: fixed), where reading
+        // the model is negligible: the disk probe's rate is not the page cache's.
+        for (name, work, seconds) in scorings.iter().filter(|_| width <= 256) {
+            if let Some(total) = durations.get(name.as_str()) {
+                let io_seconds = work.io_bytes as f64 / io_rate;
+                scoring_outside.push((work.tokens.value, (total - seconds - io_seconds).max(0.0)));
+            }
         }
         forward_by_rows.sort_by_key(|r| r.rows);
         forward_by_rows.dedup_by_key(|r| r.rows);
@@ -454,19 +499,13 @@ pub fn calibrate(
             forward_flops_per_s,
             forward_by_rows,
         };
-        for (kind, name, work, seconds) in [
-            ("pretrain", &train.name, train_work, train_seconds),
-            ("perplexity", &score.name, score_work, score_seconds),
-        ] {
-            // Only where reading and writing the model is negligible: the
-            // disk probe's rate is not the page cache's.
-            if let Some(total) = durations.get(name.as_str()).filter(|_| width <= 256) {
-                let io_seconds = work.io_bytes as f64 / io_rate;
-                overheads
-                    .entry(kind)
-                    .or_default()
-                    .push((total - seconds - io_seconds).max(0.0));
-            }
+        // Only where reading and writing the model is negligible.
+        if let Some(total) = durations.get(train.name.as_str()).filter(|_| width <= 256) {
+            let io_seconds = train_work.io_bytes as f64 / io_rate;
+            overheads
+                .entry("pretrain")
+                .or_default()
+                .push((total - train_seconds - io_seconds).max(0.0));
         }
         measured.push(Measured {
             rate,
@@ -503,10 +542,18 @@ pub fn calibrate(
             }
         }
     }
+    let mut overhead_s: BTreeMap<String, f64> =
+        overheads.into_iter().map(|(k, v)| (k.to_string(), median(v))).collect();
+    let mut overhead_per_token_s = BTreeMap::new();
+    if let Some((fixed, per_token)) = line_through(&scoring_outside) {
+        overhead_s.insert("perplexity".into(), fixed);
+        overhead_per_token_s.insert("perplexity".into(), per_token);
+    }
     let throughput = Throughput {
         rates: measured.iter().map(|m| m.rate.clone()).collect(),
         io_bytes_per_s: io_rate,
-        overhead_s: overheads.into_iter().map(|(k, v)| (k.to_string(), median(v))).collect(),
+        overhead_s,
+        overhead_per_token_s,
         process_bytes,
         source: format!(
             "babelflow calibrate on this machine, {} threads, at {}",
@@ -538,6 +585,20 @@ pub fn save(store_dir: &Path, calibration: &Calibration) -> Result<PathBuf, Cali
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cost_line_is_fitted_and_never_negative() {
+        // y = 0.5 + 0.01 x exactly.
+        let (a, b) = line_through(&[(0.0, 0.5), (100.0, 1.5), (300.0, 3.5)]).unwrap();
+        assert!((a - 0.5).abs() < 1e-12 && (b - 0.01).abs() < 1e-12, "{a} {b}");
+        // Falling with x: no per-x cost, the mean is fixed.
+        assert_eq!(line_through(&[(1.0, 2.0), (3.0, 1.0)]), Some((1.5, 0.0)));
+        // A negative intercept: the line through 0 instead.
+        let (a, b) = line_through(&[(1.0, 0.0), (2.0, 2.0)]).unwrap();
+        assert_eq!(a, 0.0);
+        assert!((b - 0.8).abs() < 1e-12, "{b}");
+        assert_eq!(line_through(&[(1.0, 1.0), (1.0, 2.0)]), None);
+    }
 
     #[test]
     fn the_synthetic_corpus_is_the_same_every_time_and_skewed() {

@@ -117,6 +117,10 @@ pub struct Throughput {
     /// (starting, reading the tokenizer and data, writing stats), by kind.
     #[serde(default)]
     pub overhead_s: BTreeMap<String, f64>,
+    /// Seconds per token an instance of a kind spends besides its FLOPs
+    /// (reading and tokenizing the text it scores), by kind.
+    #[serde(default)]
+    pub overhead_per_token_s: BTreeMap<String, f64>,
     /// Resident memory of a babelflow process besides an instance's work
     /// (the binary, its libraries, the tokenizer, the data, the allocator's),
     /// by kind, measured on this machine at the smallest width.
@@ -140,9 +144,11 @@ impl Throughput {
         ))
     }
 
-    /// The fixed cost of an instance of `kind` (`sft` costs what `pretrain` does).
-    fn overhead(&self, kind: &str) -> f64 {
-        self.overhead_s.get(like(kind)).copied().unwrap_or(0.0)
+    /// The cost of an instance of `kind` besides its FLOPs and checkpoint
+    /// bytes, for `tokens` (`sft` costs what `pretrain` does).
+    fn overhead(&self, kind: &str, tokens: f64) -> f64 {
+        let fixed = self.overhead_s.get(like(kind)).copied().unwrap_or(0.0);
+        fixed + tokens * self.overhead_per_token_s.get(like(kind)).copied().unwrap_or(0.0)
     }
 
     /// What a process running `kind` holds besides its work (`sft`: as `pretrain`).
@@ -208,6 +214,7 @@ impl Device {
                 }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
                 overhead_s: BTreeMap::new(),
+                overhead_per_token_s: BTreeMap::new(),
                 process_bytes: BTreeMap::new(),
                 source: format!(
                     "documented peak {:.0} TFLOP/s × {:.0} % assumed utilisation",
@@ -275,9 +282,9 @@ impl Device {
     /// What `kind`'s `work` costs besides its FLOPs: reading and writing
     /// checkpoints, and the kind's fixed cost (0 where not measured).
     pub fn fixed_seconds(&self, kind: &str, work: &Work) -> f64 {
-        self.throughput
-            .as_ref()
-            .map_or(0.0, |t| work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind))
+        self.throughput.as_ref().map_or(0.0, |t| {
+            work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind, work.tokens.value)
+        })
     }
 }
 
@@ -346,6 +353,7 @@ mod tests {
             rates: vec![rate(64, 1e9), rate(256, 16e9)],
             io_bytes_per_s: 1e9,
             overhead_s: [("pretrain".to_string(), 2.0)].into(),
+            overhead_per_token_s: BTreeMap::new(),
             process_bytes: [("pretrain".to_string(), 30), ("exam".to_string(), 50)].into(),
             source: "test".into(),
         };
@@ -357,7 +365,7 @@ mod tests {
             (train - 4e9).abs() < 1.0 && (forward - 8e9).abs() < 1.0,
             "{train} {forward}"
         );
-        assert_eq!((t.overhead("sft"), t.overhead("perplexity")), (2.0, 0.0));
+        assert_eq!((t.overhead("sft", 1e6), t.overhead("perplexity", 1e6)), (2.0, 0.0));
         assert_eq!((t.process_bytes("sft"), t.process_bytes("respond")), (30, 30));
     }
 
@@ -386,6 +394,7 @@ mod tests {
             ],
             io_bytes_per_s: 1e9,
             overhead_s: BTreeMap::new(),
+            overhead_per_token_s: [("perplexity".to_string(), 1e-3)].into(),
             process_bytes: BTreeMap::new(),
             source: "test".into(),
         };
@@ -402,6 +411,8 @@ mod tests {
             serde_json::from_str(r#"{"hidden_size": 64, "train_flops_per_s": 1e9, "forward_flops_per_s": 3e9}"#)
                 .unwrap();
         assert_eq!(old.forward_at(50), 3e9);
+        // Scoring 1 000 tokens costs 1 ms each besides its FLOPs.
+        assert_eq!(t.overhead("perplexity", 1000.0), 1.0);
     }
 
     #[test]

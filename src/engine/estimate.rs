@@ -92,8 +92,39 @@ pub struct PlanCost {
 
 /// The estimate of every planned instance, upstream first.
 pub fn estimate(graph: &Graph, planned: &[PlannedInstance], store: &Store, device: &Device) -> PlanCost {
+    estimate_some(graph, planned, store, device, &vec![true; graph.instances.len()])
+}
+
+/// The estimate of the instances `these` marks, and of what they read from
+/// (for their facts), without estimating the rest of a large recipe: what
+/// `run` records (the work, and memory its instances would start with).
+pub fn estimate_these(
+    graph: &Graph,
+    planned: &[PlannedInstance],
+    store: &Store,
+    device: &Device,
+    these: &[bool],
+) -> PlanCost {
+    let mut wanted = these.to_vec();
+    for &i in graph.order.iter().rev() {
+        if wanted[i] {
+            for &d in &graph.deps[i] {
+                wanted[d] = true;
+            }
+        }
+    }
+    estimate_some(graph, planned, store, device, &wanted)
+}
+
+fn estimate_some(
+    graph: &Graph,
+    planned: &[PlannedInstance],
+    store: &Store,
+    device: &Device,
+    wanted: &[bool],
+) -> PlanCost {
     let mut estimates: Vec<Option<Estimate>> = vec![None; graph.instances.len()];
-    for &i in &graph.order {
+    for &i in graph.order.iter().filter(|&&i| wanted[i]) {
         let inst = &graph.instances[i];
         let mut inputs: BTreeMap<String, Vec<PlannedInput>> = BTreeMap::new();
         for binding in &inst.inputs {

@@ -144,7 +144,8 @@ impl Pipeline {
         let mut device = device::Device::this_machine(&self.backend(), store.root());
         // The work, not the time: no need to read the history.
         device.is_this_machine = false;
-        let cost = estimate::estimate(&self.graph, &now, store, &device);
+        let ran: Vec<bool> = outcomes.iter().map(|o| matches!(o, Outcome::Ran { .. })).collect();
+        let cost = estimate::estimate_these(&self.graph, &now, store, &device, &ran);
         for ((p, outcome), c) in planned.iter().zip(outcomes).zip(&cost.instances) {
             let (Outcome::Ran { .. }, Some(work)) = (outcome, &c.work) else {
                 continue;
@@ -184,7 +185,8 @@ impl Pipeline {
         // happens (not worth reading inputs for when nothing runs).
         if planned.iter().any(|p| p.action == Action::Run) {
             let device = device::Device::this_machine(&self.backend(), store.root());
-            let cost = estimate::estimate(&self.graph, &planned, &store, &device);
+            let running: Vec<bool> = planned.iter().map(|p| p.action == Action::Run).collect();
+            let cost = estimate::estimate_these(&self.graph, &planned, &store, &device, &running);
             for (p, recorded) in planned.iter_mut().zip(cost.recorded()) {
                 p.estimate = recorded;
             }
