@@ -112,7 +112,7 @@ fn main() {
     };
 
     let rope = Rope::new(&config, seq + 128, &device).expect("rope");
-    let model = Llama::init(&config, &device);
+    let model = Llama::init(&config, 0, &device);
     let mut state = 7u64;
     bench.time("forward", tokens, 2.0 * n + 2.0 * attn, &mut || {
         let logits = model.forward(random_ids(batch, seq, vocab, &mut state, &device), &rope, None);
@@ -121,7 +121,7 @@ fn main() {
 
     let ad = device.clone().autodiff();
     let rope_ad = Rope::new(&config, seq, &ad).expect("rope");
-    let mut model_ad = Some(Llama::init(&config, &ad));
+    let mut model_ad = Some(Llama::init(&config, 0, &ad));
     let mut state = 11u64;
     let loss_of = |model: &Llama, state: &mut u64| {
         let input = random_ids(batch, seq + 1, vocab, state, &ad);

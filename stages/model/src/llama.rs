@@ -4,6 +4,7 @@
 //! head, causal mask. Weights are kept in HF's layout (`[out, in]` for
 //! projections), so checkpoints load without permutations.
 
+use babelflow_stage::rng::Rng;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
@@ -24,11 +25,17 @@ pub struct Proj {
     pub bias: Option<Param<Tensor<1>>>,
 }
 
+/// A `[rows, cols]` tensor of N(0, std²) values drawn by `rng`.
+fn normal(shape: [usize; 2], std: f64, rng: &mut Rng, device: &Device) -> Tensor<2> {
+    let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| (rng.normal() * std) as f32).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
 impl Proj {
-    pub fn new(out: usize, inp: usize, std: f64, device: &Device) -> Self {
-        let w = Tensor::<2>::random([out, inp], burn::tensor::Distribution::Normal(0.0, std), device);
+    /// `[out, inp]` drawn from N(0, std²) by `rng`.
+    pub fn new(out: usize, inp: usize, std: f64, rng: &mut Rng, device: &Device) -> Self {
         Proj {
-            weight: Param::from_tensor(w),
+            weight: Param::from_tensor(normal([out, inp], std, rng, device)),
             bias: None,
         }
     }
@@ -356,42 +363,45 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// A randomly initialised model (normal, std 0.02, as HF's `initializer_range`).
-    pub fn init(config: &LlamaConfig, device: &Device) -> Self {
+    /// A randomly initialised model (normal, std 0.02, as HF's
+    /// `initializer_range`), drawn from `seed` alone: not from the
+    /// backend's generator, which is one per process and shared with
+    /// whatever else runs in it.
+    pub fn init(config: &LlamaConfig, seed: u64, device: &Device) -> Self {
         let (d, hd) = (config.hidden_size, config.head_dim());
         let (h, kv) = (config.num_attention_heads, config.kv_heads());
         let std = 0.02;
+        let rng = &mut Rng::new(seed);
         let layers = (0..config.num_hidden_layers)
             .map(|_| Block {
                 input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
                 self_attn: Attention {
-                    q_proj: Proj::new(h * hd, d, std, device).with_bias(config.attention_bias, device),
-                    k_proj: Proj::new(kv * hd, d, std, device).with_bias(config.attention_bias, device),
-                    v_proj: Proj::new(kv * hd, d, std, device).with_bias(config.attention_bias, device),
-                    o_proj: Proj::new(d, h * hd, std, device).with_bias(config.attention_bias, device),
+                    q_proj: Proj::new(h * hd, d, std, rng, device).with_bias(config.attention_bias, device),
+                    k_proj: Proj::new(kv * hd, d, std, rng, device).with_bias(config.attention_bias, device),
+                    v_proj: Proj::new(kv * hd, d, std, rng, device).with_bias(config.attention_bias, device),
+                    o_proj: Proj::new(d, h * hd, std, rng, device).with_bias(config.attention_bias, device),
                     n_heads: h,
                     n_kv_heads: kv,
                     head_dim: hd,
                 },
                 post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
                 mlp: Mlp {
-                    gate_proj: Proj::new(config.intermediate_size, d, std, device).with_bias(config.mlp_bias, device),
-                    up_proj: Proj::new(config.intermediate_size, d, std, device).with_bias(config.mlp_bias, device),
-                    down_proj: Proj::new(d, config.intermediate_size, std, device).with_bias(config.mlp_bias, device),
+                    gate_proj: Proj::new(config.intermediate_size, d, std, rng, device)
+                        .with_bias(config.mlp_bias, device),
+                    up_proj: Proj::new(config.intermediate_size, d, std, rng, device)
+                        .with_bias(config.mlp_bias, device),
+                    down_proj: Proj::new(d, config.intermediate_size, std, rng, device)
+                        .with_bias(config.mlp_bias, device),
                 },
             })
             .collect();
-        let embed = Tensor::<2>::random(
-            [config.vocab_size, d],
-            burn::tensor::Distribution::Normal(0.0, std),
-            device,
-        );
+        let embed = normal([config.vocab_size, d], std, rng, device);
         Llama {
             embed_tokens: Param::from_tensor(embed),
             embed_added: None,
             layers,
             norm: RmsNorm::new(d, config.rms_norm_eps, device),
-            lm_head: (!config.tie_word_embeddings).then(|| Proj::new(config.vocab_size, d, std, device)),
+            lm_head: (!config.tie_word_embeddings).then(|| Proj::new(config.vocab_size, d, std, rng, device)),
             lm_head_added: None,
         }
     }

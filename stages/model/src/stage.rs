@@ -274,7 +274,8 @@ impl StageKind for InitModel {
         "init-model"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: drawn from babelflow's seeded generator, not the backend's per-process one.
+        "2"
     }
     fn summary(&self) -> &'static str {
         "a randomly initialised LLaMA (HF layout) for training from scratch"
@@ -345,8 +346,7 @@ impl StageKind for InitModel {
         config.bos_token_id = tok.bos;
         config.eos_token_id = tok.eos.map(Into::into);
         let (device, backend) = crate::device::select(&ctx.device.backend, ctx.device.index).map_err(model_err)?;
-        device.seed(p.i64("seed")? as u64);
-        let model = crate::Llama::init(&config, &device);
+        let model = crate::Llama::init(&config, p.i64("seed")? as u64, &device);
         let out = ctx.output("model");
         hf::save(&out, &config, &model, DiskDtype::F32).map_err(model_err)?;
         std::fs::copy(tok_path, out.join("tokenizer.json")).map_err(|e| StageError::io(tok_path, e))?;

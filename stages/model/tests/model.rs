@@ -63,7 +63,7 @@ fn logits_match_an_independent_numpy_llama() {
 fn save_then_load_gives_identical_logits_and_half_precision_within_tolerance() {
     let device = Device::flex();
     let config = LlamaConfig::tiny(50, 32, 2, 4, 2);
-    let model = Llama::init(&config, &device);
+    let model = Llama::init(&config, 0, &device);
     let ids = [1i64, 7, 3, 9, 2];
     let before = logits(&model, &config, &ids, &device);
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod data;
 pub mod estimate;
+mod lora;
 mod memory;
 pub mod metrics;
 mod output;

@@ -48,7 +48,8 @@ impl StageKind for Pretrain {
         // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
         // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
         // 7: validation in bits per character too (`val_bits_per_char`, stats.json).
-        "7"
+        // 8: LoRA's A drawn from the run's seed and the weight's path, not burn's per-process generator.
+        "8"
     }
     fn summary(&self) -> &'static str {
         "further-pretrain a LLaMA on a token stream (AdamW, warmup + decay, per-language validation)"

@@ -213,7 +213,8 @@ impl StageKind for Sft {
         // 6: LoRA as the frozen product plus the low-rank path (last bits differ); `precision`,
         // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
         // 7: validation in bits per character too (`val_bits_per_char`, stats.json).
-        "7"
+        // 8: LoRA's A drawn from the run's seed and the weight's path, not burn's per-process generator.
+        "8"
     }
     fn summary(&self) -> &'static str {
         "instruction-tune a LLaMA (alpaca/bactrian/belle/chat templates, loss on responses only)"

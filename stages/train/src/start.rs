@@ -86,7 +86,7 @@ impl Start {
             ensure_model_reads(&model_dir, set.tokenizer_hash(), set.path(), "the validation tokens")?;
         }
         ad.seed(seed);
-        let model = trainable.prepare(model)?;
+        let model = trainable.prepare(model, seed)?;
         let held = trainable.check_held(&model)?;
         let start = Start {
             config,

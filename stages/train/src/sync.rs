@@ -249,7 +249,7 @@ mod tests {
         // Vocabulary 64 × hidden 16: the embedding (1,024 values) is larger
         // than the bucket, the norms (16) fill it several to a call.
         let config = LlamaConfig::tiny(64, 16, 2, 2, 2);
-        let model = Llama::init(&config, &ad);
+        let model = Llama::init(&config, 0, &ad);
         let rope = babelflow_model::Rope::new(&config, 8, &ad).unwrap();
         let ids: Vec<i64> = (0..9).map(|i| (i * 7) % 64).collect();
         let x = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(ids[..8].to_vec(), [1, 8]), &ad);

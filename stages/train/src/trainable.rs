@@ -15,8 +15,8 @@ use babelflow_model::hf::{module_path, HeldAs};
 use babelflow_model::resize::{ResizedVocab, RESIZED_VOCAB};
 use babelflow_model::Llama;
 use babelflow_stage::{ParamSpec, ParamType, Params, StageError};
-use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::tensor::{DType, Tensor};
 
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec::with_default(
@@ -253,7 +253,8 @@ impl Trainable {
 
     /// The model as it trains. Deterministic in structure, so a checkpoint
     /// of one run loads into the same preparation of the next.
-    pub fn prepare(&self, model: Llama) -> Result<Llama, StageError> {
+    /// `seed` draws the LoRA adapters' initial values.
+    pub fn prepare(&self, model: Llama, seed: u64) -> Result<Llama, StageError> {
         let model = match &self.mode {
             Mode::Full => model,
             Mode::Embeddings => model.freeze().unfreeze_group(embeddings_group()),
@@ -268,11 +269,12 @@ impl Trainable {
                 let group =
                     ParamGroup::from_regexes(vec![pattern]).map_err(|e| param_error("lora_targets", group_error(e)))?;
                 // Adapters in f32 whatever the base is held in.
-                model.apply_lora(
-                    Lora::new(*rank, *alpha)
-                        .set_param_group(group)
-                        .set_dtype(FloatDType::F32),
-                )
+                model.apply_reparameterization(crate::lora::SeededLora {
+                    rank: *rank,
+                    alpha: *alpha,
+                    group,
+                    seed,
+                })
             }
         };
         Ok(match self.freeze_group()? {
@@ -435,7 +437,7 @@ mod tests {
 
     fn tiny() -> Llama {
         let config = LlamaConfig::tiny(64, 16, 2, 2, 2);
-        Llama::init(&config, &Device::flex().autodiff())
+        Llama::init(&config, 0, &Device::flex().autodiff())
     }
 
     #[test]
@@ -446,12 +448,61 @@ mod tests {
             frozen_dtype: DType::F32,
             base_rows: None,
         };
-        let paths = trainable_paths(&t.prepare(tiny()).unwrap());
+        let paths = trainable_paths(&t.prepare(tiny(), 0).unwrap());
         assert_eq!(paths, ["embed_tokens", "lm_head.weight"]);
     }
 
     fn values(t: Tensor<2>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Two runs in one process (`run --jobs 2`) share burn's random
+    /// generator; adapters drawn from it depended on what the other run drew.
+    #[test]
+    fn lora_adapters_depend_on_the_seed_and_the_weight_not_on_the_process() {
+        use burn::tensor::Distribution;
+        let t = Trainable {
+            mode: Mode::Lora {
+                rank: 2,
+                alpha: 4.0,
+                targets: vec!["q_proj".into(), "v_proj".into()],
+            },
+            freeze: vec![],
+            frozen_dtype: DType::F32,
+            base_rows: None,
+        };
+        let a_of = |model: &Llama, layer: usize| {
+            let q = &model.layers[layer].self_attn.q_proj.weight;
+            values(q.adapter().expect("q_proj has an adapter").a.val())
+        };
+        let device = Device::flex().autodiff();
+        let first = t.prepare(tiny(), 7).unwrap();
+        // Something else in the process seeds and draws from burn's generator.
+        device.seed(12345);
+        let _ = Tensor::<2>::random([50, 50], Distribution::Normal(0.0, 1.0), &device);
+        let again = t.prepare(tiny(), 7).unwrap();
+        assert_eq!(a_of(&first, 0), a_of(&again, 0));
+        assert_eq!(a_of(&first, 1), a_of(&again, 1));
+        // Each weight has its own draw, and the seed changes them.
+        assert_ne!(a_of(&first, 0), a_of(&first, 1));
+        assert_ne!(a_of(&first, 0), a_of(&t.prepare(tiny(), 8).unwrap(), 0));
+        // A ~ N(0, 1/rank): 16 × 2 values with a spread near 1/2.
+        let a = a_of(&first, 0);
+        let sd = (a.iter().map(|x| x * x).sum::<f32>() / a.len() as f32).sqrt();
+        assert!(sd > 0.3 && sd < 0.7, "{sd}");
+    }
+
+    #[test]
+    fn a_random_model_depends_on_its_seed_alone() {
+        use burn::tensor::Distribution;
+        let config = LlamaConfig::tiny(64, 16, 2, 2, 2);
+        let device = Device::flex();
+        let weights = |model: &Llama| values(model.layers[1].mlp.up_proj.weight.val());
+        let first = Llama::init(&config, 3, &device);
+        device.seed(99);
+        let _ = Tensor::<2>::random([50, 50], Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(weights(&first), weights(&Llama::init(&config, 3, &device)));
+        assert_ne!(weights(&first), weights(&Llama::init(&config, 4, &device)));
     }
 
     #[test]
@@ -472,7 +523,7 @@ mod tests {
         };
         let original = tiny();
         let q_before = values(original.layers[0].self_attn.q_proj.weight.val());
-        let model = t.prepare(original).unwrap();
+        let model = t.prepare(original, 0).unwrap();
         let paths = trainable_paths(&model);
         assert!(
             paths.iter().all(|p| p.contains("q_proj") || p.contains("down_proj")),
@@ -571,9 +622,9 @@ mod tests {
             let held_as = t.held_as().unwrap();
             // The tiny model's tensors, read as a checkpoint would be.
             let device = Device::flex().autodiff();
-            let mut model = Llama::init(&config, &device);
+            let mut model = Llama::init(&config, 0, &device);
             model = model.map(&mut CastAs(&held_as, Vec::new()));
-            let model = t.prepare(model).unwrap();
+            let model = t.prepare(model, 0).unwrap();
             let held = t.check_held(&model).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
             assert!(held.frozen_bytes["bf16"] > 0, "{mode:?}: {held:?}");
             assert!(held.trainable_bytes > 0, "{mode:?}: {held:?}");
@@ -585,7 +636,7 @@ mod tests {
             frozen_dtype: DType::BF16,
             base_rows: None,
         };
-        let all_bf16 = t.prepare(babelflow_model::Precision::Bf16.apply(tiny())).unwrap();
+        let all_bf16 = t.prepare(babelflow_model::Precision::Bf16.apply(tiny()), 0).unwrap();
         let err = t.check_held(&all_bf16).unwrap_err().to_string();
         assert!(err.contains("`embed_tokens` trains but is held in BF16"), "{err}");
     }

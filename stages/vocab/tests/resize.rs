@@ -59,7 +59,7 @@ impl Fixture {
         let root = dir.path().to_path_buf();
         let mut config = LlamaConfig::tiny(BASE, 64, 1, 4, 2);
         config.tie_word_embeddings = false;
-        let model = Llama::init(&config, &Device::flex());
+        let model = Llama::init(&config, 0, &Device::flex());
         hf::save(&root.join("base"), &config, &model, DiskDtype::F32).unwrap();
         write_json(&root.join("base/tokenizer.json"), &tokenizer(&[]));
         write_json(&root.join("extended.json"), &tokenizer(&NEW));
