@@ -452,6 +452,20 @@ mod tests {
         assert_eq!(paths, ["embed_tokens", "lm_head.weight"]);
     }
 
+    /// LoRA of rank 2, alpha 4, on `targets`, the base in f32.
+    fn lora_rank_2(targets: &[&str]) -> Trainable {
+        Trainable {
+            mode: Mode::Lora {
+                rank: 2,
+                alpha: 4.0,
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+            },
+            freeze: vec![],
+            frozen_dtype: DType::F32,
+            base_rows: None,
+        }
+    }
+
     fn values(t: Tensor<2>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
@@ -461,16 +475,7 @@ mod tests {
     #[test]
     fn lora_adapters_depend_on_the_seed_and_the_weight_not_on_the_process() {
         use burn::tensor::Distribution;
-        let t = Trainable {
-            mode: Mode::Lora {
-                rank: 2,
-                alpha: 4.0,
-                targets: vec!["q_proj".into(), "v_proj".into()],
-            },
-            freeze: vec![],
-            frozen_dtype: DType::F32,
-            base_rows: None,
-        };
+        let t = lora_rank_2(&["q_proj", "v_proj"]);
         let a_of = |model: &Llama, layer: usize| {
             let q = &model.layers[layer].self_attn.q_proj.weight;
             values(q.adapter().expect("q_proj has an adapter").a.val())
@@ -511,16 +516,7 @@ mod tests {
         use burn::optim::{AdamWConfig, GradientsParams};
         use burn::tensor::{Int, TensorData};
 
-        let t = Trainable {
-            mode: Mode::Lora {
-                rank: 2,
-                alpha: 4.0,
-                targets: vec!["q_proj".into(), "down_proj".into()],
-            },
-            freeze: vec![],
-            frozen_dtype: DType::F32,
-            base_rows: None,
-        };
+        let t = lora_rank_2(&["q_proj", "down_proj"]);
         let original = tiny();
         let q_before = values(original.layers[0].self_attn.q_proj.weight.val());
         let model = t.prepare(original, 0).unwrap();
