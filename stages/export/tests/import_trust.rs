@@ -252,6 +252,56 @@ fn a_gguf_imports_tokenizer_summary_counts_tokens_and_merges_apart() {
     );
 }
 
+/// A plan knows a GGUF's shape before importing it: the config its header
+/// implies, the one the import writes.
+#[test]
+fn a_ggufs_shape_is_known_before_it_is_imported() {
+    use babelflow_stage::estimate::{Facts, PlannedInput};
+    let dir = tempfile::tempdir().unwrap();
+    let sound = sound_gguf(dir.path());
+    let path = dir.path().join("sound.gguf");
+    std::fs::write(&path, &sound.bytes).unwrap();
+    let kind = common::kind("import-model");
+    let params = babelflow_stage::testing::params_for(kind.params(), json!({})).unwrap();
+    let ctx = babelflow_stage::EstimateContext {
+        instance: "base",
+        params: &params,
+        inputs: [(
+            "checkpoint".to_string(),
+            vec![PlannedInput {
+                path: Some(path.clone()),
+                facts: Facts::default(),
+            }],
+        )]
+        .into(),
+        processes: 1,
+    };
+    let planned = kind.estimate(&ctx).outputs["model"]
+        .model
+        .clone()
+        .expect("the GGUF's shape");
+    let imported = stage(
+        dir.path(),
+        "import",
+        "import-model",
+        json!({}),
+        &[("checkpoint", &[&path])],
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(imported.join("model/config.json")).unwrap()).unwrap();
+    for key in [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+        "tie_word_embeddings",
+    ] {
+        assert_eq!(planned.config[key], written[key], "{key}");
+    }
+}
+
 #[test]
 fn a_gguf_bound_as_a_tokenizer_says_to_import_it() {
     let dir = tempfile::tempdir().unwrap();

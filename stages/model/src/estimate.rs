@@ -54,6 +54,15 @@ pub fn model_tokenizer(input: &PlannedInput) -> Option<std::path::PathBuf> {
     model_input_facts(input)?.tokenizer
 }
 
+/// The facts of the folder importing a GGUF file writes: the config its
+/// metadata implies, in f32 (the import's default; `dtype:` retags it).
+/// The tokenizer is rebuilt at import, so no file stands for it yet.
+fn gguf_facts(file: &Path) -> Option<ModelFacts> {
+    let gguf = crate::gguf::file::GgufFile::open(file).ok()?;
+    let config = crate::gguf::import::config_of(&gguf).ok()?;
+    model_facts(&config, DiskDtype::F32, None, None)
+}
+
 /// The facts of a model folder babelflow writes with this config and
 /// on-disk dtype, and the tokenizer file it will copy in.
 pub fn model_facts(
@@ -124,12 +133,17 @@ fn model_output(facts: Option<ModelFacts>) -> Estimate {
 }
 
 /// `import-model`: the folder's config as it is (its dtype rewritten by
-/// `dtype:`). A GGUF file's shape is not read at plan time.
+/// `dtype:`); a GGUF file's as its import will write it, read from its
+/// header (the weights are not read).
 pub fn import(ctx: &EstimateContext) -> Estimate {
     let Some(path) = ctx.input("checkpoint").first().and_then(|i| i.path.as_ref()) else {
         return Estimate::default();
     };
-    let mut facts = if path.is_dir() { folder_facts(path) } else { None };
+    let mut facts = if path.is_dir() {
+        folder_facts(path)
+    } else {
+        gguf_facts(path)
+    };
     if let (Some(facts), Ok(Some(dtype))) = (&mut facts, ctx.params.opt_str("dtype")) {
         if let Some(dtype) = DiskDtype::parse(dtype) {
             dtype.tag(&mut facts.config);
