@@ -95,6 +95,34 @@ pub fn run_kind_interrupted(
     kind.run(&ctx)
 }
 
+/// The kind's estimate with `params` (a JSON object, defaults filled) and
+/// these existing files bound to its slots, as `plan --estimate` makes it
+/// once every input exists.
+pub fn estimate_kind(
+    kind: &dyn StageKind,
+    params: Value,
+    pairs: &[(&str, &[&Path])],
+) -> Result<crate::Estimate, String> {
+    let params = params_for(kind.params(), params)?;
+    let inputs = pairs
+        .iter()
+        .map(|(name, paths)| {
+            let planned = paths.iter().map(|p| crate::estimate::PlannedInput {
+                path: Some(p.to_path_buf()),
+                facts: crate::estimate::Facts::default(),
+            });
+            (name.to_string(), planned.collect())
+        })
+        .collect();
+    let ctx = crate::EstimateContext {
+        instance: "test",
+        params: &params,
+        inputs,
+        processes: 1,
+    };
+    Ok(kind.estimate(&ctx))
+}
+
 /// Inputs from (slot, paths) pairs.
 pub fn inputs(pairs: &[(&str, &[&Path])]) -> Inputs {
     pairs

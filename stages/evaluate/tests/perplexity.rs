@@ -100,35 +100,20 @@ fn half_precision_scores_within_a_percent_of_f32() {
 /// reading order, each batch padded to its longest chunk.
 #[test]
 fn the_estimate_counts_the_padded_positions_the_forward_computes() {
-    use babelflow_stage::estimate::{Facts, PlannedInput};
-    use babelflow_stage::EstimateContext;
-
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, tables) = tiny_model(dir.path());
     let (config, _) = babelflow_model::hf::load(&model_dir, &Device::flex()).unwrap();
     let tok = LoadedTokenizer::load(&model_dir.join("tokenizer.json")).unwrap();
-    let perplexity = kind("perplexity");
     let estimate = |max_len: usize, batch: usize| {
-        let params = babelflow_stage::testing::params_for(
-            perplexity.params(),
+        let texts: Vec<&std::path::Path> = tables.iter().map(|t| t.as_path()).collect();
+        babelflow_stage::testing::estimate_kind(
+            kind("perplexity").as_ref(),
             json!({"max_len": max_len, "batch_size": batch, "max_docs": 5}),
+            &[("model", &[&model_dir]), ("text", &texts)],
         )
-        .unwrap();
-        let planned = |path: &std::path::Path| PlannedInput {
-            path: Some(path.to_path_buf()),
-            facts: Facts::default(),
-        };
-        let ctx = EstimateContext {
-            instance: "ppl",
-            params: &params,
-            inputs: [
-                ("model".to_string(), vec![planned(&model_dir)]),
-                ("text".to_string(), tables.iter().map(|t| planned(t)).collect()),
-            ]
-            .into(),
-            processes: 1,
-        };
-        perplexity.estimate(&ctx).work.expect("the text and the model exist")
+        .unwrap()
+        .work
+        .expect("the text and the model exist")
     };
 
     // By hand: the first 5 documents of each table, cut into chunks of 16
