@@ -255,7 +255,7 @@ stages:
     let text = p.ok(&["plan", "r.yaml", "--estimate", "--set", "stages.pretrain.with.steps=6"]);
     assert!(
         text.contains("pretrain: time from an earlier run of the same shape")
-            && text.contains("pretrain: peak memory = measured peak of an earlier run"),
+            && text.contains("pretrain: peak memory = measured peak: an earlier run"),
         "{text}"
     );
 

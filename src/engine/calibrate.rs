@@ -326,11 +326,6 @@ fn line_through(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// The corpus, questions, instructions and recipe in `scratch`; the recipe's path.
 fn write_inputs(scratch: &Path, backend: &str, widths: &[Width]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(scratch.join("questions"))?;
@@ -542,8 +537,10 @@ pub fn calibrate(
             }
         }
     }
-    let mut overhead_s: BTreeMap<String, f64> =
-        overheads.into_iter().map(|(k, v)| (k.to_string(), median(v))).collect();
+    let mut overhead_s: BTreeMap<String, f64> = overheads
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), super::history::median(v)))
+        .collect();
     let mut overhead_per_token_s = BTreeMap::new();
     if let Some((fixed, per_token)) = line_through(&scoring_outside) {
         overhead_s.insert("perplexity".into(), fixed);

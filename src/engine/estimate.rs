@@ -153,8 +153,9 @@ fn estimate_some(
         };
         estimates[i] = Some(inst.kind.estimate(&ctx));
     }
-    // Earlier runs price only the machine they ran on.
-    let history = device.is_this_machine.then(|| History::load(store));
+    // Earlier runs price only the machine they ran on, and only what would
+    // run: the store's manifests are read once, when first needed.
+    let history = std::cell::OnceCell::new();
     let instances: Vec<InstanceCost> = planned
         .iter()
         .zip(&graph.instances)
@@ -180,19 +181,20 @@ fn estimate_some(
                 cost.seconds = device.seconds(&p.kind, &work, processes);
                 cost.seconds_source = cost.seconds.and(device.throughput.as_ref()).map(|t| t.source.clone());
                 cost.peak_bytes = work.memory.total_bytes() + device.process_bytes(&p.kind);
-                cost.peak_source = Some(if device.process_bytes(&p.kind) > 0 {
-                    "model: weights, gradients, optimizer state, activations; and what the process holds besides \
-                     (babelflow calibrate)"
-                        .to_string()
+                let besides = if device.process_bytes(&p.kind) > 0 {
+                    "; and what the process holds besides (babelflow calibrate)"
                 } else {
-                    "model: weights, gradients, optimizer state, activations".to_string()
-                });
+                    ""
+                };
+                cost.peak_source = Some(format!(
+                    "model: weights, gradients, optimizer state, activations{besides}"
+                ));
                 let shape = shape_of(&p.kind, &work, processes);
                 let fixed_s = device.fixed_seconds(&p.kind, &work);
-                if let Some(past) = history
-                    .as_ref()
-                    .and_then(|h| h.estimate(&shape, &inst.backend, &work, fixed_s))
-                {
+                let past = (device.is_this_machine && p.action == Action::Run)
+                    .then(|| history.get_or_init(|| History::load(store)))
+                    .and_then(|h| h.estimate(&shape, &inst.backend, &work, fixed_s));
+                if let Some(past) = past {
                     cost.seconds = Some(past.seconds);
                     cost.seconds_source = Some(past.seconds_source);
                     if let Some((peak, source)) = past.peak {

@@ -93,13 +93,23 @@ pub fn flops_of(work: &Work) -> f64 {
     work.train_flops + work.forward_flops
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count; 0 for none).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     match n {
         0 => 0.0,
         _ if n % 2 == 1 => values[n / 2],
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// "an earlier run", "median of 3 earlier runs".
+fn earlier_runs(n: usize) -> String {
+    if n == 1 {
+        "an earlier run".to_string()
+    } else {
+        format!("median of {n} earlier runs")
     }
 }
 
@@ -148,11 +158,7 @@ impl History {
         );
         let seconds_source = format!(
             "{} of the same shape in this store (latest `{}` of {}: {:.2} s for {:.3e} FLOPs{})",
-            if same.len() == 1 {
-                "an earlier run".to_string()
-            } else {
-                format!("median of {} earlier runs", same.len())
-            },
+            earlier_runs(same.len()),
             latest.instance,
             latest.recipe,
             latest.duration_s,
@@ -168,12 +174,8 @@ impl History {
             (
                 median(peaks.clone()) as u64,
                 format!(
-                    "measured peak of {} of the same shape in this store",
-                    if peaks.len() == 1 {
-                        "an earlier run".to_string()
-                    } else {
-                        format!("the median of {} earlier runs", peaks.len())
-                    }
+                    "measured peak: {} of the same shape in this store",
+                    earlier_runs(peaks.len())
                 ),
             )
         });

@@ -141,9 +141,8 @@ impl Pipeline {
         let Ok(now) = self.plan(store, selection) else {
             return;
         };
-        let mut device = device::Device::this_machine(&self.backend(), store.root());
-        // The work, not the time: no need to read the history.
-        device.is_this_machine = false;
+        // Everything that ran is cached now: the estimate reads no history for it.
+        let device = device::Device::this_machine(&self.backend(), store.root());
         let ran: Vec<bool> = outcomes.iter().map(|o| matches!(o, Outcome::Ran { .. })).collect();
         let cost = estimate::estimate_these(&self.graph, &now, store, &device, &ran);
         for ((p, outcome), c) in planned.iter().zip(outcomes).zip(&cost.instances) {
