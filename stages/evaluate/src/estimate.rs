@@ -11,7 +11,7 @@ use babelflow_model::estimate::{forward_flops_per_token, model_of};
 use babelflow_model::precision::Precision;
 use babelflow_stage::estimate::{Basis, Count, FitOption, Memory, Work};
 use babelflow_stage::{Estimate, EstimateContext};
-use babelflow_tokens::estimate::{tokens_per_char, tokens_per_char_of, Rate};
+use babelflow_tokens::estimate::{tokens_per_char_of, Rate};
 
 /// Why there is no estimate: `Some(reason)` to show in the plan, or `None`
 /// where a parameter did not read (recipe validation rules that out).
@@ -92,38 +92,38 @@ fn perplexity_work(ctx: &EstimateContext) -> Attempt<Work> {
         return unknown("the text's size is not known before it exists");
     };
     let existing: Vec<PathBuf> = texts.iter().filter_map(|t| t.path.clone()).collect();
-    let measured = match tokenizer_path(ctx) {
-        Some(tokenizer) if existing.len() == texts.len() => tokens_per_char(&tokenizer, &existing),
+    // One sample of the text in the model's tokens gives both its tokens
+    // per character and the padding its batches carry.
+    let sample = match tokenizer_path(ctx) {
+        Some(tokenizer) if existing.len() == texts.len() => sample_of(&tokenizer, &existing, max_len, batch, max_docs),
         _ => None,
     };
-    let tokens = Rate::measured_or_assumed(measured).tokens(&chars);
+    let tokens = Rate::measured_or_assumed(sample.as_ref().map(|s| s.tokens_per_char)).tokens(&chars);
     let mut work = forward_work(&config, tokens, max_len, batch, precision_bytes(ctx));
     // Chunks are batched in reading order and padded to the batch's
     // longest: the forward computes more positions than it scores.
-    let padding = match tokenizer_path(ctx) {
-        Some(tokenizer) if existing.len() == texts.len() => padding_of(&tokenizer, &existing, max_len, batch, max_docs),
-        _ => None,
-    };
-    if let Some(padding) = padding {
-        work.forward_flops *= padding.positions_per_token;
-        work.forward_rows = padding.rows_per_pass;
+    if let Some(sample) = sample {
+        work.forward_flops *= sample.positions_per_token;
+        work.forward_rows = sample.rows_per_pass;
         work.tokens.how = format!(
             "{}; the forward computes {:.2} positions per scored token, with the padding of {} chunks of {} \
              documents (measured)",
-            work.tokens.how, padding.positions_per_token, padding.chunks, padding.documents
+            work.tokens.how, sample.positions_per_token, sample.chunks, sample.documents
         );
     }
     Ok(work)
 }
 
-/// Documents tokenized to measure the padding of a scored text, and rows
-/// of a table read at most to find them: a plan never reads a whole corpus.
-const PADDING_SAMPLE_DOCS: usize = 200;
-const PADDING_ROWS_READ: usize = 20_000;
+/// Documents tokenized to sample a scored text, and rows of a table read
+/// at most to find them: a plan never reads a whole corpus.
+const SAMPLE_DOCS: usize = 200;
+const SAMPLE_ROWS_READ: usize = 20_000;
 
-/// What padding costs a forward over chunked text, on a sample.
+/// A scored text, sampled in the model's tokens.
 #[derive(Debug, Clone, PartialEq)]
-struct Padding {
+struct TextSample {
+    tokens_per_char: f64,
+    /// Positions the forward computes per token it scores (padding).
     positions_per_token: f64,
     /// Positions of one batch, on average: the rows its products multiply.
     rows_per_pass: usize,
@@ -131,26 +131,28 @@ struct Padding {
     documents: usize,
 }
 
-/// Positions computed per token scored when `perplexity` cuts each
+/// The first documents of `tables` (`max_docs` a language, as the stage
+/// reads them) in `tokenizer`'s tokens: tokens per character, and the
+/// positions computed per token scored when `perplexity` cuts each
 /// document into chunks of `max_len` (after a context token) and runs
-/// them `batch` at a time, each batch padded to its longest chunk:
-/// measured on the first documents of `tables` (`max_docs` a language,
-/// as the stage reads them). `None` when the tokenizer or a table does
-/// not read.
-fn padding_of(tokenizer: &Path, tables: &[PathBuf], max_len: usize, batch: usize, max_docs: usize) -> Option<Padding> {
-    let file = if tokenizer.is_dir() {
-        tokenizer.join("tokenizer.json")
-    } else {
-        tokenizer.to_path_buf()
-    };
+/// them `batch` at a time, each batch padded to its longest chunk. `None`
+/// when the tokenizer or a table does not read, or the sample is empty.
+fn sample_of(
+    tokenizer: &Path,
+    tables: &[PathBuf],
+    max_len: usize,
+    batch: usize,
+    max_docs: usize,
+) -> Option<TextSample> {
+    let file = babelflow_model::estimate::tokenizer_file(tokenizer)?;
     let tokenizer = babelflow_tokens::hf::LoadedTokenizer::load(&file).ok()?;
     let mut lengths: Vec<usize> = Vec::new();
-    let mut documents = 0;
-    let per_table = PADDING_SAMPLE_DOCS / tables.len().max(1) + 1;
+    let (mut documents, mut chars) = (0, 0);
+    let per_table = SAMPLE_DOCS / tables.len().max(1) + 1;
     for path in tables {
         let mut per_lang = std::collections::BTreeMap::<String, usize>::new();
         let mut taken = 0;
-        babelflow_corpus::read_corpus_head(path, PADDING_ROWS_READ, &mut |doc| {
+        babelflow_corpus::read_corpus_head(path, SAMPLE_ROWS_READ, &mut |doc| {
             let seen = per_lang.entry(doc.lang.clone()).or_default();
             if taken >= per_table || (max_docs > 0 && *seen >= max_docs) {
                 return Ok(());
@@ -164,6 +166,7 @@ fn padding_of(tokenizer: &Path, tables: &[PathBuf], max_len: usize, batch: usize
                 .unwrap_or_default();
             lengths.extend(crate::perplexity::chunks(Some(0), &ids, max_len).iter().map(Vec::len));
             documents += 1;
+            chars += doc.text.chars().count();
             Ok(())
         })
         .ok()?;
@@ -174,7 +177,8 @@ fn padding_of(tokenizer: &Path, tables: &[PathBuf], max_len: usize, batch: usize
     let computed: usize = batches
         .map(|group| group.len() * group.iter().copied().max().unwrap_or(0))
         .sum();
-    (scored > 0).then(|| Padding {
+    (scored > 0 && chars > 0).then(|| TextSample {
+        tokens_per_char: scored as f64 / chars as f64,
         positions_per_token: computed as f64 / scored as f64,
         rows_per_pass: computed / passes.max(1),
         chunks: lengths.len(),

@@ -148,6 +148,13 @@ fn the_estimate_counts_the_padded_positions_the_forward_computes() {
     );
 
     let work = estimate(16, 3);
+    // The tokens: the 10 documents' characters at the rate measured on them, which is their token count.
+    assert_eq!(work.tokens.basis, babelflow_stage::estimate::Basis::Measured);
+    assert!(
+        (work.tokens.value - scored as f64).abs() <= 1e-9 * scored as f64,
+        "{} vs {scored}",
+        work.tokens.value
+    );
     let per_position = babelflow_model::estimate::forward_flops_per_token(&config, 16);
     let expected = work.tokens.value * computed as f64 / scored as f64 * per_position;
     assert!(
