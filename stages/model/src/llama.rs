@@ -27,7 +27,7 @@ pub struct Proj {
 
 /// A `[rows, cols]` tensor of N(0, std²) values drawn by `rng`.
 fn normal(shape: [usize; 2], std: f64, rng: &mut Rng, device: &Device) -> Tensor<2> {
-    let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| (rng.normal() * std) as f32).collect();
+    let values = rng.normals(shape[0] * shape[1], std);
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 

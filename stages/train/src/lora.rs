@@ -53,7 +53,7 @@ impl Reparameterizer for SeededLora {
         }
         let std = 1.0 / self.rank as f64;
         let mut rng = Rng::new(self.seed ^ path_hash(path));
-        let a: Vec<f32> = (0..d_in * self.rank).map(|_| (rng.normal() * std) as f32).collect();
+        let a = rng.normals(d_in * self.rank, std);
         let a = Tensor::<2>::from_data(TensorData::new(a, [d_in, self.rank]), &device);
         let b = Tensor::<2>::zeros([self.rank, d_out], &device);
         let adapter = LoraAdapter {

@@ -57,7 +57,7 @@ pub fn sample(
     let mut done = 0;
     while done < k {
         let rows = per_chunk.min(k - done);
-        let z: Vec<f32> = (0..rows * n).map(|_| (factor * rng.normal()) as f32).collect();
+        let z = rng.normals(rows * n, factor);
         let z: Tensor<2> = Tensor::from_data(TensorData::new(z, [rows, n]), device);
         let drawn = z
             .matmul(centred.clone())
