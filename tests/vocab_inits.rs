@@ -74,15 +74,15 @@ stages:
   pretrain:
     kind: pretrain
     foreach: [ext_subword, ext_mean, ext_focus, ext_aligned]
-    needs: { model: "${item}", tokens: tokens@extension-sw, validation: [tokens@extension-sw, tokens@extension-en] }
+    needs: &extended_text { model: "${item}", tokens: tokens@extension-sw, validation: [tokens@extension-sw, tokens@extension-en] }
     with: *train
   new_rows:
     kind: pretrain
-    needs: { model: ext_subword, tokens: tokens@extension-sw, validation: [tokens@extension-sw, tokens@extension-en] }
+    needs: { <<: *extended_text, model: ext_subword }
     with: { <<: *train, trainable: new-embeddings, steps: 4 }
   after_new_rows:
     kind: pretrain
-    needs: { model: new_rows, tokens: tokens@extension-sw, validation: [tokens@extension-sw, tokens@extension-en] }
+    needs: { <<: *extended_text, model: new_rows }
     with: *train
   report:
     kind: report

@@ -200,6 +200,9 @@ enum Frame {
         span: Span,
         entries: Vec<(Node, Node)>,
         pending_key: Option<Node>,
+        /// Keys a `<<` merge brought in: a key the mapping itself sets
+        /// replaces them, wherever it stands.
+        merged: Vec<String>,
     },
 }
 
@@ -220,13 +223,23 @@ impl Builder {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map {
-                entries, pending_key, ..
+                entries,
+                pending_key,
+                merged,
+                ..
             }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
                     if key.as_str() == Some("<<") {
-                        merge_into(entries, node);
+                        merge_into(entries, merged, node);
                     } else {
+                        // A key set after the merge overrides the merged one
+                        // (YAML's merge rule), so nothing reads the stale value.
+                        if let Some(name) = key.as_str().filter(|k| merged.iter().any(|m| m == k)) {
+                            let name = name.to_string();
+                            entries.retain(|(k, _)| k.as_str() != Some(name.as_str()));
+                            merged.retain(|m| *m != name);
+                        }
                         entries.push((key, node));
                     }
                 }
@@ -235,8 +248,9 @@ impl Builder {
     }
 }
 
-/// Applies a `<<: *anchor` merge: keys the mapping already has win.
-fn merge_into(entries: &mut Vec<(Node, Node)>, source: Node) {
+/// Applies a `<<: *anchor` merge: keys the mapping already has win, and
+/// each key brought in is listed in `merged` for a later key to replace.
+fn merge_into(entries: &mut Vec<(Node, Node)>, merged: &mut Vec<String>, source: Node) {
     let sources = match source.kind {
         NodeKind::Seq(items) => items,
         _ => vec![source],
@@ -245,6 +259,7 @@ fn merge_into(entries: &mut Vec<(Node, Node)>, source: Node) {
         if let NodeKind::Map(src_entries) = src.kind {
             for (k, v) in src_entries {
                 if !entries.iter().any(|(existing, _)| existing.as_str() == k.as_str()) {
+                    merged.extend(k.as_str().map(str::to_string));
                     entries.push((k, v));
                 }
             }
@@ -279,6 +294,7 @@ impl MarkedEventReceiver for Builder {
                 span,
                 entries: Vec::new(),
                 pending_key: None,
+                merged: Vec::new(),
             }),
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
@@ -346,6 +362,10 @@ mod tests {
             root.get("copy").unwrap().to_value(),
             serde_json::json!({"lr": 0.1, "steps": 10})
         );
+        // A key after the merge replaces the merged one for every reader, not only `to_value`.
+        let run = root.get("run").unwrap();
+        assert_eq!(run.get("steps").unwrap().to_value(), serde_json::json!(20));
+        assert_eq!(run.as_map().unwrap().len(), 2, "no stale merged `steps` left beside it");
     }
 
     #[test]
