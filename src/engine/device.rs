@@ -91,7 +91,7 @@ fn between(points: &[(f64, f64)], x: f64) -> Option<f64> {
 
 impl Rate {
     /// Forward FLOP/s at passes of `rows` rows (0: unknown, the usual batch's).
-    fn forward_at(&self, rows: usize) -> f64 {
+    pub(crate) fn forward_at(&self, rows: usize) -> f64 {
         let points: Vec<(f64, f64)> = self
             .forward_by_rows
             .iter()
@@ -282,8 +282,13 @@ impl Device {
     /// What `kind`'s `work` costs besides its FLOPs: reading and writing
     /// checkpoints, and the kind's fixed cost (0 where not measured).
     pub fn fixed_seconds(&self, kind: &str, work: &Work) -> f64 {
+        self.fixed_seconds_at(kind, work, work.tokens.value)
+    }
+
+    /// `fixed_seconds` of `work`'s shape reading `tokens`.
+    pub fn fixed_seconds_at(&self, kind: &str, work: &Work, tokens: f64) -> f64 {
         self.throughput.as_ref().map_or(0.0, |t| {
-            work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind, work.tokens.value)
+            work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind, tokens)
         })
     }
 }

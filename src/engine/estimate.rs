@@ -190,7 +190,7 @@ fn estimate_some(
                     "model: weights, gradients, optimizer state, activations{besides}"
                 ));
                 let shape = shape_of(&p.kind, &work, processes);
-                let fixed_s = device.fixed_seconds(&p.kind, &work);
+                let fixed_s = |tokens| device.fixed_seconds_at(&p.kind, &work, tokens);
                 let past = (device.is_this_machine && p.action == Action::Run)
                     .then(|| history.get_or_init(|| History::load(store)))
                     .and_then(|h| h.estimate(&shape, &inst.backend, &work, fixed_s));

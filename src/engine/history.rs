@@ -23,6 +23,8 @@ pub struct PastRun {
     finished_at: u64,
     duration_s: f64,
     flops: f64,
+    /// The tokens it read: its fixed cost, where that grows with them.
+    tokens: f64,
     /// Ran with `--jobs 1`: alone, its time and peak its own.
     alone: bool,
     peak_bytes: Option<u64>,
@@ -39,6 +41,7 @@ impl PastRun {
             finished_at: m["finished_at"].as_u64().unwrap_or(0),
             duration_s: m["duration_s"].as_f64()?,
             flops: done["flops"].as_f64()?,
+            tokens: done["tokens"].as_f64()?,
             alone: m["peak_rss_own"].as_bool() == Some(true),
             peak_bytes: m["peak_rss_bytes"].as_u64(),
         })
@@ -135,10 +138,18 @@ impl History {
     }
 
     /// The estimate of `work` on `backend` from the runs of the same
-    /// shape, `None` when there are none. `fixed_s` is what the instance
-    /// costs besides its FLOPs (checkpoint I/O, the kind's fixed cost), the
-    /// same for runs of one shape: only the rest scales with the FLOPs.
-    pub fn estimate(&self, shape: &str, backend: &str, work: &Work, fixed_s: f64) -> Option<FromHistory> {
+    /// shape, `None` when there are none. `fixed_s(tokens)` is what an
+    /// instance of this shape costs besides its FLOPs (checkpoint I/O, the
+    /// kind's fixed cost and what grows with the tokens it reads, such as
+    /// tokenizing them): each earlier run's own is taken from its duration,
+    /// the rest scaled by the FLOPs, and this one's added back.
+    pub fn estimate(
+        &self,
+        shape: &str,
+        backend: &str,
+        work: &Work,
+        fixed_s: impl Fn(f64) -> f64,
+    ) -> Option<FromHistory> {
         let of_shape = || self.runs.iter().filter(|r| r.shape == shape && r.backend == backend);
         // Runs that had the machine to themselves, when there are any: one
         // that shared it was slower than this one will be alone. The latest
@@ -150,9 +161,9 @@ impl History {
         let seconds = median(
             same.iter()
                 .map(|r| {
-                    let compute = (r.duration_s - fixed_s).max(0.0);
+                    let compute = (r.duration_s - fixed_s(r.tokens)).max(0.0);
                     let scale = if r.flops > 0.0 { flops / r.flops } else { 1.0 };
-                    fixed_s + compute * scale
+                    fixed_s(work.tokens.value) + compute * scale
                 })
                 .collect(),
         );
@@ -194,7 +205,7 @@ mod tests {
 
     fn work(flops: f64, activations: u64) -> Work {
         Work {
-            tokens: Count::new(1.0, Basis::Params, "test"),
+            tokens: Count::new(flops / 1e6, Basis::Params, "test"),
             train_flops: flops,
             forward_flops: 0.0,
             parameters: 1000,
@@ -219,6 +230,7 @@ mod tests {
             finished_at,
             duration_s,
             flops,
+            tokens: flops / 1e6,
             alone,
             peak_bytes: Some(100 * finished_at),
         }
@@ -254,7 +266,7 @@ mod tests {
             run("a", 9, 40.0, 1e9, false),
             run("b", 4, 99.0, 1e9, true),
         ]);
-        let e = history.estimate("a", "cpu", &work(2e9, 0), 1.0).unwrap();
+        let e = history.estimate("a", "cpu", &work(2e9, 0), |_| 1.0).unwrap();
         // Median compute 3 s per GFLOP, twice the FLOPs: 1 + 6 s; the run
         // that shared the machine left out.
         assert!((e.seconds - 7.0).abs() < 1e-12, "{e:?}");
@@ -262,14 +274,27 @@ mod tests {
         assert!(e.seconds_source.contains("`run3`"), "the latest is named: {e:?}");
         // The runs' peaks: 100, 200 and 300 bytes.
         assert_eq!(e.peak.unwrap().0, 200);
-        assert!(history.estimate("a", "vulkan", &work(1e9, 0), 0.0).is_none());
-        assert!(history.estimate("c", "cpu", &work(1e9, 0), 0.0).is_none());
+        assert!(history.estimate("a", "vulkan", &work(1e9, 0), |_| 0.0).is_none());
+        assert!(history.estimate("c", "cpu", &work(1e9, 0), |_| 0.0).is_none());
+    }
+
+    #[test]
+    fn each_run_gives_back_its_own_fixed_cost_where_it_grows_with_the_tokens() {
+        // 1 GFLOP over 1000 tokens in 1 s, of which 0.1 s + 0.1 ms a token
+        // (0.2 s) is not compute; now ten times the tokens and FLOPs.
+        let history = History::of(vec![run("a", 1, 1.0, 1e9, true)]);
+        let longer = work(1e10, 0);
+        let fixed = |tokens: f64| 0.1 + 1e-4 * tokens;
+        let e = history.estimate("a", "cpu", &longer, fixed).unwrap();
+        // 1.1 s fixed + 0.8 s × 10: taking this run's 1.1 s from the earlier
+        // run's 1 s would price it at its fixed cost alone.
+        assert!((e.seconds - 9.1).abs() < 1e-9, "{e:?}");
     }
 
     #[test]
     fn runs_that_shared_the_machine_price_time_when_there_are_no_others_and_say_so() {
         let history = History::of(vec![run("a", 1, 4.0, 1e9, false)]);
-        let e = history.estimate("a", "cpu", &work(1e9, 0), 0.0).unwrap();
+        let e = history.estimate("a", "cpu", &work(1e9, 0), |_| 0.0).unwrap();
         assert_eq!(e.seconds, 4.0);
         assert!(e.seconds_source.contains("beside other instances"), "{e:?}");
         // Its peak was the process's, with what ran beside it.
@@ -281,6 +306,9 @@ mod tests {
         let mut runs: Vec<PastRun> = (0..5).map(|t| run("a", 10 + t, 2.0, 1e9, true)).collect();
         runs.extend((0..5).map(|t| run("a", t, 50.0, 1e9, true)));
         let history = History::of(runs);
-        assert_eq!(history.estimate("a", "cpu", &work(1e9, 0), 0.0).unwrap().seconds, 2.0);
+        assert_eq!(
+            history.estimate("a", "cpu", &work(1e9, 0), |_| 0.0).unwrap().seconds,
+            2.0
+        );
     }
 }
