@@ -229,25 +229,31 @@ pub fn exam(ctx: &EstimateContext) -> Estimate {
 
 fn exam_work(ctx: &EstimateContext) -> Attempt<Work> {
     let p = ctx.params;
-    let (shots, split, scoring) = (
+    let (shots, split, shot_split, scoring) = (
         param(p.usize("shots"))?,
         param(p.str("split"))?,
+        param(p.str("shot_split"))?,
         param(p.str("scoring"))?,
     );
     let (max_len, batch) = (param(p.usize("max_len"))?, param(p.usize("batch_size"))?);
     let config = model(ctx)?;
+    let context = if max_len == 0 {
+        config.max_position_embeddings
+    } else {
+        max_len
+    };
+    let (letters, likelihood) = (scoring != "likelihood", scoring != "letters");
     // The questions scored: counted in the table, else (every split) in the upstream estimate.
     let (mut questions, mut chars, mut basis) = (0.0, 0.0, Basis::Measured);
-    let mut texts: Vec<String> = Vec::new();
+    let mut all = Vec::new();
     for input in ctx.input("questions") {
         if let Some(path) = &input.path {
-            let all = crate::exam::read_questions(path).map_err(|_| None)?;
-            for q in all.iter().filter(|q| q.split == split && !q.answer.is_empty()) {
-                let text = format!("{} {}", q.question, q.choices.join(" "));
+            let read = crate::exam::read_questions(path).map_err(|_| None)?;
+            for q in read.iter().filter(|q| q.split == split && !q.answer.is_empty()) {
                 questions += 1.0;
-                chars += text.chars().count() as f64;
-                texts.push(text);
+                chars += format!("{} {}", q.question, q.choices.join(" ")).chars().count() as f64;
             }
+            all.extend(read);
         } else if let (Some(rows), Some(c)) = (&input.facts.rows, &input.facts.chars) {
             questions += rows.value;
             chars += c.value;
@@ -256,33 +262,147 @@ fn exam_work(ctx: &EstimateContext) -> Attempt<Work> {
             return unknown("the questions are not known before they exist");
         }
     }
-    let rate = rate_on(ctx, texts.into_iter());
+    // Where the tables and the tokenizer exist: the prompts themselves,
+    // built and batched as the run builds them.
+    if basis == Basis::Measured {
+        if let Some(sample) = exam_sample(
+            ctx,
+            &all,
+            (split, shot_split),
+            shots,
+            context,
+            batch,
+            (letters, likelihood),
+        ) {
+            let scale = questions / sample.questions.max(1) as f64;
+            let tokens = Count::new(
+                sample.positions as f64 * scale,
+                Basis::Measured,
+                format!(
+                    "{questions} questions of split `{split}`: the positions the forward passes compute, padding \
+                     included ({} passes{}; prompts of {shots} shots built and tokenized{})",
+                    sample.passes,
+                    if letters && likelihood {
+                        ": the letters and each choice"
+                    } else {
+                        ""
+                    },
+                    if sample.questions < questions as usize {
+                        format!(" for the first {} questions", sample.questions)
+                    } else {
+                        String::new()
+                    },
+                ),
+            );
+            let mut work = forward_work(&config, tokens, sample.longest, batch, precision_bytes(ctx));
+            work.forward_flops = sample.flops(&config) * scale;
+            work.forward_rows = sample.positions / sample.passes.max(1);
+            return Ok(work);
+        }
+    }
+    let rate = rate_on(ctx, std::iter::empty());
     let per_question = chars / questions.max(1.0) * rate.tokens_per_char;
-    let context = if max_len == 0 {
-        config.max_position_embeddings
-    } else {
-        max_len
-    };
     let t = ((shots as f64 + 1.0) * per_question + 8.0).min(context as f64);
-    let passes = match scoring {
-        "letters" => 1.0,
-        "likelihood" => 4.0,
-        _ => 5.0,
-    };
-    let of = if basis == Basis::Measured {
-        format!("split `{split}`")
-    } else {
-        "every split (the table does not exist yet)".to_string()
-    };
+    let passes = letters as u8 as f64 + 4.0 * likelihood as u8 as f64;
     let tokens = Count::new(
         questions * passes * t,
         basis.max(rate.basis),
         format!(
-            "{questions} questions of {of} × {passes} passes × {t:.0} tokens ({shots} shots + the question at {})",
+            "{questions} questions of every split (the table does not exist yet) × {passes} passes × {t:.0} tokens \
+             ({shots} shots + the question at {})",
             rate.how()
         ),
     );
     Ok(forward_work(&config, tokens, t as usize, batch, precision_bytes(ctx)))
+}
+
+/// Questions whose prompts a plan builds at most: the rest are priced as these.
+const SAMPLE_QUESTIONS: usize = 200;
+
+/// The forward passes of an exam's first questions, as the run batches them.
+#[derive(Debug, Clone, PartialEq)]
+struct ExamSample {
+    questions: usize,
+    /// Positions computed (each pass is `rows × its longest sequence`).
+    positions: usize,
+    passes: usize,
+    /// The longest sequence of any pass.
+    longest: usize,
+    /// `(rows, length)` of every pass.
+    shapes: Vec<(usize, usize)>,
+}
+
+impl ExamSample {
+    /// Forward FLOPs of the passes, attention at each pass's length.
+    fn flops(&self, config: &LlamaConfig) -> f64 {
+        self.shapes
+            .iter()
+            .map(|&(rows, t)| (rows * t) as f64 * forward_flops_per_token(config, t))
+            .sum()
+    }
+}
+
+/// Builds the prompts of the first `SAMPLE_QUESTIONS` answered questions
+/// of `split` as `exam` does (shots of `shot_split`, dropped to fit
+/// `context`; the model's BOS where its tokenizer adds one) and batches
+/// them as it does: the prompts for the letters, then every choice's
+/// continuation, `batch` at a time, each pass padded to its longest.
+fn exam_sample(
+    ctx: &EstimateContext,
+    all: &[crate::exam::Question],
+    (split, shot_split): (&str, &str),
+    shots: usize,
+    context: usize,
+    batch: usize,
+    (letters, likelihood): (bool, bool),
+) -> Option<ExamSample> {
+    use babelflow_tokens::hf::LoadedTokenizer;
+    let path = tokenizer_path(ctx)?;
+    let file = babelflow_model::estimate::tokenizer_file(&path)?;
+    let tokenizer = LoadedTokenizer::load(&file).ok()?;
+    let overrides = babelflow_tokens::specials::overrides_of(ctx.params).ok()?;
+    let folder = path.is_dir().then_some(path.as_path()).or(file.parent());
+    let specials = babelflow_tokens::specials::Specials::resolve(&tokenizer, folder, &overrides).ok()?;
+    let encode = |text: &str| {
+        tokenizer
+            .tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| babelflow_stage::StageError::failed(e.to_string()))
+    };
+    let pool = crate::exam::shot_pool(all, shot_split);
+    let answered: Vec<&crate::exam::Question> = all
+        .iter()
+        .filter(|q| q.split == split && !q.answer.is_empty())
+        .take(SAMPLE_QUESTIONS)
+        .collect();
+    let (items, _) = crate::exam::build_items(&answered, &pool, shots, context, &specials.prefix(), encode).ok()?;
+    let mut lengths: Vec<Vec<usize>> = Vec::new();
+    if letters {
+        lengths.extend(
+            items
+                .chunks(batch.max(1))
+                .map(|c| c.iter().map(|it| it.prompt.len()).collect()),
+        );
+    }
+    if likelihood {
+        let flat: Vec<usize> = items
+            .iter()
+            .flat_map(|it| it.continuations.iter().map(|c| c.0.len()))
+            .collect();
+        lengths.extend(flat.chunks(batch.max(1)).map(<[usize]>::to_vec));
+    }
+    let shapes: Vec<(usize, usize)> = lengths
+        .iter()
+        .map(|pass| (pass.len(), pass.iter().copied().max().unwrap_or(0)))
+        .collect();
+    (!shapes.is_empty()).then(|| ExamSample {
+        questions: answered.len(),
+        positions: shapes.iter().map(|(rows, t)| rows * t).sum(),
+        passes: shapes.len(),
+        longest: shapes.iter().map(|s| s.1).max().unwrap_or(0),
+        shapes,
+    })
 }
 
 /// Prompt tokens of an instruction when nothing can be counted.

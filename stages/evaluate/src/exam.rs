@@ -156,13 +156,85 @@ pub fn argmax(scores: &[f64]) -> usize {
 }
 
 /// One question, ready to score.
-struct Item {
+pub(crate) struct Item {
     q: Question,
     /// `BOS prompt`.
-    prompt: Vec<u32>,
+    pub(crate) prompt: Vec<u32>,
     /// `BOS prompt + " " + choice`, one per choice, and each choice's byte length.
-    continuations: Vec<(Vec<u32>, usize)>,
+    pub(crate) continuations: Vec<(Vec<u32>, usize)>,
     shots_used: usize,
+}
+
+/// Solved questions of `shot_split` by (language, subject): where shots come from.
+pub(crate) type ShotPool<'a> = BTreeMap<(String, String), Vec<&'a Question>>;
+
+pub(crate) fn shot_pool<'a>(all: &'a [Question], shot_split: &str) -> ShotPool<'a> {
+    all.iter()
+        .filter(|q| q.split == shot_split && !q.answer.is_empty())
+        .fold(BTreeMap::new(), |mut acc, q| {
+            acc.entry((q.lang.clone(), q.subject.clone())).or_default().push(q);
+            acc
+        })
+}
+
+/// Each question's prompt with up to `shots` shots of its language and
+/// subject, and its continuations, in ids after `prefix` (BOS or
+/// nothing); shots are dropped until the longest fits `max_len`. Returns
+/// the items and how many questions did not fit even with no shots.
+pub(crate) fn build_items(
+    questions: &[&Question],
+    pool: &ShotPool,
+    shots: usize,
+    max_len: usize,
+    prefix: &[u32],
+    encode: impl Fn(&str) -> Result<Vec<u32>, StageError>,
+) -> Result<(Vec<Item>, usize), StageError> {
+    let with_prefix = |text: &str| -> Result<Vec<u32>, StageError> {
+        let mut ids = prefix.to_vec();
+        ids.extend(encode(text)?);
+        Ok(ids)
+    };
+    let mut items = Vec::new();
+    let mut too_long = 0;
+    for &q in questions {
+        let candidates = pool
+            .get(&(q.lang.clone(), q.subject.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let mut k = shots.min(candidates.len());
+        let built = loop {
+            let text = prompt(q, &candidates[..k]);
+            let ids = with_prefix(&text)?;
+            let mut continuations = Vec::new();
+            for c in &q.choices {
+                let cont = format!(" {}", c.trim());
+                continuations.push((with_prefix(&format!("{text}{cont}"))?, cont.len()));
+            }
+            let longest = continuations
+                .iter()
+                .map(|c| c.0.len())
+                .max()
+                .unwrap_or(0)
+                .max(ids.len());
+            if longest <= max_len {
+                break Some((ids, continuations, k));
+            }
+            if k == 0 {
+                break None;
+            }
+            k -= 1;
+        };
+        match built {
+            Some((prompt, continuations, shots_used)) => items.push(Item {
+                q: q.clone(),
+                prompt,
+                continuations,
+                shots_used,
+            }),
+            None => too_long += 1,
+        }
+    }
+    Ok((items, too_long))
 }
 
 impl StageKind for Exam {
@@ -223,13 +295,7 @@ impl StageKind for Exam {
         for item in ctx.input("questions") {
             all.extend(read_questions(&item.path)?);
         }
-        let pool: BTreeMap<(String, String), Vec<&Question>> = all
-            .iter()
-            .filter(|q| q.split == shot_split && !q.answer.is_empty())
-            .fold(BTreeMap::new(), |mut acc, q| {
-                acc.entry((q.lang.clone(), q.subject.clone())).or_default().push(q);
-                acc
-            });
+        let pool = shot_pool(&all, shot_split);
         let targets: Vec<&Question> = all.iter().filter(|q| q.split == split).collect();
         let unanswered = targets.iter().filter(|q| q.answer.is_empty()).count();
         if targets.len() == unanswered {
@@ -238,11 +304,6 @@ impl StageKind for Exam {
                 all.len()
             )));
         }
-        let with_bos = |text: &str| -> Result<Vec<u32>, StageError> {
-            let mut ids = prefix.clone();
-            ids.extend(m.encode(text)?);
-            Ok(ids)
-        };
         let letter_ids: Vec<u32> = LETTERS
             .iter()
             .map(|l| {
@@ -250,56 +311,21 @@ impl StageKind for Exam {
                     .map(|ids| ids.last().copied().unwrap_or(0))
             })
             .collect::<Result<_, _>>()?;
-
-        let mut items = Vec::new();
-        let mut too_long = 0;
-        for q in targets.into_iter().filter(|q| !q.answer.is_empty()) {
-            let candidates = pool
-                .get(&(q.lang.clone(), q.subject.clone()))
-                .cloned()
-                .unwrap_or_default();
-            let mut k = shots.min(candidates.len());
-            let built = loop {
-                let text = prompt(q, &candidates[..k]);
-                let ids = with_bos(&text)?;
-                let mut continuations = Vec::new();
-                for c in &q.choices {
-                    let cont = format!(" {}", c.trim());
-                    continuations.push((with_bos(&format!("{text}{cont}"))?, cont.len()));
-                }
-                let longest = continuations
-                    .iter()
-                    .map(|c| c.0.len())
-                    .max()
-                    .unwrap_or(0)
-                    .max(ids.len());
-                if longest <= max_len {
-                    break Some((ids, continuations, k));
-                }
-                if k == 0 {
-                    break None;
-                }
-                k -= 1;
-            };
-            match built {
-                Some((prompt, continuations, shots_used)) => items.push(Item {
-                    q: q.clone(),
-                    prompt,
-                    continuations,
-                    shots_used,
-                }),
-                None => too_long += 1,
-            }
-        }
+        let answered: Vec<&Question> = targets.into_iter().filter(|q| !q.answer.is_empty()).collect();
+        let (items, too_long) = build_items(&answered, &pool, shots, max_len, &prefix, |text| m.encode(text))?;
 
         let rope = m.rope(max_len)?;
         let started = std::time::Instant::now();
         let mut letter_pred = vec![None; items.len()];
         let mut likelihood_pred = vec![None; items.len()];
+        // Positions the forward passes compute: each pass pads to its longest.
+        let mut positions = 0;
+        let mut computed = |seqs: &[&[u32]]| positions += seqs.len() * seqs.iter().map(|s| s.len()).max().unwrap_or(0);
         if by_letters {
             for (c, chunk) in items.chunks(batch).enumerate() {
                 ctx.check_cancelled()?;
                 let seqs: Vec<&[u32]> = chunk.iter().map(|it| it.prompt.as_slice()).collect();
+                computed(&seqs);
                 for (i, row) in last_position_logprobs(&m.model, &rope, &seqs, &m.device)
                     .into_iter()
                     .enumerate()
@@ -324,6 +350,7 @@ impl StageKind for Exam {
                     .iter()
                     .map(|&(i, c)| items[i].continuations[c].0.as_slice())
                     .collect();
+                computed(&seqs);
                 for (&(i, c), lp) in chunk.iter().zip(next_token_logprobs(&m.model, &rope, &seqs, &m.device)) {
                     // Position j predicts id j+1; the choice's ids start where the
                     // joint tokenization leaves the prompt's.
@@ -412,7 +439,7 @@ impl StageKind for Exam {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "shots": shots, "split": split,
                 "scored": items.len(), "skipped_unanswered": unanswered, "skipped_too_long": too_long,
                 "seconds": seconds, "questions_per_s": items.len() as f64 / seconds.max(1e-9),
-                "results": stats, "memory": m.memory(), "special_tokens": m.specials.describe(),
+                "positions": positions, "results": stats, "memory": m.memory(), "special_tokens": m.specials.describe(),
             }),
         )?;
         ctx.note("questions", items.len());

@@ -101,6 +101,61 @@ fn letter_and_likelihood_accuracy_match_an_independent_computation() {
     assert_eq!(acc["questions"], 4);
 }
 
+/// The plan prices the passes the run computes: the prompts built as the
+/// run builds them, batched and padded as it batches them.
+#[test]
+fn the_estimate_counts_the_positions_the_forward_passes_compute() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, _) = tiny_model(dir.path());
+    let mmlu = samples().join("exams/mmlu");
+    let files = [
+        mmlu.join("everyday_science_dev.csv"),
+        mmlu.join("everyday_science_test.csv"),
+    ];
+    let table = run(
+        dir.path(),
+        "q",
+        "ingest-choice",
+        json!({}),
+        &[("files", &[&files[0], &files[1]])],
+    )
+    .join("questions.parquet");
+    for (params, passes) in [
+        (json!({"shots": 1, "batch_size": 3}), 2 + 6),
+        (json!({"shots": 0, "batch_size": 8, "scoring": "letters"}), 1),
+    ] {
+        let out = run(
+            dir.path(),
+            "exam",
+            "exam",
+            params.clone(),
+            &[("model", &[&model_dir]), ("questions", &[&table])],
+        );
+        let positions = stats(&out)["positions"].as_f64().unwrap();
+        let work = babelflow_stage::testing::estimate_kind(
+            kind("exam").as_ref(),
+            params.clone(),
+            &[("model", &[&model_dir]), ("questions", &[&table])],
+        )
+        .unwrap()
+        .work
+        .expect("the questions and the model exist");
+        assert_eq!(work.tokens.basis, babelflow_stage::estimate::Basis::Measured);
+        assert_eq!(work.tokens.value, positions, "{params}: {}", work.tokens.how);
+        assert!(
+            work.tokens.how.contains(&format!("({passes} passes")),
+            "{}",
+            work.tokens.how
+        );
+        // Every position runs the weights' products, and attends over at
+        // most the longest sequence.
+        let (config, _) = babelflow_model::hf::load(&model_dir, &Device::flex()).unwrap();
+        let per_position = |t| babelflow_model::estimate::forward_flops_per_token(&config, t);
+        assert!(work.forward_flops > positions * per_position(0), "{params}");
+        assert!(work.forward_flops < positions * per_position(256), "{params}");
+    }
+}
+
 #[test]
 fn shots_are_dropped_until_the_prompt_fits_and_ceval_val_is_scored() {
     let dir = tempfile::tempdir().unwrap();
