@@ -71,7 +71,7 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
         let per_token = t
             .overhead_per_token_s
             .get(kind)
-            .map_or_else(String::new, |s| format!(" + {:.1} µs a token read", s * 1e6));
+            .map_or_else(String::new, |s| format!(" + {:.2} µs a token read", s * 1e6));
         println!(
             "  fixed cost of a `{kind}` instance: {}{per_token}{held}",
             duration(*seconds)

@@ -30,6 +30,7 @@ pub fn gib(bytes: u64) -> String {
 
 pub fn duration(seconds: f64) -> String {
     match seconds {
+        s if s < 0.1 => format!("{:.0} ms", s * 1000.0),
         s if s < 60.0 => format!("{s:.1} s"),
         s if s < 3600.0 => format!("{:.1} min", s / 60.0),
         s if s < 48.0 * 3600.0 => format!("{:.1} h", s / 3600.0),

@@ -254,10 +254,18 @@ stages:
     kind: perplexity
     needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
     with: {{ max_len: 128, batch_size: 4, max_docs: 32 }}
+  tiny_{width}:
+    kind: perplexity
+    needs: {{ model: model_{width}, text: \"corpus:corpus.parquet\" }}
+    with: {{ max_len: 128, batch_size: 4, max_docs: 2 }}
   exam_{width}:
     kind: exam
     needs: {{ model: model_{width}, questions: questions }}
     with: {{ shots: 1, max_len: 256 }}
+  exam_shots4_{width}:
+    kind: exam
+    needs: {{ model: model_{width}, questions: questions }}
+    with: {{ shots: 4, max_len: 512 }}
   respond_{width}:
     kind: respond
     needs: {{ model: model_{width}, instructions: instructions }}
@@ -302,25 +310,30 @@ fn forward_rate(work: &babelflow_stage::estimate::Work, stats: &serde_json::Valu
     (seconds, per_token * scored_tokens / seconds)
 }
 
-/// The least-squares line `y = a + b·x` through `points`, with `a` and `b`
-/// at least 0 (a cost is never negative: where the fit says so, the other
-/// term is refitted alone); `None` with fewer than two distinct `x`.
+/// Costs below this are weighed as this in [`line_through`]: a timer's resolution.
+const LEAST_COST_S: f64 = 1e-3;
+
+/// The line `y = a + b·x` through `points` that makes the smallest
+/// relative errors (least squares weighted by 1/y²: an instance of 10 ms
+/// is priced as closely as one of 10 s, where plain least squares would
+/// fit the long ones and leave the intercept to their noise), with `a` and
+/// `b` at least 0 (a cost is never negative: where the fit says so, the
+/// other term is refitted alone); `None` with fewer than two distinct `x`.
 fn line_through(points: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let weight = |y: f64| 1.0 / y.max(LEAST_COST_S).powi(2);
+    let sum = |f: &dyn Fn(f64, f64) -> f64| points.iter().map(|&(x, y)| weight(y) * f(x, y)).sum::<f64>();
+    let total = sum(&|_, _| 1.0);
+    let (mx, my) = (sum(&|x, _| x) / total, sum(&|_, y| y) / total);
+    let sxx = sum(&|x, _| (x - mx) * (x - mx));
     if points.len() < 2 || sxx <= 0.0 {
         return None;
     }
-    let b = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx;
+    let b = sum(&|x, y| (x - mx) * (y - my)) / sxx;
     let a = my - b * mx;
     Some(if b < 0.0 {
         (my, 0.0)
     } else if a < 0.0 {
-        let through_zero =
-            points.iter().map(|(x, y)| x * y).sum::<f64>() / points.iter().map(|(x, _)| x * x).sum::<f64>();
-        (0.0, through_zero)
+        (0.0, sum(&|x, y| x * y) / sum(&|x, _| x * x))
     } else {
         (a, b)
     })
@@ -353,6 +366,11 @@ const SMALL: [(&str, &str); 4] = [
     ("exam", "exam"),
     ("respond", "respond"),
 ];
+
+/// Instances of the smallest width also run again in processes of their
+/// own, for the fixed costs: a second size of the kinds whose cost besides
+/// their passes grows with what they read.
+const ALSO_ALONE: [&str; 2] = ["tiny", "exam_shots4"];
 
 /// Runs `instance` of the calibration recipe again, alone in a `binary` process of its own.
 fn rerun_alone(binary: &Path, recipe: &Path, store: &Path, instance: &str) -> Result<(), CalibrateError> {
@@ -478,9 +496,11 @@ pub fn calibrate(
             scorings.push((name, work.clone(), seconds));
         }
         // What scoring takes besides its forward passes (reading and
-        // tokenizing the text: per token; starting: fixed), where reading
-        // the model is negligible: the disk probe's rate is not the page cache's.
-        for (name, work, seconds) in scorings.iter().filter(|_| width <= 256) {
+        // tokenizing the text: per token; starting: fixed), at the smallest
+        // width, where reading the model is negligible: the disk probe's
+        // rate is not the page cache's, and at 256 its error is the size of
+        // the fixed cost.
+        for (name, work, seconds) in scorings.iter().filter(|_| width == widths[0].hidden_size) {
             if let Some(total) = durations.get(name.as_str()) {
                 let io_seconds = work.io_bytes as f64 / io_rate;
                 scoring_outside.push((work.tokens.value, (total - seconds - io_seconds).max(0.0)));
@@ -494,14 +514,6 @@ pub fn calibrate(
             forward_flops_per_s,
             forward_by_rows,
         };
-        // Only where reading and writing the model is negligible.
-        if let Some(total) = durations.get(train.name.as_str()).filter(|_| width <= 256) {
-            let io_seconds = train_work.io_bytes as f64 / io_rate;
-            overheads
-                .entry("pretrain")
-                .or_default()
-                .push((total - train_seconds - io_seconds).max(0.0));
-        }
         measured.push(Measured {
             rate,
             train_seconds,
@@ -510,31 +522,71 @@ pub fn calibrate(
     }
     let small = widths.first().map(|w| w.hidden_size);
     if let (Some(binary), Some(width)) = (binary, small) {
-        for (_, prefix) in SMALL {
+        for prefix in SMALL.iter().map(|(_, prefix)| *prefix).chain(ALSO_ALONE) {
             rerun_alone(binary, &recipe_path, store.root(), &format!("{prefix}_{width}"))?;
         }
     }
-    // At the smallest width, what each kind holds and takes beyond its work:
-    // the process, the tokenizer, the data, the report of it.
+    // At the smallest width, what each kind holds and takes beyond its work
+    // (the process, the tokenizer, the data, the report of it), from the
+    // runs in processes of their own: each instance is one on a cluster
+    // (a job each), and a process's first instance pays for its start
+    // (threads, the allocator's arenas, code paged in), a few milliseconds.
     let mut process_bytes = BTreeMap::new();
+    let mut exam_outside: Vec<(f64, f64)> = Vec::new();
     if let (Some(width), Some(rate)) = (small, measured.first().map(|m| m.rate.clone())) {
+        // (work, seconds in all, stats) of an instance's latest run.
+        let ran = |name: &str| -> Option<(babelflow_stage::estimate::Work, f64, serde_json::Value)> {
+            let (cost, stats) = find(name).ok()?;
+            let p = planned.iter().find(|p| p.name == name)?;
+            let total = read_json(&store, &p.fingerprint, "manifest.json")?["duration_s"].as_f64()?;
+            Some((cost.work.clone()?, total, stats))
+        };
         for (kind, prefix) in SMALL {
             let name = format!("{prefix}_{width}");
-            let Some(work) = find(&name).ok().and_then(|(c, _)| c.work.clone()) else {
+            let (Some((work, _, _)), Some(peak)) = (ran(&name), peak_of(&name)) else {
                 continue;
             };
-            if let Some(peak) = peak_of(&name) {
-                process_bytes.insert(
-                    kind.to_string(),
-                    (peak - work.memory.total_bytes() as f64).max(0.0) as u64,
-                );
+            process_bytes.insert(
+                kind.to_string(),
+                (peak - work.memory.total_bytes() as f64).max(0.0) as u64,
+            );
+        }
+        // Training besides its steps and checkpoints.
+        if let Some((work, total, stats)) = ran(&format!("train_{width}")) {
+            let steps = stats["seconds"].as_f64().unwrap_or(total);
+            let io_seconds = work.io_bytes as f64 / io_rate;
+            overheads
+                .entry("pretrain")
+                .or_default()
+                .push((total - steps - io_seconds).max(0.0));
+        }
+        // Scoring a few documents: where the cost besides the passes is
+        // mostly fixed, which the long scorings above cannot tell apart
+        // from their noise.
+        for name in [format!("held_{width}"), format!("tiny_{width}")] {
+            if let Some((work, total, stats)) = ran(&name) {
+                let (seconds, _) = forward_rate(&work, &stats);
+                let io_seconds = work.io_bytes as f64 / io_rate;
+                scoring_outside.push((work.tokens.value, (total - seconds - io_seconds).max(0.0)));
             }
-            if matches!(kind, "exam" | "respond") {
-                if let Some(total) = durations.get(&name) {
-                    let compute = work.forward_flops / rate.forward_flops_per_s;
-                    overheads.entry(kind).or_default().push((total - compute).max(0.0));
-                }
-            }
+        }
+        // An exam's and a generation's cost beyond their FLOPs at this
+        // width (the rate at their rows, as an estimate reads it): building
+        // and tokenizing the prompts, the log-probabilities over the
+        // vocabulary, generating token by token. The exam's grows with the
+        // positions it computes, measured at two sizes.
+        let outside = |name: &str| -> Option<(f64, f64)> {
+            let (work, total, _) = ran(name)?;
+            let compute = work.forward_flops / rate.forward_at(work.forward_rows);
+            Some((work.tokens.value, (total - compute).max(0.0)))
+        };
+        exam_outside.extend(
+            [format!("exam_{width}"), format!("exam_shots4_{width}")]
+                .iter()
+                .filter_map(|n| outside(n)),
+        );
+        if let Some((_, seconds)) = outside(&format!("respond_{width}")) {
+            overheads.entry("respond").or_default().push(seconds);
         }
     }
     let mut overhead_s: BTreeMap<String, f64> = overheads
@@ -542,9 +594,11 @@ pub fn calibrate(
         .map(|(k, v)| (k.to_string(), super::history::median(v)))
         .collect();
     let mut overhead_per_token_s = BTreeMap::new();
-    if let Some((fixed, per_token)) = line_through(&scoring_outside) {
-        overhead_s.insert("perplexity".into(), fixed);
-        overhead_per_token_s.insert("perplexity".into(), per_token);
+    for (kind, points) in [("perplexity", &scoring_outside), ("exam", &exam_outside)] {
+        if let Some((fixed, per_token)) = line_through(points) {
+            overhead_s.insert(kind.into(), fixed);
+            overhead_per_token_s.insert(kind.into(), per_token);
+        }
     }
     let throughput = Throughput {
         rates: measured.iter().map(|m| m.rate.clone()).collect(),
@@ -584,16 +638,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cost_line_is_fitted_and_never_negative() {
+    fn a_cost_line_is_fitted_by_relative_error_and_never_negative() {
         // y = 0.5 + 0.01 x exactly.
         let (a, b) = line_through(&[(0.0, 0.5), (100.0, 1.5), (300.0, 3.5)]).unwrap();
         assert!((a - 0.5).abs() < 1e-12 && (b - 0.01).abs() < 1e-12, "{a} {b}");
-        // Falling with x: no per-x cost, the mean is fixed.
-        assert_eq!(line_through(&[(1.0, 2.0), (3.0, 1.0)]), Some((1.5, 0.0)));
+        // 5 ms fixed and 1 µs a token, the long runs 10 % off either way:
+        // the short runs still set the fixed cost.
+        let (a, b) = line_through(&[(100.0, 0.0051), (200.0, 0.0052), (1e5, 0.115), (2e5, 0.184)]).unwrap();
+        assert!((a - 0.005).abs() < 2e-4, "{a}");
+        assert!((b - 1e-6).abs() < 1e-7, "{b}");
+        // Falling with x: no per-x cost, the (weighted) mean is fixed.
+        let (a, b) = line_through(&[(1.0, 2.0), (3.0, 1.0)]).unwrap();
+        assert!((a - 1.2).abs() < 1e-12 && b == 0.0, "{a} {b}");
         // A negative intercept: the line through 0 instead.
-        let (a, b) = line_through(&[(1.0, 0.0), (2.0, 2.0)]).unwrap();
+        let (a, b) = line_through(&[(1.0, 1.0), (2.0, 4.0)]).unwrap();
         assert_eq!(a, 0.0);
-        assert!((b - 0.8).abs() < 1e-12, "{b}");
+        assert!(b > 1.0 && b < 2.0, "{b}");
         assert_eq!(line_through(&[(1.0, 1.0), (1.0, 2.0)]), None);
     }
 
