@@ -11,6 +11,16 @@
 //!
 //! The binary installs it with `#[global_allocator]`; the cache holds at most
 //! [`SLOTS`] blocks and `limit` bytes, evicting the block freed longest ago.
+//!
+//! Shapes that vary from pass to pass (an exam's prompts of every length,
+//! documents shorter than the window) ask for a new size class almost
+//! every time. Kept by class alone, their blocks piled up to the limit: an
+//! exam of 16 questions on a 64-wide model held 260 MiB of freed blocks
+//! beside the 50 it used. So a freed block also serves requests of up to
+//! [`LEND_RATIO`] times smaller, and a request nothing can serve first
+//! returns the cached blocks smaller than it to the system (the block it
+//! gets will serve theirs): what the process holds stays near what its
+//! largest pass uses.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
@@ -21,6 +31,8 @@ pub const MIN_BLOCK: usize = 256 << 10;
 /// bench's d256 model frees a few hundred blocks over 256 KiB; with 64 slots
 /// most were evicted before reuse.
 pub const SLOTS: usize = 512;
+/// A cached block serves requests of a class down to this many times smaller.
+pub const LEND_RATIO: usize = 2;
 /// Every cached block has this alignment, so a block freed by one request
 /// can serve any other request of its class (larger alignments bypass the cache).
 const BLOCK_ALIGN: usize = 4096;
@@ -48,8 +60,20 @@ impl Slot {
     };
 }
 
+/// A block handed out for a smaller request than its class: its class,
+/// for when it comes back (the request's layout names the smaller one).
+#[derive(Clone, Copy)]
+struct Lent {
+    address: usize,
+    /// 0 marks an empty entry.
+    class: usize,
+}
+
 struct Slots {
     slots: [Slot; SLOTS],
+    lent: [Lent; SLOTS],
+    /// Entries in `lent`: most frees (a training step's) find none to look up.
+    lent_count: usize,
     cached_bytes: usize,
     clock: u64,
 }
@@ -73,6 +97,8 @@ impl BlockCache {
             limit,
             state: Mutex::new(Slots {
                 slots: [Slot::EMPTY; SLOTS],
+                lent: [Lent { address: 0, class: 0 }; SLOTS],
+                lent_count: 0,
                 cached_bytes: 0,
                 clock: 0,
             }),
@@ -90,17 +116,79 @@ impl BlockCache {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A cached block for a request of `class`: the most recently freed of
+    /// the class, else the smallest up to `LEND_RATIO` times larger (while
+    /// there is room to remember it is lent).
     fn take(&self, class: usize) -> Option<*mut u8> {
         let mut state = self.slots();
         // The most recently freed block of the class: its pages are the likeliest to be warm.
-        let (index, _) = state
+        let exact = state
             .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.class == class)
-            .max_by_key(|(_, s)| s.freed_at)?;
+            .max_by_key(|(_, s)| s.freed_at)
+            .map(|(index, _)| index);
+        if let Some(index) = exact {
+            return Some(state.remove(index).address as *mut u8);
+        }
+        let entry = state.lent.iter().position(|l| l.class == 0)?;
+        let (index, _) = state
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.class > class && s.class <= class.saturating_mul(LEND_RATIO))
+            .min_by_key(|(_, s)| (s.class, std::cmp::Reverse(s.freed_at)))?;
         let slot = state.remove(index);
+        state.lent[entry] = Lent {
+            address: slot.address,
+            class: slot.class,
+        };
+        state.lent_count += 1;
         Some(slot.address as *mut u8)
+    }
+
+    /// The class of the block at `address`, handed out for a request of
+    /// `requested`: its own when it was lent to a smaller request.
+    fn class_of(&self, address: *mut u8, requested: usize) -> usize {
+        let mut state = self.slots();
+        if state.lent_count == 0 {
+            return requested;
+        }
+        match state
+            .lent
+            .iter()
+            .position(|l| l.class != 0 && l.address == address as usize)
+        {
+            Some(entry) => {
+                state.lent_count -= 1;
+                std::mem::replace(&mut state.lent[entry], Lent { address: 0, class: 0 }).class
+            }
+            None => requested,
+        }
+    }
+
+    /// Before a request of `class` goes to the system: the cached blocks
+    /// smaller than it go back first. They could not serve it, and the
+    /// block it gets will serve theirs once freed.
+    fn return_smaller(&self, class: usize) {
+        let mut returned = [(0usize, 0usize); SLOTS];
+        let mut count = 0;
+        {
+            let mut state = self.slots();
+            for index in 0..SLOTS {
+                let slot = state.slots[index];
+                if slot.class != 0 && slot.class < class {
+                    state.remove(index);
+                    returned[count] = (slot.address, slot.class);
+                    count += 1;
+                }
+            }
+        }
+        // Outside the lock: munmap can take a while.
+        for &(address, class) in &returned[..count] {
+            unsafe { System.dealloc(address as *mut u8, block_layout(class)) };
+        }
     }
 
     /// Keeps `address` for reuse, or frees it (or an older block) when the
@@ -183,7 +271,10 @@ unsafe impl GlobalAlloc for BlockCache {
         let class = size_class(layout.size());
         match self.take(class) {
             Some(block) => block,
-            None => unsafe { System.alloc(block_layout(class)) },
+            None => {
+                self.return_smaller(class);
+                unsafe { System.alloc(block_layout(class)) }
+            }
         }
     }
 
@@ -197,13 +288,16 @@ unsafe impl GlobalAlloc for BlockCache {
                 unsafe { block.write_bytes(0, layout.size()) };
                 block
             }
-            None => unsafe { System.alloc_zeroed(block_layout(class)) },
+            None => {
+                self.return_smaller(class);
+                unsafe { System.alloc_zeroed(block_layout(class)) }
+            }
         }
     }
 
     unsafe fn dealloc(&self, address: *mut u8, layout: Layout) {
         if cached(layout) {
-            self.keep(address, size_class(layout.size()));
+            self.keep(address, self.class_of(address, size_class(layout.size())));
         } else {
             unsafe { System.dealloc(address, layout) };
         }
@@ -338,6 +432,81 @@ mod tests {
             assert_eq!(big_align as usize % (2 * MB), 0);
             cache.dealloc(big_align, aligned);
             assert_eq!(cache.cached_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn a_larger_freed_block_serves_a_smaller_request_and_comes_back_whole() {
+        let cache = BlockCache::new();
+        unsafe {
+            let big = cache.alloc(layout(6 * MB));
+            cache.dealloc(big, layout(6 * MB));
+            // Half its size or more: served by it.
+            let lent = cache.alloc(layout(3 * MB));
+            assert_eq!(lent, big);
+            assert_eq!(cache.cached_bytes(), 0);
+            cache.dealloc(lent, layout(3 * MB));
+            assert_eq!(cache.cached_bytes(), size_class(6 * MB), "kept as the block it is");
+            // Less than half: a block of its own.
+            let small = cache.alloc(layout(2 * MB));
+            assert_ne!(small, big);
+            cache.dealloc(small, layout(2 * MB));
+            // The exact class first, when there is one.
+            assert_eq!(cache.alloc(layout(2 * MB)), small);
+            cache.dealloc(small, layout(2 * MB));
+        }
+    }
+
+    #[test]
+    fn a_request_nothing_can_serve_returns_the_smaller_blocks_first() {
+        let cache = BlockCache::new();
+        unsafe {
+            let blocks: Vec<*mut u8> = [1, 2, 3].iter().map(|&m| cache.alloc(layout(m * MB))).collect();
+            for (&b, m) in blocks.iter().zip([1, 2, 3]) {
+                cache.dealloc(b, layout(m * MB));
+            }
+            let large = cache.alloc(layout(8 * MB));
+            assert_eq!(cache.cached_bytes(), 0, "the 1, 2 and 3 MiB blocks went back");
+            cache.dealloc(large, layout(8 * MB));
+        }
+    }
+
+    /// Passes of every length, as an exam's prompts are: each allocates
+    /// activations, logits and attention scores for its length and frees
+    /// them. Kept by exact class alone, the freed blocks of every length
+    /// held past twice the largest pass within a few dozen passes.
+    #[test]
+    fn passes_of_varying_length_hold_near_what_the_largest_pass_uses() {
+        let cache = BlockCache::new();
+        let pass = |t: usize| [8 * t * 256, 8 * t * 256, 8 * t * 4000, 8 * 4 * t * t * 4];
+        let largest: usize = pass(450).iter().map(|&s| size_class(s)).sum();
+        let mut state: u64 = 7;
+        for _ in 0..300 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let t = 100 + (state >> 33) as usize % 351;
+            unsafe {
+                let blocks: Vec<(*mut u8, usize)> = pass(t).iter().map(|&s| (cache.alloc(layout(s)), s)).collect();
+                for (b, s) in blocks {
+                    cache.dealloc(b, layout(s));
+                }
+            }
+            assert!(
+                cache.cached_bytes() <= 2 * largest,
+                "{} MiB held after a pass of {t}; the largest pass uses {} MiB",
+                cache.cached_bytes() / MB,
+                largest / MB
+            );
+        }
+        unsafe {
+            while cache.cached_bytes() > 0 {
+                let mut state = cache.slots();
+                let index = state.slots.iter().position(|s| s.class != 0).unwrap();
+                let slot = state.remove(index);
+                drop(state);
+                System.dealloc(slot.address as *mut u8, block_layout(slot.class));
+            }
         }
     }
 
