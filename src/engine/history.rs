@@ -107,6 +107,25 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The median of `(value, weight)` pairs: the value where half the weight
+/// lies on either side (the mean of the two where it falls between them, so
+/// equal weights give [`median`]); 0 for none.
+fn weighted_median(mut values: Vec<(f64, f64)>) -> f64 {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let half = values.iter().map(|v| v.1).sum::<f64>() / 2.0;
+    let mut below = 0.0;
+    for (i, &(value, weight)) in values.iter().enumerate() {
+        below += weight;
+        if below > half {
+            return value;
+        }
+        if below == half {
+            return values.get(i + 1).map_or(value, |next| (value + next.0) / 2.0);
+        }
+    }
+    0.0
+}
+
 /// "an earlier run", "median of 3 earlier runs".
 fn earlier_runs(n: usize) -> String {
     if n == 1 {
@@ -158,12 +177,15 @@ impl History {
         let same: Vec<&PastRun> = of_shape().filter(|r| r.alone || !alone).take(5).collect();
         let latest = same.first()?;
         let flops = flops_of(work);
-        let seconds = median(
+        // Each run's price for this one, weighed by its FLOPs: a run a
+        // hundredth of this one's size carries a hundred times its timer's
+        // noise into the scaling.
+        let seconds = weighted_median(
             same.iter()
                 .map(|r| {
                     let compute = (r.duration_s - fixed_s(r.tokens)).max(0.0);
                     let scale = if r.flops > 0.0 { flops / r.flops } else { 1.0 };
-                    fixed_s(work.tokens.value) + compute * scale
+                    (fixed_s(work.tokens.value) + compute * scale, r.flops.max(1.0))
                 })
                 .collect(),
         );
@@ -276,6 +298,29 @@ mod tests {
         assert_eq!(e.peak.unwrap().0, 200);
         assert!(history.estimate("a", "vulkan", &work(1e9, 0), |_| 0.0).is_none());
         assert!(history.estimate("c", "cpu", &work(1e9, 0), |_| 0.0).is_none());
+    }
+
+    #[test]
+    fn a_weighted_median_leans_on_the_heavy_values_and_is_the_median_for_equal_weights() {
+        assert_eq!(weighted_median(vec![(3.0, 1.0), (5.0, 1.0), (4.0, 1.0)]), 4.0);
+        assert_eq!(weighted_median(vec![(3.0, 2.0), (5.0, 2.0)]), 4.0);
+        assert_eq!(weighted_median(vec![(1.0, 1.0), (2.0, 1.0), (9.0, 5.0)]), 9.0);
+        assert_eq!(weighted_median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn a_larger_run_prices_a_long_one_before_many_short_ones() {
+        // Three runs of 1 MFLOP whose compute the timer blurs (their 1 ms
+        // scaled 1000 times: 1 s) and one of 100 MFLOP at 50 ms: a 1 GFLOP
+        // run takes 0.5 s, as the long one says.
+        let history = History::of(vec![
+            run("a", 1, 0.001, 1e6, true),
+            run("a", 2, 0.001, 1e6, true),
+            run("a", 3, 0.001, 1e6, true),
+            run("a", 4, 0.05, 1e8, true),
+        ]);
+        let e = history.estimate("a", "cpu", &work(1e9, 0), |_| 0.0).unwrap();
+        assert!((e.seconds - 0.5).abs() < 1e-9, "{e:?}");
     }
 
     #[test]
