@@ -244,7 +244,9 @@ impl StageKind for Exam {
     fn code_version(&self) -> &'static str {
         // 3: fused flex attention, projections, RMSNorm, RoPE (and AdamW, for training): values differ in the last bits.
         // 4: BOS only where the model's tokenizer adds one.
-        "4"
+        // 5: the letters' log-softmax over the last positions alone (the same
+        //    values, but not proven the same bits on every backend).
+        "5"
     }
     fn summary(&self) -> &'static str {
         "multiple-choice accuracy (MMLU / C-Eval), k-shot, by answer letters or choice likelihood"

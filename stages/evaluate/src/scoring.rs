@@ -46,16 +46,19 @@ pub fn last_position_logprobs(model: &Llama, rope: &Rope, seqs: &[&[u32]], devic
         return Vec::new();
     }
     let (ids, t) = padded(seqs, device);
-    let logp = log_softmax(model.forward(ids, rope, None), 2);
-    let [b, _, v] = logp.dims();
+    let logits = model.forward(ids, rope, None);
+    let [b, _, v] = logits.dims();
     let rows: Vec<i64> = seqs
         .iter()
         .enumerate()
         .map(|(i, s)| (i * t + s.len() - 1) as i64)
         .collect();
-    let last = logp
+    // The last positions picked before the softmax: normalising every
+    // position's row over the vocabulary took a third of the letters' time
+    // (16 prompts of 171-383 tokens, vocabulary 1,000: 0.07 → 0.046 s).
+    let last = logits
         .reshape([b * t, v])
         .select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), device));
-    let flat = floats(last);
+    let flat = floats(log_softmax(last, 1));
     flat.chunks(v).map(<[f32]>::to_vec).collect()
 }
