@@ -49,6 +49,14 @@ pub const DOCUMENTED: &[(&str, u64, f64, &str)] = &[
 /// Reading and writing checkpoints on an accelerator's host, assumed.
 const ASSUMED_IO_BYTES_PER_S: f64 = 1.0e9;
 
+/// Bytes/s at which processes sum their gradients (a ring all-reduce sends
+/// and receives 2(p−1)/p of them each): staged through the host and
+/// OpenMPI's shared memory, as measured on this project's VM
+/// (`scripts/bench-data-parallel.sh`: 538 MB on 2 processes in 0.18–0.28 s).
+/// Assumed for every device: the trainer stages GPU gradients through the
+/// host too, and `calibrate` runs no MPI.
+pub const ASSUMED_ALL_REDUCE_BYTES_PER_S: f64 = 2.0e9;
+
 /// One process's FLOP/s at one model width.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rate {
@@ -271,12 +279,16 @@ impl Device {
         self.throughput.as_ref().map_or(0, |t| t.process_bytes(kind))
     }
 
-    /// Wall time of `kind`'s `work` split over `processes`, when the throughput is known.
-    pub fn seconds(&self, kind: &str, work: &Work, processes: usize) -> Option<f64> {
+    /// Wall time of `kind`'s `work` split over `processes` on `nodes`
+    /// machines, when the throughput is known. A documented device is one
+    /// per process; this machine's rate was measured with all of it, so
+    /// processes on one node share it and only more nodes go faster.
+    pub fn seconds(&self, kind: &str, work: &Work, processes: usize, nodes: usize) -> Option<f64> {
         let t = self.throughput.as_ref()?;
         let (train, forward) = t.at(work.hidden_size, work.forward_rows)?;
         let compute = work.train_flops / train + work.forward_flops / forward;
-        Some(compute / processes.max(1) as f64 + self.fixed_seconds(kind, work))
+        let apart = if self.is_this_machine { nodes } else { processes };
+        Some(compute / apart.max(1) as f64 + all_reduce_seconds(work, processes) + self.fixed_seconds(kind, work))
     }
 
     /// What `kind`'s `work` costs besides its FLOPs: reading and writing
@@ -291,6 +303,16 @@ impl Device {
             work.io_bytes as f64 / t.io_bytes_per_s + t.overhead(kind, tokens)
         })
     }
+}
+
+/// Seconds `work`'s processes spend summing what they share
+/// ([`ASSUMED_ALL_REDUCE_BYTES_PER_S`]); 0 on one process.
+pub fn all_reduce_seconds(work: &Work, processes: usize) -> f64 {
+    if processes <= 1 {
+        return 0.0;
+    }
+    let p = processes as f64;
+    2.0 * (p - 1.0) / p * work.all_reduce_bytes as f64 / ASSUMED_ALL_REDUCE_BYTES_PER_S
 }
 
 /// Backend → throughput, as `babelflow calibrate` stored it; empty when
@@ -334,6 +356,7 @@ mod tests {
             io_bytes: 0,
             hidden_size: 512,
             forward_rows: 0,
+            all_reduce_bytes: 0,
         }
     }
 
@@ -342,8 +365,24 @@ mod tests {
         let a100 = Device::named("a100-80gb", 0.5).unwrap();
         assert_eq!(a100.memory_bytes, 80_000_000_000);
         // 156 TFLOP/s: 1.56e17 FLOPs take 1000 s, 500 s on two processes.
-        assert!((a100.seconds("pretrain", &work(1.56e17), 1).unwrap() - 1000.0).abs() < 1e-6);
-        assert!((a100.seconds("pretrain", &work(1.56e17), 2).unwrap() - 500.0).abs() < 1e-6);
+        assert!((a100.seconds("pretrain", &work(1.56e17), 1, 1).unwrap() - 1000.0).abs() < 1e-6);
+        assert!((a100.seconds("pretrain", &work(1.56e17), 2, 1).unwrap() - 500.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn processes_pay_for_summing_their_gradients() {
+        let a100 = Device::named("a100-80gb", 0.5).unwrap();
+        let mut shared = work(1.56e17);
+        // 100 steps of 1 GB of gradients: 100 GB, of which a ring sends
+        // 2·(p−1)/p: 100 GB on 2 processes, 150 GB on 4.
+        shared.all_reduce_bytes = 100_000_000_000;
+        let bytes_per_s = ASSUMED_ALL_REDUCE_BYTES_PER_S;
+        let two = a100.seconds("pretrain", &shared, 2, 1).unwrap();
+        assert!((two - (500.0 + 1e11 / bytes_per_s)).abs() < 1e-6, "{two}");
+        let four = a100.seconds("pretrain", &shared, 4, 2).unwrap();
+        assert!((four - (250.0 + 1.5e11 / bytes_per_s)).abs() < 1e-6, "{four}");
+        // One process sums nothing.
+        assert_eq!(all_reduce_seconds(&shared, 1), 0.0);
     }
 
     #[test]
@@ -421,6 +460,33 @@ mod tests {
     }
 
     #[test]
+    fn processes_on_one_node_share_this_machine() {
+        let machine = Device {
+            name: "this machine (cpu)".into(),
+            memory_bytes: 1 << 30,
+            memory_source: "test".into(),
+            throughput: Some(Throughput {
+                rates: vec![serde_json::from_str(
+                    r#"{"hidden_size": 512, "train_flops_per_s": 1e9, "forward_flops_per_s": 1e9}"#,
+                )
+                .unwrap()],
+                io_bytes_per_s: 1e9,
+                overhead_s: BTreeMap::new(),
+                overhead_per_token_s: BTreeMap::new(),
+                process_bytes: BTreeMap::new(),
+                source: "test".into(),
+            }),
+            throughput_hint: None,
+            is_this_machine: true,
+        };
+        // 100 s of FLOPs: as long on 2 processes of one node (their cores
+        // are the ones the rate was measured with), half on 2 nodes.
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 1, 1), Some(100.0));
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 1), Some(100.0));
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 2), Some(50.0));
+    }
+
+    #[test]
     fn unknown_devices_and_utilisations_are_refused_with_the_choices() {
         let e = Device::named("a100", 0.4).unwrap_err();
         assert!(e.contains("a100-80gb"), "{e}");
@@ -431,7 +497,7 @@ mod tests {
     fn this_machine_without_calibration_says_how_to_measure_it() {
         let dir = std::env::temp_dir().join(format!("babelflow-device-{}", std::process::id()));
         let host = Device::this_machine("cpu", &dir);
-        assert!(host.throughput.is_none() && host.seconds("pretrain", &work(1.0), 1).is_none());
+        assert!(host.throughput.is_none() && host.seconds("pretrain", &work(1.0), 1, 1).is_none());
         assert!(host.throughput_hint.unwrap().contains("babelflow calibrate --store"));
     }
 

@@ -178,8 +178,22 @@ fn estimate_some(
                 over_memory: false,
             };
             if let Some(work) = estimate.work {
-                cost.seconds = device.seconds(&p.kind, &work, processes);
-                cost.seconds_source = cost.seconds.and(device.throughput.as_ref()).map(|t| t.source.clone());
+                cost.seconds = device.seconds(&p.kind, &work, processes, inst.resources.nodes);
+                cost.seconds_source = cost.seconds.and(device.throughput.as_ref()).map(|t| {
+                    let summing = super::device::all_reduce_seconds(&work, processes);
+                    if summing > 0.0 {
+                        format!(
+                            "{}; and {:.1} s summing {:.2} GB of gradients across {processes} processes at an assumed \
+                             {:.0} GB/s (host-staged, as scripts/bench-data-parallel.sh measured here)",
+                            t.source,
+                            summing,
+                            work.all_reduce_bytes as f64 / 1e9,
+                            super::device::ASSUMED_ALL_REDUCE_BYTES_PER_S / 1e9
+                        )
+                    } else {
+                        t.source.clone()
+                    }
+                });
                 cost.peak_bytes = work.memory.total_bytes() + device.process_bytes(&p.kind);
                 let besides = if device.process_bytes(&p.kind) > 0 {
                     "; and what the process holds besides (babelflow calibrate)"

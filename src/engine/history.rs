@@ -240,6 +240,7 @@ mod tests {
             io_bytes: 0,
             hidden_size: 64,
             forward_rows: 0,
+            all_reduce_bytes: 0,
         }
     }
 

@@ -173,6 +173,10 @@ pub struct Work {
     /// a product over few rows runs at a fraction of the rate of one over
     /// many. 0 where not modelled (training is priced by its own rate).
     pub forward_rows: usize,
+    /// Bytes each process sums with the others over the run (a
+    /// data-parallel training's gradients, once per optimizer step); 0 on
+    /// one process.
+    pub all_reduce_bytes: u64,
 }
 
 /// A kind's answer: the facts of each output it will write, and its work

@@ -218,6 +218,7 @@ fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weig
         io_bytes: parameters * 4,
         hidden_size: config.hidden_size,
         forward_rows: rows * t,
+        all_reduce_bytes: 0,
     }
 }
 

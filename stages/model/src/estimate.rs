@@ -218,6 +218,7 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         io_bytes: parameters * (read.bytes() + DiskDtype::F32.bytes()),
         hidden_size: config.hidden_size,
         forward_rows: 0,
+        all_reduce_bytes: 0,
     });
     estimate
 }

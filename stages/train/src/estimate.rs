@@ -261,6 +261,13 @@ pub fn training_work(
             + run.checkpoints as u64 * checkpoint_bytes,
         hidden_size: config.hidden_size,
         forward_rows: 0,
+        // The f32 gradients of what trains, summed once per optimizer step
+        // (`sync.rs`: after accumulation, in buckets).
+        all_reduce_bytes: if run.processes > 1 {
+            (run.steps as u64) * 4 * cost.trainable_parameters
+        } else {
+            0
+        },
     }
 }
 
@@ -468,5 +475,30 @@ mod tests {
         let cost = step_cost(&LlamaConfig::llama_2_7b(), None, &t, 1, 512, false);
         let per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096;
         assert_eq!(cost.trainable_parameters, N_7B - 10 * per_layer);
+    }
+
+    #[test]
+    fn processes_sum_the_trained_gradients_once_a_step() {
+        let run = |processes: usize| RunShape {
+            steps: 10,
+            batch: 8,
+            grad_accum: 4,
+            seq_len: 512,
+            checkpointed: true,
+            processes,
+            validation_rows: 0,
+            evaluations: 0,
+            checkpoints: 0,
+            save_bytes_per_parameter: 2,
+            read_bytes_per_parameter: 2,
+        };
+        let config = LlamaConfig::llama_2_7b();
+        let lora = Trainable::new(lora_qkvo(), DType::BF16);
+        let adapters = step_cost(&config, None, &lora, 1, 512, true).trainable_parameters;
+        let work = |processes| training_work(&config, None, &lora, &run(processes), String::new());
+        // f32 gradients of the adapters alone, once per optimizer step
+        // (not per micro-batch): 10 × 4 bytes × 4.2 M.
+        assert_eq!(work(2).all_reduce_bytes, 10 * 4 * adapters);
+        assert_eq!(work(1).all_reduce_bytes, 0);
     }
 }
