@@ -5,11 +5,15 @@ Reads the manifests in a babelflow store (each keeps `plan --estimate`'s
 figures from when the run began beside its duration and peak RSS) and
 prints a Markdown table of the instances with a work estimate, with the
 ratio measured / estimated, and where the estimated time came from.
-Usage: estimate_vs_measured.py STORE [RECIPE_NAME [FROM_UNIX [UNTIL_UNIX]]]
-(FROM/UNTIL: only instances that finished in that window).
+Usage: estimate_vs_measured.py STORE [RECIPE_NAME [FROM_UNIX [UNTIL_UNIX [FIRST_DIR RUNS]]]]
+(FROM/UNTIL: only instances that finished in that window; FIRST_DIR: the
+manifests of each instance's first run, by fingerprint, whose estimate is
+the one made before it ever ran; RUNS: JSON lines of every run's
+`fingerprint`, `duration_s` and `peak_rss_bytes`, measured by their median).
 """
 import json
 import pathlib
+import statistics
 import sys
 
 
@@ -18,28 +22,40 @@ def main():
     recipe = sys.argv[2] if len(sys.argv) > 2 else None
     since = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] else 0
     until = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] else None
+    first = pathlib.Path(sys.argv[5]) if len(sys.argv) > 5 else None
+    runs = {}
+    if len(sys.argv) > 6:
+        for line in open(sys.argv[6]):
+            run = json.loads(line)
+            runs.setdefault(run["fingerprint"], []).append(run)
     rows = []
     for manifest in sorted(store.glob("artifacts/*/manifest.json")):
+        fingerprint = manifest.parent.name
+        if first and (first / f"{fingerprint}.json").exists():
+            manifest = first / f"{fingerprint}.json"
         m = json.loads(manifest.read_text())
         estimate = m.get("estimate")
         if not estimate or (recipe and m.get("recipe") != recipe):
             continue
         if m["finished_at"] < since or (until is not None and m["finished_at"] >= until):
             continue
-        rows.append((m["finished_at"], m["instance"], m["kind"], estimate, m))
-    rows.sort()
+        rows.append((m["finished_at"], m["instance"], m["kind"], estimate, m, runs.get(fingerprint, [])))
+    rows.sort(key=lambda r: r[:2])
     print("| instance | kind | estimated time | from | measured time | ratio | estimated peak | measured peak | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for _, name, kind, e, m in rows:
-        seconds, took = e.get("seconds"), m["duration_s"]
-        peak, rss = e["peak_bytes"], m.get("peak_rss_bytes") or 0
+    for _, name, kind, e, m, of_this in rows:
+        took = statistics.median(r["duration_s"] for r in of_this) if of_this else m["duration_s"]
+        peaks = [r["peak_rss_bytes"] for r in of_this if r.get("peak_rss_bytes")]
+        rss = statistics.median(peaks) if peaks else m.get("peak_rss_bytes") or 0
+        runs_note = f" (median of {len(of_this)})" if len(of_this) > 1 else ""
+        seconds, peak = e.get("seconds"), e["peak_bytes"]
         own = "" if m.get("peak_rss_own") else " (shared)"
         time_ratio = f"{took / seconds:.2f}" if seconds else "-"
         est_time = f"{seconds:.2f} s" if seconds is not None else "?"
         source = e.get("source") or ""
         origin = "earlier runs" if "same shape" in source else "calibrate" if "calibrate" in source else source[:20]
         print(
-            f"| {name} | {kind} | {est_time} | {origin} | {took:.2f} s | {time_ratio} "
+            f"| {name} | {kind} | {est_time} | {origin} | {took:.3f} s{runs_note} | {time_ratio} "
             f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{own} | {rss / peak:.2f} |"
         )
 

@@ -372,6 +372,9 @@ const SMALL: [(&str, &str); 4] = [
 /// their passes grows with what they read.
 const ALSO_ALONE: [&str; 2] = ["tiny", "exam_shots4"];
 
+/// Runs of each of those, in processes of their own.
+const ALONE_RUNS: usize = 3;
+
 /// Runs `instance` of the calibration recipe again, alone in a `binary` process of its own.
 fn rerun_alone(binary: &Path, recipe: &Path, store: &Path, instance: &str) -> Result<(), CalibrateError> {
     let failed = |what: String| CalibrateError::Instance {
@@ -443,11 +446,6 @@ pub fn calibrate(
     let planned = pipeline.plan(&store, &Selection::default())?;
     let unpriced = Device::this_machine(backend, scratch);
     let cost = super::estimate::estimate(&pipeline.graph, &planned, &store, &unpriced);
-    // A manifest's peak: the instance's own (`jobs: 1`; in a process of its own when rerun below).
-    let peak_of = |name: &str| -> Option<f64> {
-        let p = planned.iter().find(|p| p.name == name)?;
-        read_json(&store, &p.fingerprint, "manifest.json")?["peak_rss_bytes"].as_f64()
-    };
     let find = |name: &str| -> Result<(&super::estimate::InstanceCost, serde_json::Value), CalibrateError> {
         let missing = |what: &str| CalibrateError::Instance {
             instance: name.to_string(),
@@ -521,9 +519,35 @@ pub fn calibrate(
         });
     }
     let small = widths.first().map(|w| w.hidden_size);
-    if let (Some(binary), Some(width)) = (binary, small) {
+    // Each run of an instance: (seconds in all, its stats, its peak), as its
+    // manifest and stats.json say once it has run.
+    let record = |name: &str| -> Option<(f64, serde_json::Value, f64)> {
+        let p = planned.iter().find(|p| p.name == name)?;
+        let manifest = read_json(&store, &p.fingerprint, "manifest.json")?;
+        let stats = read_json(&store, &p.fingerprint, "stats.json")?;
+        Some((
+            manifest["duration_s"].as_f64()?,
+            stats,
+            manifest["peak_rss_bytes"].as_f64()?,
+        ))
+    };
+    let mut runs: BTreeMap<String, Vec<(f64, serde_json::Value, f64)>> = BTreeMap::new();
+    if let Some(width) = small {
         for prefix in SMALL.iter().map(|(_, prefix)| *prefix).chain(ALSO_ALONE) {
-            rerun_alone(binary, &recipe_path, store.root(), &format!("{prefix}_{width}"))?;
+            let name = format!("{prefix}_{width}");
+            let mut of_this = Vec::new();
+            match binary {
+                // Instances of milliseconds: their median over a few runs,
+                // not one run's jitter.
+                Some(binary) => {
+                    for _ in 0..ALONE_RUNS {
+                        rerun_alone(binary, &recipe_path, store.root(), &name)?;
+                        of_this.extend(record(&name));
+                    }
+                }
+                None => of_this.extend(record(&name)),
+            }
+            runs.insert(name, of_this);
         }
     }
     // At the smallest width, what each kind holds and takes beyond its work
@@ -534,16 +558,16 @@ pub fn calibrate(
     let mut process_bytes = BTreeMap::new();
     let mut exam_outside: Vec<(f64, f64)> = Vec::new();
     if let (Some(width), Some(rate)) = (small, measured.first().map(|m| m.rate.clone())) {
-        // (work, seconds in all, stats) of an instance's latest run.
-        let ran = |name: &str| -> Option<(babelflow_stage::estimate::Work, f64, serde_json::Value)> {
-            let (cost, stats) = find(name).ok()?;
-            let p = planned.iter().find(|p| p.name == name)?;
-            let total = read_json(&store, &p.fingerprint, "manifest.json")?["duration_s"].as_f64()?;
-            Some((cost.work.clone()?, total, stats))
+        let work_of = |name: &str| find(name).ok().and_then(|(cost, _)| cost.work.clone());
+        // The median over an instance's runs of what `per_run` makes of
+        // one (seconds in all, stats, peak).
+        let median_of = |name: &str, per_run: &dyn Fn(f64, &serde_json::Value, f64) -> f64| -> Option<f64> {
+            let values: Vec<f64> = runs.get(name)?.iter().map(|(t, s, p)| per_run(*t, s, *p)).collect();
+            (!values.is_empty()).then(|| super::history::median(values))
         };
         for (kind, prefix) in SMALL {
             let name = format!("{prefix}_{width}");
-            let (Some((work, _, _)), Some(peak)) = (ran(&name), peak_of(&name)) else {
+            let (Some(work), Some(peak)) = (work_of(&name), median_of(&name, &|_, _, peak| peak)) else {
                 continue;
             };
             process_bytes.insert(
@@ -552,41 +576,47 @@ pub fn calibrate(
             );
         }
         // Training besides its steps and checkpoints.
-        if let Some((work, total, stats)) = ran(&format!("train_{width}")) {
-            let steps = stats["seconds"].as_f64().unwrap_or(total);
+        let name = format!("train_{width}");
+        if let Some(work) = work_of(&name) {
             let io_seconds = work.io_bytes as f64 / io_rate;
-            overheads
-                .entry("pretrain")
-                .or_default()
-                .push((total - steps - io_seconds).max(0.0));
+            let besides = median_of(&name, &|total, stats, _| {
+                (total - stats["seconds"].as_f64().unwrap_or(total) - io_seconds).max(0.0)
+            });
+            overheads.entry("pretrain").or_default().extend(besides);
         }
         // Scoring a few documents: where the cost besides the passes is
         // mostly fixed, which the long scorings above cannot tell apart
         // from their noise.
         for name in [format!("held_{width}"), format!("tiny_{width}")] {
-            if let Some((work, total, stats)) = ran(&name) {
-                let (seconds, _) = forward_rate(&work, &stats);
+            if let Some(work) = work_of(&name) {
                 let io_seconds = work.io_bytes as f64 / io_rate;
-                scoring_outside.push((work.tokens.value, (total - seconds - io_seconds).max(0.0)));
+                let besides = median_of(&name, &|total, stats, _| {
+                    (total - forward_rate(&work, stats).0 - io_seconds).max(0.0)
+                });
+                scoring_outside.extend(besides.map(|b| (work.tokens.value, b)));
             }
         }
-        // An exam's and a generation's cost beyond their FLOPs at this
-        // width (the rate at their rows, as an estimate reads it): building
-        // and tokenizing the prompts, the log-probabilities over the
-        // vocabulary, generating token by token. The exam's grows with the
-        // positions it computes, measured at two sizes.
-        let outside = |name: &str| -> Option<(f64, f64)> {
-            let (work, total, _) = ran(name)?;
+        // An exam's cost besides its scoring passes (which it times itself):
+        // starting, loading, building and tokenizing its prompts, which
+        // grows with the positions it computes, measured at two sizes.
+        for name in [format!("exam_{width}"), format!("exam_shots4_{width}")] {
+            if let Some(work) = work_of(&name) {
+                let besides = median_of(&name, &|total, stats, _| {
+                    (total - stats["seconds"].as_f64().unwrap_or(0.0)).max(0.0)
+                });
+                exam_outside.extend(besides.map(|b| (work.tokens.value, b)));
+            }
+        }
+        // A generation's cost beyond its FLOPs at this width (the rate at
+        // its rows, as an estimate reads it): mostly its token-by-token
+        // steps, each too small for the rate.
+        let name = format!("respond_{width}");
+        if let Some(work) = work_of(&name) {
             let compute = work.forward_flops / rate.forward_at(work.forward_rows);
-            Some((work.tokens.value, (total - compute).max(0.0)))
-        };
-        exam_outside.extend(
-            [format!("exam_{width}"), format!("exam_shots4_{width}")]
-                .iter()
-                .filter_map(|n| outside(n)),
-        );
-        if let Some((_, seconds)) = outside(&format!("respond_{width}")) {
-            overheads.entry("respond").or_default().push(seconds);
+            overheads
+                .entry("respond")
+                .or_default()
+                .extend(median_of(&name, &|total, _, _| (total - compute).max(0.0)));
         }
     }
     let mut overhead_s: BTreeMap<String, f64> = overheads
