@@ -259,6 +259,21 @@ stages:
         "{text}"
     );
 
+    // A run again with --force replaces the manifest, not the history: the
+    // store's run log keeps both runs.
+    p.ok(&[
+        "run", "r.yaml", "--jobs", "1", "--only", "pretrain", "--force", "pretrain",
+    ]);
+    let again = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.steps=6"]);
+    let source = estimate_of(&again, "pretrain")["seconds_source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        source.starts_with("median of 2 earlier runs of the same shape"),
+        "{source}"
+    );
+
     // Another batch size holds other activations: another shape, priced by the calibration.
     let wider = p.plan("r.yaml", &["--estimate", "--set", "stages.pretrain.with.batch_size=4"]);
     let planned = estimate_of(&wider, "pretrain");

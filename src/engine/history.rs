@@ -13,9 +13,10 @@ use serde_json::Value;
 
 use crate::store::Store;
 
-/// One finished run, as its manifest recorded it.
+/// One finished run, as its manifest (or the store's run log) recorded it.
 #[derive(Debug, Clone)]
 pub struct PastRun {
+    fingerprint: String,
     pub instance: String,
     pub recipe: String,
     shape: String,
@@ -34,6 +35,7 @@ impl PastRun {
     fn from_manifest(m: &Value) -> Option<PastRun> {
         let done = &m["work_done"];
         Some(PastRun {
+            fingerprint: m["fingerprint"].as_str().unwrap_or_default().to_string(),
             instance: m["instance"].as_str()?.to_string(),
             recipe: m["recipe"].as_str().unwrap_or("?").to_string(),
             shape: done["shape"].as_str()?.to_string(),
@@ -59,7 +61,30 @@ pub fn work_done(kind: &str, work: &Work, processes: usize) -> Value {
     })
 }
 
-/// The runs a store's manifests describe, newest first.
+/// The fields of a manifest the history reads, for the store's run log
+/// (`Store::log_run`): the same names, so one reader serves both.
+pub fn run_line(manifest: &Value) -> Value {
+    let mut line = serde_json::Map::new();
+    for key in [
+        "fingerprint",
+        "instance",
+        "recipe",
+        "kind",
+        "backend",
+        "finished_at",
+        "duration_s",
+        "peak_rss_bytes",
+        "peak_rss_own",
+        "work_done",
+    ] {
+        if let Some(value) = manifest.get(key) {
+            line.insert(key.to_string(), value.clone());
+        }
+    }
+    Value::Object(line)
+}
+
+/// The runs a store's run log and manifests describe, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     runs: Vec<PastRun>,
@@ -136,18 +161,29 @@ fn earlier_runs(n: usize) -> String {
 }
 
 impl History {
-    /// Every manifest in `store` that recorded a shape. Manifests that do
-    /// not read are passed over: a history is a hint, not an input.
+    /// Every run in `store`'s run log, and every manifest that recorded a
+    /// shape (a store older than the log has only those), each run once.
+    /// Lines and manifests that do not read are passed over: a history is
+    /// a hint, not an input.
     pub fn load(store: &Store) -> History {
-        let runs: Vec<PastRun> = store
-            .artifacts()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|fingerprint| {
-                let text = std::fs::read_to_string(store.artifact_dir(fingerprint).join("manifest.json")).ok()?;
-                PastRun::from_manifest(&serde_json::from_str(&text).ok()?)
-            })
+        let logged = std::fs::read_to_string(store.runs_log_path()).unwrap_or_default();
+        let mut runs: Vec<PastRun> = logged
+            .lines()
+            .filter_map(|line| PastRun::from_manifest(&serde_json::from_str(line).ok()?))
             .collect();
+        let seen: std::collections::BTreeSet<(String, u64)> =
+            runs.iter().map(|r| (r.fingerprint.clone(), r.finished_at)).collect();
+        runs.extend(
+            store
+                .artifacts()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|fingerprint| {
+                    let text = std::fs::read_to_string(store.artifact_dir(fingerprint).join("manifest.json")).ok()?;
+                    PastRun::from_manifest(&serde_json::from_str(&text).ok()?)
+                })
+                .filter(|r| !seen.contains(&(r.fingerprint.clone(), r.finished_at))),
+        );
         History::of(runs)
     }
 
@@ -246,6 +282,7 @@ mod tests {
 
     fn run(shape: &str, finished_at: u64, duration_s: f64, flops: f64, alone: bool) -> PastRun {
         PastRun {
+            fingerprint: format!("f{finished_at}"),
             instance: format!("run{finished_at}"),
             recipe: "r".into(),
             shape: shape.into(),

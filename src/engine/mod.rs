@@ -162,6 +162,9 @@ impl Pipeline {
                     tracing::warn!("cannot record the work done in {}: {e}", path.display());
                 }
             }
+            if let Err(e) = store.log_run(&history::run_line(&manifest)) {
+                tracing::warn!("cannot log the run in {}: {e}", store.runs_log_path().display());
+            }
         }
     }
 

@@ -248,6 +248,24 @@ impl Store {
         self.root.join("index").join("files.json")
     }
 
+    /// Every run's measured cost, one JSON object a line (`runs.jsonl`):
+    /// what estimates learn from, kept when an artifact is run again with
+    /// `--force` or deleted by `gc`, unlike its manifest.
+    pub fn runs_log_path(&self) -> PathBuf {
+        self.root.join("runs.jsonl")
+    }
+
+    /// Appends one run to the log (one write of one line: runs finishing
+    /// together do not interleave).
+    pub fn log_run(&self, run: &serde_json::Value) -> io::Result<()> {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.runs_log_path())?;
+        file.write_all(format!("{run}\n").as_bytes())
+    }
+
     /// Fingerprints of every artifact present.
     pub fn artifacts(&self) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join("artifacts");
