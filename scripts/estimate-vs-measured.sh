@@ -15,7 +15,7 @@
 #   ../shared/scripts/guard --mem 16G -- scripts/estimate-vs-measured.sh
 #
 # Needs a release build ($CARGO_TARGET_DIR/release/babelflow) and python3
-# with numpy. About 8 minutes on 2 cores.
+# with numpy. About 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${BABELFLOW:-${CARGO_TARGET_DIR:-$HOME/.cache/babelflow-target}/release/babelflow}"
