@@ -154,6 +154,14 @@ mod with_mpi {
                 "the world size is not part of what {instance} is"
             );
         }
+        // The driver estimated the instance; the ranks' manifest keeps it
+        // (the report sets it beside the measured time and peak).
+        let plan = p.plan("r.yaml", &["--store", "two"]);
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(artifact_dir(&p, &plan, "train").join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(manifest["estimate"]["peak_bytes"].as_u64().unwrap() > 0, "{manifest:#}");
         let log = std::fs::read_dir(p.path("two/logs"))
             .unwrap()
             .flatten()
@@ -253,6 +261,18 @@ mod with_mpi {
         );
         assert_same_losses(&one, &two, 20, 0.3);
         assert_eq!(stats["world_size"], 2, "{stats}");
+        let plan = p.plan(
+            "r.yaml",
+            &["--store", "cluster", "--set", "stages.train.resources.tasks_per_node=2"],
+        );
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(artifact_dir(&p, &plan, "train").join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            manifest["estimate"]["peak_bytes"].as_u64().unwrap() > 0,
+            "the job's manifest keeps the driver's estimate: {manifest:#}"
+        );
         let log = std::fs::read_dir(p.path("cluster/logs"))
             .unwrap()
             .flatten()

@@ -117,6 +117,7 @@ pub fn exec(
         )));
     }
     mine.forced = context.forced;
+    mine.estimate = context.estimate;
 
     // scancel and the end of the time limit send SIGTERM; `--signal=B:USR1`
     // warns before the limit (requeue: true). Each stops the stage at its

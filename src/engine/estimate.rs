@@ -54,7 +54,7 @@ pub struct InstanceCost {
 }
 
 /// An instance's estimate as a run records it in the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Recorded {
     pub seconds: Option<f64>,
     pub peak_bytes: u64,

@@ -7,7 +7,9 @@
 //!
 //! The driver is the only writer of `context.json` and of lock files; the
 //! job writes only `result.json`, its temporary folder and, at the end, its
-//! own artifact.
+//! own artifact. The driver's estimate travels too: the job re-plans, but
+//! only the driver estimated, and the manifest keeps the estimate beside
+//! what happened.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use babelflow_stage::{StageError, Upstream, UpstreamOutcome};
 use serde_json::{json, Value};
 
+use crate::engine::estimate::Recorded;
 use crate::engine::execute::{Job, Producer};
 use crate::store::{write_atomic, Store};
 
@@ -28,6 +31,8 @@ pub struct Context {
     pub threads: usize,
     pub producers: BTreeMap<usize, Producer>,
     pub upstream: Vec<Upstream>,
+    /// What the driver estimated the instance would cost.
+    pub estimate: Option<Recorded>,
 }
 
 pub fn write_context(dir: &Path, c: &Context) -> std::io::Result<()> {
@@ -51,7 +56,7 @@ pub fn write_context(dir: &Path, c: &Context) -> std::io::Result<()> {
         .collect();
     let doc = json!({
         "fingerprint": c.fingerprint, "forced": c.forced, "threads": c.threads,
-        "producers": producers, "upstream": upstream,
+        "producers": producers, "upstream": upstream, "estimate": c.estimate,
     });
     std::fs::create_dir_all(dir)?;
     write_atomic(
@@ -79,6 +84,7 @@ pub fn begin(dir: &Path, job: &Job) -> Result<(), StageError> {
             threads: job.threads,
             producers: job.producers.clone(),
             upstream: job.upstream.clone(),
+            estimate: job.planned.estimate.clone(),
         },
     )
     .map_err(|e| StageError::io(dir, e))
@@ -128,6 +134,9 @@ pub fn read_context(dir: &Path) -> Result<Context, String> {
         threads: doc["threads"].as_u64().unwrap_or(1).max(1) as usize,
         producers,
         upstream,
+        // An older driver's context has none; one that does not read is
+        // only a missing estimate, not a failed job.
+        estimate: serde_json::from_value(doc["estimate"].clone()).ok(),
     })
 }
 
@@ -233,15 +242,28 @@ mod tests {
                 },
             },
         ];
+        let estimate = Recorded {
+            seconds: Some(12.5),
+            peak_bytes: 1 << 30,
+            device: "this machine (cpu)".into(),
+            source: Some("babelflow calibrate on this machine".into()),
+            peak_source: None,
+        };
         let c = Context {
             fingerprint: "f00".into(),
             forced: true,
             threads: 2,
             producers,
             upstream: upstream.clone(),
+            estimate: Some(estimate.clone()),
         };
         write_context(dir.path(), &c).unwrap();
         let back = read_context(dir.path()).unwrap();
+        assert_eq!(
+            back.estimate,
+            Some(estimate),
+            "the manifest the job writes keeps the driver's estimate"
+        );
         assert_eq!((back.fingerprint.as_str(), back.forced, back.threads), ("f00", true, 2));
         assert_eq!(back.upstream, upstream);
         assert_eq!(
