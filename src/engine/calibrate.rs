@@ -427,13 +427,9 @@ pub fn calibrate(
         executor: Arc::new(Executor::Local(None)),
     };
     let (planned, outcomes) = pipeline.run(store.clone(), &Selection::default(), &options, cancel, progress, true)?;
-    let mut durations = BTreeMap::new();
     for (p, outcome) in planned.iter().zip(&outcomes) {
         match outcome {
-            Outcome::Ran { seconds } => {
-                durations.insert(p.name.clone(), *seconds);
-            }
-            Outcome::Cached => {}
+            Outcome::Ran { .. } | Outcome::Cached => {}
             other => {
                 return Err(CalibrateError::Instance {
                     instance: p.name.clone(),
@@ -461,8 +457,6 @@ pub fn calibrate(
     };
     let io_rate = disk_bytes_per_s(scratch).map_err(io)?;
     let mut measured = Vec::new();
-    let mut overheads: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut scoring_outside: Vec<(f64, f64)> = Vec::new();
     for &Width { hidden_size: width, .. } in widths {
         let (train, train_stats) = find(&format!("train_{width}"))?;
         let (score, score_stats) = find(&format!("score_{width}"))?;
@@ -478,7 +472,6 @@ pub fn calibrate(
             rows: score_work.forward_rows,
             flops_per_s: forward_flops_per_s,
         }];
-        let mut scorings = vec![(score.name.clone(), score_work.clone(), score_seconds)];
         for batch in SCORE_BATCHES {
             let name = format!("score_{width}_batch{batch}");
             let (cost, stats) = find(&name)?;
@@ -486,23 +479,11 @@ pub fn calibrate(
                 instance: name.clone(),
                 what: "has no estimate to calibrate against".into(),
             })?;
-            let (seconds, flops_per_s) = forward_rate(work, &stats);
+            let (_, flops_per_s) = forward_rate(work, &stats);
             forward_by_rows.push(RowsRate {
                 rows: work.forward_rows,
                 flops_per_s,
             });
-            scorings.push((name, work.clone(), seconds));
-        }
-        // What scoring takes besides its forward passes (reading and
-        // tokenizing the text: per token; starting: fixed), at the smallest
-        // width, where reading the model is negligible: the disk probe's
-        // rate is not the page cache's, and at 256 its error is the size of
-        // the fixed cost.
-        for (name, work, seconds) in scorings.iter().filter(|_| width == widths[0].hidden_size) {
-            if let Some(total) = durations.get(name.as_str()) {
-                let io_seconds = work.io_bytes as f64 / io_rate;
-                scoring_outside.push((work.tokens.value, (total - seconds - io_seconds).max(0.0)));
-            }
         }
         forward_by_rows.sort_by_key(|r| r.rows);
         forward_by_rows.dedup_by_key(|r| r.rows);
@@ -555,15 +536,38 @@ pub fn calibrate(
     // runs in processes of their own: each instance is one on a cluster
     // (a job each), and a process's first instance pays for its start
     // (threads, the allocator's arenas, code paged in), a few milliseconds.
+    // Reading the model is negligible there: the disk probe's rate is not
+    // the page cache's, and at width 256 its error is the size of the
+    // fixed cost.
     let mut process_bytes = BTreeMap::new();
+    let mut overhead_s: BTreeMap<String, f64> = BTreeMap::new();
+    let mut scoring_outside: Vec<(f64, f64)> = Vec::new();
     let mut exam_outside: Vec<(f64, f64)> = Vec::new();
     if let (Some(width), Some(rate)) = (small, measured.first().map(|m| m.rate.clone())) {
         let work_of = |name: &str| find(name).ok().and_then(|(cost, _)| cost.work.clone());
-        // The median over an instance's runs of what `per_run` makes of
-        // one (seconds in all, stats, peak).
+        // The median over an instance's runs (in processes of their own
+        // where it had them, else the calibration's one) of what `per_run`
+        // makes of one: (seconds in all, stats, peak).
         let median_of = |name: &str, per_run: &dyn Fn(f64, &serde_json::Value, f64) -> f64| -> Option<f64> {
-            let values: Vec<f64> = runs.get(name)?.iter().map(|(t, s, p)| per_run(*t, s, *p)).collect();
+            let of_this = runs
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| record(name).into_iter().collect());
+            let values: Vec<f64> = of_this.iter().map(|(t, s, p)| per_run(*t, s, *p)).collect();
             (!values.is_empty()).then(|| super::history::median(values))
+        };
+        // (tokens read, seconds) an instance spends besides what it times
+        // itself (training steps, scoring passes) and its checkpoint bytes:
+        // starting, loading, reading and tokenizing its data.
+        let besides = |name: &str| -> Option<(f64, f64)> {
+            let work = work_of(name)?;
+            let io_seconds = work.io_bytes as f64 / io_rate;
+            let seconds = median_of(name, &|total, stats, _| {
+                stats["seconds"]
+                    .as_f64()
+                    .map_or(0.0, |own| (total - own - io_seconds).max(0.0))
+            })?;
+            Some((work.tokens.value, seconds))
         };
         for (kind, prefix) in SMALL {
             let name = format!("{prefix}_{width}");
@@ -575,54 +579,36 @@ pub fn calibrate(
                 (peak - work.memory.total_bytes() as f64).max(0.0) as u64,
             );
         }
-        // Training besides its steps and checkpoints.
-        let name = format!("train_{width}");
-        if let Some(work) = work_of(&name) {
-            let io_seconds = work.io_bytes as f64 / io_rate;
-            let besides = median_of(&name, &|total, stats, _| {
-                (total - stats["seconds"].as_f64().unwrap_or(total) - io_seconds).max(0.0)
-            });
-            overheads.entry("pretrain").or_default().extend(besides);
+        if let Some((_, seconds)) = besides(&format!("train_{width}")) {
+            overhead_s.insert("pretrain".into(), seconds);
         }
-        // Scoring a few documents: where the cost besides the passes is
-        // mostly fixed, which the long scorings above cannot tell apart
-        // from their noise.
-        for name in [format!("held_{width}"), format!("tiny_{width}")] {
-            if let Some(work) = work_of(&name) {
-                let io_seconds = work.io_bytes as f64 / io_rate;
-                let besides = median_of(&name, &|total, stats, _| {
-                    (total - forward_rate(&work, stats).0 - io_seconds).max(0.0)
-                });
-                scoring_outside.extend(besides.map(|b| (work.tokens.value, b)));
-            }
-        }
-        // An exam's cost besides its scoring passes (which it times itself):
-        // starting, loading, building and tokenizing its prompts, which
-        // grows with the positions it computes, measured at two sizes.
-        for name in [format!("exam_{width}"), format!("exam_shots4_{width}")] {
-            if let Some(work) = work_of(&name) {
-                let besides = median_of(&name, &|total, stats, _| {
-                    (total - stats["seconds"].as_f64().unwrap_or(0.0)).max(0.0)
-                });
-                exam_outside.extend(besides.map(|b| (work.tokens.value, b)));
-            }
-        }
+        // Scoring's and the exam's grow with what they read: a line over
+        // their sizes, the few-document ones setting the fixed part, which
+        // the long scorings alone cannot tell apart from their noise.
+        let scorings = [
+            format!("score_{width}"),
+            format!("held_{width}"),
+            format!("tiny_{width}"),
+        ]
+        .into_iter()
+        .chain(SCORE_BATCHES.iter().map(|batch| format!("score_{width}_batch{batch}")));
+        scoring_outside.extend(scorings.filter_map(|name| besides(&name)));
+        exam_outside.extend(
+            [format!("exam_{width}"), format!("exam_shots4_{width}")]
+                .iter()
+                .filter_map(|n| besides(n)),
+        );
         // A generation's cost beyond its FLOPs at this width (the rate at
         // its rows, as an estimate reads it): mostly its token-by-token
         // steps, each too small for the rate.
         let name = format!("respond_{width}");
         if let Some(work) = work_of(&name) {
             let compute = work.forward_flops / rate.forward_at(work.forward_rows);
-            overheads
-                .entry("respond")
-                .or_default()
-                .extend(median_of(&name, &|total, _, _| (total - compute).max(0.0)));
+            if let Some(seconds) = median_of(&name, &|total, _, _| (total - compute).max(0.0)) {
+                overhead_s.insert("respond".into(), seconds);
+            }
         }
     }
-    let mut overhead_s: BTreeMap<String, f64> = overheads
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), super::history::median(v)))
-        .collect();
     let mut overhead_per_token_s = BTreeMap::new();
     for (kind, points) in [("perplexity", &scoring_outside), ("exam", &exam_outside)] {
         if let Some((fixed, per_token)) = line_through(points) {
