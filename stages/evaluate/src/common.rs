@@ -102,10 +102,6 @@ impl Loaded {
 
     /// Ids of `text` without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, StageError> {
-        self.tokenizer
-            .tokenizer
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| StageError::failed(format!("tokenizing: {e}")))
+        self.tokenizer.ids(text)
     }
 }

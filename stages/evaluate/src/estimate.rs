@@ -55,6 +55,13 @@ fn tokenizer_path(ctx: &EstimateContext) -> Option<PathBuf> {
         .or_else(|| babelflow_model::estimate::model_tokenizer(model()?))
 }
 
+/// The tokenizer file at `path` (a model folder or the file), loaded.
+fn load_tokenizer(path: &Path) -> Option<(PathBuf, babelflow_tokens::hf::LoadedTokenizer)> {
+    let file = babelflow_model::estimate::tokenizer_file(path)?;
+    let tokenizer = babelflow_tokens::hf::LoadedTokenizer::load(&file).ok()?;
+    Some((file, tokenizer))
+}
+
 /// The model's tokenizer's rate on `texts`, measured when it exists.
 fn rate_on(ctx: &EstimateContext, texts: impl Iterator<Item = String>) -> Rate {
     Rate::measured_or_assumed(tokenizer_path(ctx).and_then(|path| tokens_per_char_of(&path, texts)))
@@ -144,8 +151,7 @@ fn sample_of(
     batch: usize,
     max_docs: usize,
 ) -> Option<TextSample> {
-    let file = babelflow_model::estimate::tokenizer_file(tokenizer)?;
-    let tokenizer = babelflow_tokens::hf::LoadedTokenizer::load(&file).ok()?;
+    let (_, tokenizer) = load_tokenizer(tokenizer)?;
     let mut lengths: Vec<usize> = Vec::new();
     let (mut documents, mut chars) = (0, 0);
     let per_table = SAMPLE_DOCS / tables.len().max(1) + 1;
@@ -159,11 +165,7 @@ fn sample_of(
             }
             *seen += 1;
             taken += 1;
-            let ids = tokenizer
-                .tokenizer
-                .encode(doc.text.as_str(), false)
-                .map(|e| e.get_ids().to_vec())
-                .unwrap_or_default();
+            let ids = tokenizer.ids(&doc.text).unwrap_or_default();
             lengths.extend(crate::perplexity::chunks(Some(0), &ids, max_len).iter().map(Vec::len));
             documents += 1;
             chars += doc.text.chars().count();
@@ -277,12 +279,12 @@ fn exam_work(ctx: &EstimateContext) -> Attempt<Work> {
         ) {
             let scale = questions / sample.questions.max(1) as f64;
             let tokens = Count::new(
-                sample.positions as f64 * scale,
+                sample.positions() as f64 * scale,
                 Basis::Measured,
                 format!(
                     "{questions} questions of split `{split}`: the positions the forward passes compute, padding \
                      included ({} passes{}; prompts of {shots} shots built and tokenized{})",
-                    sample.passes,
+                    sample.shapes.len(),
                     if letters && likelihood {
                         ": the letters and each choice"
                     } else {
@@ -295,9 +297,9 @@ fn exam_work(ctx: &EstimateContext) -> Attempt<Work> {
                     },
                 ),
             );
-            let mut work = forward_work(&config, tokens, sample.longest, batch, precision_bytes(ctx));
+            let mut work = forward_work(&config, tokens, sample.longest(), batch, precision_bytes(ctx));
             work.forward_flops = sample.flops(&config) * scale;
-            work.forward_rows = sample.positions / sample.passes.max(1);
+            work.forward_rows = sample.positions() / sample.shapes.len();
             return Ok(work);
         }
     }
@@ -324,16 +326,20 @@ const SAMPLE_QUESTIONS: usize = 200;
 #[derive(Debug, Clone, PartialEq)]
 struct ExamSample {
     questions: usize,
-    /// Positions computed (each pass is `rows × its longest sequence`).
-    positions: usize,
-    passes: usize,
-    /// The longest sequence of any pass.
-    longest: usize,
-    /// `(rows, length)` of every pass.
+    /// `(rows, length)` of every pass: each computes rows × its longest sequence.
     shapes: Vec<(usize, usize)>,
 }
 
 impl ExamSample {
+    fn positions(&self) -> usize {
+        self.shapes.iter().map(|(rows, t)| rows * t).sum()
+    }
+
+    /// The longest sequence of any pass.
+    fn longest(&self) -> usize {
+        self.shapes.iter().map(|s| s.1).max().unwrap_or(0)
+    }
+
     /// Forward FLOPs of the passes, attention at each pass's length.
     fn flops(&self, config: &LlamaConfig) -> f64 {
         self.shapes
@@ -357,27 +363,25 @@ fn exam_sample(
     batch: usize,
     (letters, likelihood): (bool, bool),
 ) -> Option<ExamSample> {
-    use babelflow_tokens::hf::LoadedTokenizer;
-    let path = tokenizer_path(ctx)?;
-    let file = babelflow_model::estimate::tokenizer_file(&path)?;
-    let tokenizer = LoadedTokenizer::load(&file).ok()?;
+    use babelflow_tokens::specials::Specials;
+    let (file, tokenizer) = load_tokenizer(&tokenizer_path(ctx)?)?;
     let overrides = babelflow_tokens::specials::overrides_of(ctx.params).ok()?;
-    let folder = path.is_dir().then_some(path.as_path()).or(file.parent());
-    let specials = babelflow_tokens::specials::Specials::resolve(&tokenizer, folder, &overrides).ok()?;
-    let encode = |text: &str| {
-        tokenizer
-            .tokenizer
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| babelflow_stage::StageError::failed(e.to_string()))
-    };
+    // How the run decides the model's BOS: its folder when it exists yet.
+    let specials = match ctx.input("model").first().and_then(|m| m.path.as_deref()) {
+        Some(model_dir) => Specials::for_model(&tokenizer, model_dir, &file, &overrides),
+        None => Specials::resolve(&tokenizer, file.parent(), &overrides),
+    }
+    .ok()?;
     let pool = crate::exam::shot_pool(all, shot_split);
     let answered: Vec<&crate::exam::Question> = all
         .iter()
         .filter(|q| q.split == split && !q.answer.is_empty())
         .take(SAMPLE_QUESTIONS)
         .collect();
-    let (items, _) = crate::exam::build_items(&answered, &pool, shots, context, &specials.prefix(), encode).ok()?;
+    let (items, _) = crate::exam::build_items(&answered, &pool, shots, context, &specials.prefix(), |text| {
+        tokenizer.ids(text)
+    })
+    .ok()?;
     let mut lengths: Vec<Vec<usize>> = Vec::new();
     if letters {
         lengths.extend(
@@ -397,11 +401,8 @@ fn exam_sample(
         .iter()
         .map(|pass| (pass.len(), pass.iter().copied().max().unwrap_or(0)))
         .collect();
-    (!shapes.is_empty()).then(|| ExamSample {
+    (!shapes.is_empty()).then_some(ExamSample {
         questions: answered.len(),
-        positions: shapes.iter().map(|(rows, t)| rows * t).sum(),
-        passes: shapes.len(),
-        longest: shapes.iter().map(|s| s.1).max().unwrap_or(0),
         shapes,
     })
 }

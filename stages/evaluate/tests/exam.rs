@@ -13,23 +13,21 @@ fn predictions(path: &std::path::Path) -> Vec<Vec<String>> {
     table(path, &["id", "answer", "by_letters", "by_likelihood", "shots"])
 }
 
-#[test]
-fn letter_and_likelihood_accuracy_match_an_independent_computation() {
-    let dir = tempfile::tempdir().unwrap();
-    let (model_dir, _) = tiny_model(dir.path());
+/// The shipped MMLU sample (2 dev questions, 4 test) as `ingest-choice` reads it.
+fn mmlu_sample_table(dir: &std::path::Path) -> std::path::PathBuf {
     let mmlu = samples().join("exams/mmlu");
     let (dev, test) = (
         mmlu.join("everyday_science_dev.csv"),
         mmlu.join("everyday_science_test.csv"),
     );
-    let table = run(
-        dir.path(),
-        "q",
-        "ingest-choice",
-        json!({}),
-        &[("files", &[&dev, &test])],
-    )
-    .join("questions.parquet");
+    run(dir, "q", "ingest-choice", json!({}), &[("files", &[&dev, &test])]).join("questions.parquet")
+}
+
+#[test]
+fn letter_and_likelihood_accuracy_match_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, _) = tiny_model(dir.path());
+    let table = mmlu_sample_table(dir.path());
     let out = run(
         dir.path(),
         "exam",
@@ -107,19 +105,7 @@ fn letter_and_likelihood_accuracy_match_an_independent_computation() {
 fn the_estimate_counts_the_positions_the_forward_passes_compute() {
     let dir = tempfile::tempdir().unwrap();
     let (model_dir, _) = tiny_model(dir.path());
-    let mmlu = samples().join("exams/mmlu");
-    let files = [
-        mmlu.join("everyday_science_dev.csv"),
-        mmlu.join("everyday_science_test.csv"),
-    ];
-    let table = run(
-        dir.path(),
-        "q",
-        "ingest-choice",
-        json!({}),
-        &[("files", &[&files[0], &files[1]])],
-    )
-    .join("questions.parquet");
+    let table = mmlu_sample_table(dir.path());
     for (params, passes) in [
         (json!({"shots": 1, "batch_size": 3}), 2 + 6),
         (json!({"shots": 0, "batch_size": 8, "scoring": "letters"}), 1),

@@ -36,6 +36,14 @@ impl LoadedTokenizer {
         Ok(Self::from_tokenizer(tokenizer, *blake3::hash(&bytes).as_bytes()))
     }
 
+    /// Ids of `text` without special tokens.
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>, StageError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| StageError::failed(format!("tokenizing: {e}")))
+    }
+
     /// The tokenizer a model is read with: the one bound by the recipe, else
     /// the `tokenizer.json` in the model folder. Returns its path too.
     pub fn for_model(model_dir: &Path, bound: Option<&Path>) -> Result<(std::path::PathBuf, Self), StageError> {

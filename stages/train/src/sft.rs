@@ -93,12 +93,7 @@ pub fn encode(
     eos: u32,
     max_len: usize,
 ) -> Result<Option<Example>, String> {
-    let ids_of = |text: &str| {
-        tok.tokenizer
-            .encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| e.to_string())
-    };
+    let ids_of = |text: &str| tok.ids(text).map_err(|e| e.to_string());
     // The whole text is encoded at once (as the model will see it); the
     // prompt alone only says where the response starts.
     let prompt_len = prefix.len() + ids_of(prompt)?.len();
