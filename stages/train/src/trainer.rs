@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use babelflow_model::fused::adamw::AdamW;
+use babelflow_model::fused::norm::fixed_order_squared_norm;
 use babelflow_model::loss::cross_entropy;
 use babelflow_model::{Llama, Rope};
 use babelflow_stage::distributed::shard;
@@ -215,26 +216,39 @@ fn validate(model: &Llama, rope: &Rope, set: &Windows, batch: usize, batches: us
     (total / count, n)
 }
 
-/// The global L2 norm of the gradients (before clipping), read back once.
+/// The global L2 norm of the gradients (before clipping). On `flex` each
+/// parameter's part is summed in a fixed order ([`fixed_order_squared_norm`]),
+/// so the metric is the same bit for bit whenever the gradients are;
+/// elsewhere the parts are summed on the device and read back once.
 fn grad_norm(model: &Llama, grads: &GradientsParams) -> f64 {
     struct SumSquares<'a> {
         grads: &'a GradientsParams,
-        sum: Option<Tensor<1>>,
+        fixed: f64,
+        on_device: Option<Tensor<1>>,
     }
     impl ModuleVisitor for SumSquares<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                let s = g.square().sum();
-                self.sum = Some(match self.sum.take() {
-                    Some(acc) => acc + s,
-                    None => s,
-                });
+            let Some(g) = self.grads.get::<D>(param.id) else { return };
+            match fixed_order_squared_norm(&g) {
+                Some(part) => self.fixed += part,
+                None => {
+                    let part = g.square().sum();
+                    self.on_device = Some(match self.on_device.take() {
+                        Some(acc) => acc + part,
+                        None => part,
+                    });
+                }
             }
         }
     }
-    let mut v = SumSquares { grads, sum: None };
+    let mut v = SumSquares {
+        grads,
+        fixed: 0.0,
+        on_device: None,
+    };
     model.visit(&mut v);
-    v.sum.map_or(0.0, |s| (s.into_scalar::<f32>() as f64).sqrt())
+    let on_device = v.on_device.map_or(0.0, |s| s.into_scalar::<f32>() as f64);
+    (v.fixed + on_device).sqrt()
 }
 
 /// The error of a run that diverged at `step`, saying what is kept.

@@ -8,14 +8,20 @@
 //! bit-identical to [`burn::optim::AdamW`]'s, and the state is burn's own
 //! [`AdamWState`]: checkpoints read and write the same records. Other
 //! backends, other dtypes and AMSGrad states take burn's composed update.
+//!
+//! Gradient clipping (per parameter, as burn's `GradientClipping::Norm`) is
+//! done here rather than by burn's optimizer adaptor: burn's norm of a
+//! large tensor varies in its last bits with thread timing (see
+//! [`super::norm`]), ours does not, and the scaling joins the update's pass.
 
-use burn::grad_clipping::GradientClippingConfig;
+use burn::grad_clipping::GradientClipping;
 use burn::optim::{AdamWConfig, AdamWState, AdaptiveMomentumState, ModuleOptimizer, Optimizer};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::into_owned;
+use super::norm::sum_of_squares;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -28,6 +34,8 @@ pub struct AdamW {
     beta_2: f32,
     epsilon: f32,
     weight_decay: f32,
+    /// Each parameter's gradient is scaled to at most this L2 norm.
+    clip_norm: Option<f32>,
     composed: burn::optim::AdamW,
 }
 
@@ -44,17 +52,28 @@ impl AdamW {
             beta_2,
             epsilon,
             weight_decay,
+            clip_norm: None,
             composed,
         }
     }
 
     /// The optimizer over a whole module, clipping gradients to
     /// `clip_norm` (L2, per parameter, as burn's `GradientClipping::Norm`) when given.
-    pub fn init(self, clip_norm: Option<f32>) -> ModuleOptimizer {
-        let optim = ModuleOptimizer::from(self);
-        match clip_norm {
-            Some(norm) => optim.with_grad_clipping(GradientClippingConfig::Norm(norm).init()),
-            None => optim,
+    pub fn init(mut self, clip_norm: Option<f32>) -> ModuleOptimizer {
+        self.clip_norm = clip_norm;
+        ModuleOptimizer::from(self)
+    }
+
+    /// What `grad` is multiplied by: `clip / ‖grad‖` where that is under
+    /// 1, as burn computes it (NaN stays NaN, so divergence still shows).
+    fn clip_scale(&self, squared_norm: impl FnOnce() -> f64) -> f32 {
+        let Some(clip) = self.clip_norm else { return 1.0 };
+        let norm = squared_norm().sqrt() as f32;
+        let scale = clip / (norm + f32::MIN_POSITIVE);
+        if scale > 1.0 {
+            1.0
+        } else {
+            scale
         }
     }
 }
@@ -73,6 +92,10 @@ impl Optimizer for AdamW {
             let (tensor, state) = self.fused_step(lr, tensor, grad, state);
             (tensor, Some(state))
         } else {
+            let grad = match self.clip_norm {
+                Some(clip) => GradientClipping::Norm(clip).clip_gradient(grad),
+                None => grad,
+            };
             self.composed.step(lr, tensor, grad, state)
         }
     }
@@ -93,6 +116,8 @@ impl AdamW {
         let flex = |t: Tensor<D>| t.try_into_primitive::<Flex>().expect("checked by `fuses`");
         let shape = tensor.shape();
         let (mut theta, grad) = (into_owned(flex(tensor)), flex(grad).to_contiguous());
+        let g = grad.as_slice::<f32>().expect("contiguous");
+        let grad_scale = self.clip_scale(|| sum_of_squares(g));
         let (time, mut moment_1, mut moment_2) = match state {
             Some(s) => (
                 s.momentum.time + 1,
@@ -116,12 +141,12 @@ impl AdamW {
             keep: (1.0 - lr * self.weight_decay as f64) as f32,
             lr: lr as f32,
             first: time == 1,
+            grad_scale,
         };
         {
             let theta = theta.try_storage_mut::<f32>().expect("owned");
             let m = moment_1.try_storage_mut::<f32>().expect("owned");
             let v = moment_2.try_storage_mut::<f32>().expect("owned");
-            let g = grad.as_slice::<f32>().expect("contiguous");
             theta
                 .par_chunks_mut(CHUNK)
                 .zip(m.par_chunks_mut(CHUNK))
@@ -158,11 +183,15 @@ struct Update {
     keep: f32,
     lr: f32,
     first: bool,
+    /// The clipping's factor (1: not clipped).
+    grad_scale: f32,
 }
 
 impl Update {
     fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         for (((theta, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+            // burn multiplies by the factor only where it clips; × 1 is exact.
+            let g = g * self.grad_scale;
             // The first step starts the moments from the gradient alone, as
             // burn does (not from 0 · β, which could differ in a zero's sign).
             if self.first {
@@ -236,5 +265,57 @@ mod tests {
         let got = run(AdamW::new(b1, b2, eps, wd).init(None));
         assert_ne!(want, bits(&start), "the weights moved");
         assert_eq!(got, want);
+    }
+
+    /// Clipped steps of a parameter over 4 M elements, where burn's own
+    /// norm is summed in parallel: the same weights on 1 and 3 threads,
+    /// and burn's clipped AdamW's to within rounding.
+    #[test]
+    fn clipped_steps_are_the_same_on_any_number_of_threads_and_match_burns_clipping() {
+        let ad = Device::flex().autodiff();
+        let start = Two {
+            a: Param::from_tensor(Tensor::random([2048, 2100], Distribution::Normal(0.0, 1.0), &ad)),
+            b: Param::from_tensor(Tensor::random([33], Distribution::Normal(0.0, 1.0), &ad)),
+        };
+        let run = |optim: ModuleOptimizer, threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (mut model, mut optim) = (start.clone(), optim);
+                for step in 0..3 {
+                    // Gradients of norm ~2 900 and ~4: the clip to 1 scales both.
+                    let loss = (model.a.val().powi_scalar(2).sum() * (step as f64 + 1.0)
+                        + (model.b.val() * 3.0).sin().sum())
+                    .backward();
+                    let grads = GradientsParams::from_grads(loss, &model);
+                    model = optim.step(1e-2, model, grads);
+                }
+                model
+            })
+        };
+        let ours = || AdamW::new(0.9, 0.95, 1e-8, 0.1).init(Some(1.0));
+        let one = run(ours(), 1);
+        for threads in [2, 3, 4, 2, 3, 4] {
+            let differ = bits(&run(ours(), threads))
+                .iter()
+                .zip(bits(&one))
+                .filter(|(a, b)| **a != *b)
+                .count();
+            assert_eq!(differ, 0, "weights differ from one thread's on {threads} threads");
+        }
+        let burns = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.95)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.1)
+            .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
+            .init();
+        let theirs = run(burns, 1);
+        let worst = bits(&one)
+            .iter()
+            .zip(bits(&theirs))
+            .map(|(&a, b)| (f32::from_bits(a) - f32::from_bits(b)).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{worst}");
+        assert_ne!(bits(&one), bits(&start), "the weights moved");
     }
 }

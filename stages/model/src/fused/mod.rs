@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod attention;
 mod matrix;
 pub mod nll;
+pub mod norm;
 pub mod projection;
 pub mod rms_norm;
 pub mod rope;
