@@ -13,6 +13,7 @@ use clap::Parser;
 static ALLOCATOR: babelflow_model::BlockCache = babelflow_model::BlockCache::new();
 
 fn main() -> ExitCode {
+    babelflow_stage::memory::on_release(|| ALLOCATOR.release());
     let args = cli::Cli::parse();
     let level = match args.verbose {
         0 => tracing::Level::WARN,

@@ -313,3 +313,49 @@ stages:
         "{done} tokens done, {scored} scored"
     );
 }
+
+/// Run one at a time, an instance's recorded peak is its own: a scoring
+/// after a training in the same process does not count the training's
+/// freed blocks, which the allocator keeps for reuse. Earlier runs' peaks
+/// price later ones, so one inflated peak would carry into every estimate.
+#[test]
+fn a_scoring_after_a_training_records_its_own_peak_not_the_trainings_freed_memory() {
+    let p = Project::new();
+    p.write(
+        "r.yaml",
+        &format!(
+            "name: peaks
+stages:
+{}  tokens:
+    kind: tokenize
+    needs: {{ corpus: text, tokenizer: tokenizer }}
+  pretrain:
+    kind: pretrain
+    needs: {{ model: model, tokens: tokens }}
+    with: {{ steps: 2, batch_size: 256, seq_len: 128, warmup_steps: 1, checkpoint_every: 0 }}
+  score:
+    kind: perplexity
+    needs: {{ model: \"pretrain:model\", text: \"text:corpus.parquet\" }}
+    with: {{ max_len: 16, batch_size: 1, max_docs: 1 }}
+",
+            common::tiny_english_model_stages()
+        ),
+    );
+    p.ok(&["run", "r.yaml", "--jobs", "1"]);
+    let plan = p.plan("r.yaml", &[]);
+    let peak_mib = |name: &str| {
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(common::artifact_dir(&p, &plan, name).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["peak_rss_own"], true, "{name} ran alone");
+        manifest["peak_rss_bytes"].as_f64().unwrap() / (1 << 20) as f64
+    };
+    let (training, scoring) = (peak_mib("pretrain"), peak_mib("score"));
+    // 256 windows of 128 positions: logits, attention and their gradients.
+    assert!(training > 160.0, "the training peaked at only {training:.0} MiB");
+    assert!(
+        scoring < training - 100.0,
+        "the scoring of one short document recorded {scoring:.0} MiB, the training {training:.0} MiB"
+    );
+}

@@ -112,6 +112,9 @@ pub fn execute(
     progress: &dyn ProgressSink,
 ) -> JobResult {
     if job.alone {
+        // The peak from here is this instance's: not what the plan or an
+        // earlier instance freed and the allocator kept for reuse.
+        babelflow_stage::memory::release_freed();
         babelflow_stage::memory::reset_peak();
     }
     let started = Instant::now();

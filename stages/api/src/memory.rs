@@ -14,6 +14,26 @@ pub fn peak_rss_bytes() -> Option<u64> {
     status_kb("VmHWM:").map(|kb| kb * 1024)
 }
 
+/// What gives back memory the process holds but does not use: the
+/// binary's allocator registers it ([`on_release`]); none in tests and
+/// libraries.
+static RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers how the process's allocator gives back freed memory it keeps
+/// for reuse (once; later calls are ignored).
+pub fn on_release(release: fn()) {
+    let _ = RELEASE.set(release);
+}
+
+/// Gives back what the allocator keeps of freed memory, so what is
+/// resident is what is in use. Then [`reset_peak`] starts an instance's
+/// peak from that, not from what an earlier one (or the plan) freed.
+pub fn release_freed() {
+    if let Some(release) = RELEASE.get() {
+        release();
+    }
+}
+
 /// Starts the peak over from what is resident now (Linux ≥ 4.0:
 /// `/proc/self/clear_refs`), so the next peak is one instance's own. False
 /// where that is not possible.

@@ -110,6 +110,15 @@ impl BlockCache {
         self.slots().cached_bytes
     }
 
+    /// Returns every freed block to the system: before an instance whose
+    /// peak is measured on its own, which must not count what earlier
+    /// work freed (a training's blocks, held for reuse, beside the scoring
+    /// that follows it in the same process).
+    pub fn release(&self) {
+        self.return_smaller(usize::MAX);
+        trim_system_heap();
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         // Nothing under the lock can panic, but a poisoned lock must not
         // take the allocator down with it.
@@ -245,6 +254,21 @@ impl Default for BlockCache {
     }
 }
 
+/// Asks glibc to give the kernel the free pages of its heap: the blocks
+/// returned above, and small objects freed, stay resident in it otherwise
+/// (glibc raises its mmap threshold as blocks are freed, so blocks of up to
+/// 32 MiB end up in the heap).
+fn trim_system_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim takes no pointers and is safe to call at any time.
+        unsafe { malloc_trim(0) };
+    }
+}
+
 /// Whether a request is served by the cache.
 fn cached(layout: Layout) -> bool {
     layout.size() >= MIN_BLOCK && layout.align() <= BLOCK_ALIGN
@@ -348,6 +372,29 @@ mod tests {
             let other = cache.alloc(layout(5 * MB));
             assert_ne!(other, first, "a different class is not served by the cached block");
             cache.dealloc(other, layout(5 * MB));
+        }
+    }
+
+    #[test]
+    fn release_gives_every_kept_block_back() {
+        let cache = BlockCache::new();
+        unsafe {
+            let blocks: Vec<*mut u8> = [MB, 3 * MB, 40 * MB].iter().map(|&n| cache.alloc(layout(n))).collect();
+            for (&b, n) in blocks.iter().zip([MB, 3 * MB, 40 * MB]) {
+                b.write_bytes(1, n);
+                cache.dealloc(b, layout(n));
+            }
+            assert_eq!(
+                cache.cached_bytes(),
+                size_class(MB) + size_class(3 * MB) + size_class(40 * MB)
+            );
+            cache.release();
+            assert_eq!(cache.cached_bytes(), 0);
+            // Still a working allocator afterwards.
+            let again = cache.alloc(layout(3 * MB));
+            again.write_bytes(2, 3 * MB);
+            cache.dealloc(again, layout(3 * MB));
+            assert_eq!(cache.cached_bytes(), size_class(3 * MB));
         }
     }
 
