@@ -49,6 +49,10 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
         assert!(rows[0] < rows[1] && rows[1] < rows[2], "{rows:?}");
         assert!(r.forward_by_rows.iter().all(|f| f.flops_per_s > 1e6), "{r:?}");
         assert!(r.forward_by_rows.iter().any(|f| f.flops_per_s == r.forward_flops_per_s));
+        // AdamW's update timed apart: between a tenth of a nanosecond and
+        // a microsecond a weight (a few loads and stores each).
+        let update = r.optimizer_seconds_per_update;
+        assert!(update > 1e-10 && update < 1e-6, "{r:?}");
     }
     assert!(calibration.throughput.io_bytes_per_s > 1e6);
     assert!(calibration.throughput.overhead_s.contains_key("pretrain"));

@@ -44,7 +44,9 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
-    println!("  width  train FLOP/s  forward FLOP/s  train time  scoring time  forward FLOP/s by rows a pass");
+    println!(
+        "  width  train FLOP/s  AdamW ns/weight  forward FLOP/s  train time  scoring time  forward FLOP/s by rows a pass"
+    );
     for m in &calibration.measured {
         let by_rows: Vec<String> = m
             .rate
@@ -53,9 +55,10 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             .map(|r| format!("{}: {}", r.rows, si(r.flops_per_s)))
             .collect();
         println!(
-            "  {:5}  {:>12}  {:>14}  {:>10}  {:>12}  {}",
+            "  {:5}  {:>12}  {:>15.2}  {:>14}  {:>10}  {:>12}  {}",
             m.rate.hidden_size,
             si(m.rate.train_flops_per_s),
+            m.rate.optimizer_seconds_per_update * 1e9,
             si(m.rate.forward_flops_per_s),
             duration(m.train_seconds),
             duration(m.score_seconds),

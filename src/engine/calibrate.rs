@@ -487,11 +487,20 @@ pub fn calibrate(
         }
         forward_by_rows.sort_by_key(|r| r.rows);
         forward_by_rows.dedup_by_key(|r| r.rows);
+        // The optimizer's updates, timed by the trainer, apart: they cost
+        // per weight trained, not per token, so a run with more tokens a step
+        // than these spends a smaller share of its time on them.
+        let optimizer_seconds = train_stats["optimizer_seconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .clamp(0.0, train_seconds);
         let rate = Rate {
             hidden_size: width,
-            train_flops_per_s: (train_work.train_flops + train_work.forward_flops) / train_seconds,
+            train_flops_per_s: (train_work.train_flops + train_work.forward_flops)
+                / (train_seconds - optimizer_seconds).max(1e-6),
             forward_flops_per_s,
             forward_by_rows,
+            optimizer_seconds_per_update: optimizer_seconds / train_work.optimizer_updates.max(1.0),
         };
         measured.push(Measured {
             rate,

@@ -72,6 +72,12 @@ pub struct Rate {
     /// wide batch does. Empty: `forward_flops_per_s` at any size.
     #[serde(default)]
     pub forward_by_rows: Vec<RowsRate>,
+    /// Seconds of the optimizer's update per weight it updates, measured
+    /// apart from the training steps' FLOPs (which `train_flops_per_s` then
+    /// excludes). 0: inside `train_flops_per_s` (a documented device's
+    /// utilisation, a calibration made before it was measured).
+    #[serde(default)]
+    pub optimizer_seconds_per_update: f64,
 }
 
 /// Forward FLOP/s measured with passes of `rows` rows.
@@ -152,6 +158,20 @@ impl Throughput {
         ))
     }
 
+    /// Seconds of the optimizer's update per weight at `hidden_size`
+    /// (log-log between the widths measured; 0 where any width has none).
+    pub fn optimizer_at(&self, hidden_size: usize) -> f64 {
+        if self.rates.iter().any(|r| r.optimizer_seconds_per_update <= 0.0) {
+            return 0.0;
+        }
+        let points: Vec<(f64, f64)> = self
+            .rates
+            .iter()
+            .map(|r| (r.hidden_size as f64, r.optimizer_seconds_per_update))
+            .collect();
+        between(&points, hidden_size as f64).unwrap_or(0.0)
+    }
+
     /// The cost of an instance of `kind` besides its FLOPs and checkpoint
     /// bytes, for `tokens` (`sft` costs what `pretrain` does).
     fn overhead(&self, kind: &str, tokens: f64) -> f64 {
@@ -219,6 +239,7 @@ impl Device {
                     train_flops_per_s: flops,
                     forward_flops_per_s: flops,
                     forward_by_rows: Vec::new(),
+                    optimizer_seconds_per_update: 0.0,
                 }],
                 io_bytes_per_s: ASSUMED_IO_BYTES_PER_S,
                 overhead_s: BTreeMap::new(),
@@ -282,13 +303,20 @@ impl Device {
     /// Wall time of `kind`'s `work` split over `processes` on `nodes`
     /// machines, when the throughput is known. A documented device is one
     /// per process; this machine's rate was measured with all of it, so
-    /// processes on one node share it and only more nodes go faster.
+    /// processes on one node share it and only more nodes go faster. The
+    /// optimizer's update is every process's whole, on its own machine.
     pub fn seconds(&self, kind: &str, work: &Work, processes: usize, nodes: usize) -> Option<f64> {
         let t = self.throughput.as_ref()?;
         let (train, forward) = t.at(work.hidden_size, work.forward_rows)?;
         let compute = work.train_flops / train + work.forward_flops / forward;
         let apart = if self.is_this_machine { nodes } else { processes };
-        Some(compute / apart.max(1) as f64 + all_reduce_seconds(work, processes) + self.fixed_seconds(kind, work))
+        let updating = work.optimizer_updates * t.optimizer_at(work.hidden_size);
+        Some(
+            compute / apart.max(1) as f64
+                + updating
+                + all_reduce_seconds(work, processes)
+                + self.fixed_seconds(kind, work),
+        )
     }
 
     /// What `kind`'s `work` costs besides its FLOPs: reading and writing
@@ -357,6 +385,7 @@ mod tests {
             hidden_size: 512,
             forward_rows: 0,
             all_reduce_bytes: 0,
+            optimizer_updates: 0.0,
         }
     }
 
@@ -392,6 +421,7 @@ mod tests {
             train_flops_per_s: flops,
             forward_flops_per_s: 2.0 * flops,
             forward_by_rows: Vec::new(),
+            optimizer_seconds_per_update: 0.0,
         };
         let t = Throughput {
             rates: vec![rate(64, 1e9), rate(256, 16e9)],
@@ -428,12 +458,14 @@ mod tests {
                     train_flops_per_s: 1e9,
                     forward_flops_per_s: 2e9,
                     forward_by_rows: rows(&[(100, 1e9), (400, 4e9)]),
+                    optimizer_seconds_per_update: 0.0,
                 },
                 Rate {
                     hidden_size: 256,
                     train_flops_per_s: 1e9,
                     forward_flops_per_s: 2e9,
                     forward_by_rows: rows(&[(100, 4e9), (400, 16e9)]),
+                    optimizer_seconds_per_update: 0.0,
                 },
             ],
             io_bytes_per_s: 1e9,
@@ -484,6 +516,50 @@ mod tests {
         assert_eq!(machine.seconds("pretrain", &work(1e11), 1, 1), Some(100.0));
         assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 1), Some(100.0));
         assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 2), Some(50.0));
+    }
+
+    #[test]
+    fn the_optimizers_update_is_priced_apart_and_every_process_makes_it_whole() {
+        let rate = |hidden_size, per_update: f64| Rate {
+            hidden_size,
+            train_flops_per_s: 1e9,
+            forward_flops_per_s: 1e9,
+            forward_by_rows: Vec::new(),
+            optimizer_seconds_per_update: per_update,
+        };
+        let machine = |rates| Device {
+            name: "this machine (cpu)".into(),
+            memory_bytes: 1 << 30,
+            memory_source: "test".into(),
+            throughput: Some(Throughput {
+                rates,
+                io_bytes_per_s: 1e9,
+                overhead_s: BTreeMap::new(),
+                overhead_per_token_s: BTreeMap::new(),
+                process_bytes: BTreeMap::new(),
+                source: "test".into(),
+            }),
+            throughput_hint: None,
+            is_this_machine: true,
+        };
+        // 100 s of FLOPs and 10 steps of 1 M weights at 2 ns each: 20 ms.
+        let mut training = work(1e11);
+        training.optimizer_updates = 1e7;
+        let measured = machine(vec![rate(512, 2e-9)]);
+        let seconds = |d: &Device, p, n| d.seconds("pretrain", &training, p, n).unwrap();
+        assert!((seconds(&measured, 1, 1) - 100.02).abs() < 1e-9);
+        // Two nodes halve the FLOPs, not the update each rank makes.
+        assert!((seconds(&measured, 2, 2) - 50.02).abs() < 1e-9);
+        // Between widths, log-log: 2 and 8 ns, 4 ns halfway.
+        let two = machine(vec![rate(256, 2e-9), rate(1024, 8e-9)]);
+        assert!((two.throughput.as_ref().unwrap().optimizer_at(512) - 4e-9).abs() < 1e-18);
+        // A calibration that did not measure it at every width: inside the training rate.
+        let older = machine(vec![rate(256, 0.0), rate(1024, 8e-9)]);
+        assert!((seconds(&older, 1, 1) - 100.0).abs() < 1e-9);
+        let old: Rate =
+            serde_json::from_str(r#"{"hidden_size": 64, "train_flops_per_s": 1e9, "forward_flops_per_s": 3e9}"#)
+                .unwrap();
+        assert_eq!(old.optimizer_seconds_per_update, 0.0);
     }
 
     #[test]

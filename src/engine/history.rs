@@ -277,6 +277,7 @@ mod tests {
             hidden_size: 64,
             forward_rows: 0,
             all_reduce_bytes: 0,
+            optimizer_updates: 0.0,
         }
     }
 

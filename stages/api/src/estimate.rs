@@ -177,6 +177,11 @@ pub struct Work {
     /// data-parallel training's gradients, once per optimizer step); 0 on
     /// one process.
     pub all_reduce_bytes: u64,
+    /// Weights the optimizer updates over the run on each process
+    /// (trainable parameters × optimizer steps). AdamW's pass over them is
+    /// bound by memory, not FLOPs, and every rank makes it whole, so it is
+    /// priced apart and never divided among processes. 0 outside training.
+    pub optimizer_updates: f64,
 }
 
 /// A kind's answer: the facts of each output it will write, and its work

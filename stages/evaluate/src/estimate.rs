@@ -221,6 +221,7 @@ fn forward_work(config: &LlamaConfig, tokens: Count, t: usize, rows: usize, weig
         hidden_size: config.hidden_size,
         forward_rows: rows * t,
         all_reduce_bytes: 0,
+        optimizer_updates: 0.0,
     }
 }
 

@@ -219,6 +219,7 @@ pub fn resize(ctx: &EstimateContext) -> Estimate {
         hidden_size: config.hidden_size,
         forward_rows: 0,
         all_reduce_bytes: 0,
+        optimizer_updates: 0.0,
     });
     estimate
 }

@@ -29,6 +29,10 @@ pub struct Position {
     pub last_loss: f64,
     /// Seconds spent training before this checkpoint (for tokens/s).
     pub seconds: f64,
+    /// Of those, the seconds of the optimizer's updates (0 in checkpoints
+    /// written before it was counted).
+    #[serde(default)]
+    pub optimizer_seconds: f64,
     #[serde(deserialize_with = "pairs_nan_if_null")]
     pub initial_validation: Vec<(String, f64)>,
 }

@@ -268,6 +268,7 @@ pub fn training_work(
         } else {
             0
         },
+        optimizer_updates: run.steps as f64 * cost.trainable_parameters as f64,
     }
 }
 

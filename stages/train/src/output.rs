@@ -76,6 +76,7 @@ pub fn write(
         "resumed_from_step": outcome.resumed_from,
         "world_size": outcome.world_size,
         "allreduce_seconds": outcome.allreduce_seconds,
+        "optimizer_seconds": outcome.optimizer_seconds,
         "validation_loss_start": as_map(&outcome.initial_validation),
         "validation_loss_end": as_map(&outcome.final_validation),
         "validation_bits_per_char_start": bits_at(0),

@@ -49,7 +49,8 @@ impl StageKind for Pretrain {
         // `checkpoint_activations`, `save_dtype`; stats.json `memory` split.
         // 7: validation in bits per character too (`val_bits_per_char`, stats.json).
         // 8: LoRA's A drawn from the run's seed and the weight's path, not burn's per-process generator.
-        // 9: gradient clipping's norms summed in a fixed order (repeatable on any threads; last bits differ).
+        // 9: gradient clipping's norms summed in a fixed order (repeatable on any threads; last bits differ);
+        // stats.json `optimizer_seconds`.
         "9"
     }
     fn summary(&self) -> &'static str {

@@ -187,6 +187,8 @@ pub struct Outcome {
     /// all-reduce took (0 for one process).
     pub world_size: usize,
     pub allreduce_seconds: f64,
+    /// Of `seconds`, the optimizer's updates (AdamW over what trains).
+    pub optimizer_seconds: f64,
 }
 
 /// A batch's inputs, targets and loss weights as tensors on `device`.
@@ -353,6 +355,7 @@ pub fn train(
         cursor: 0,
         last_loss: f64::NAN,
         seconds: 0.0,
+        optimizer_seconds: 0.0,
         tokens: 0,
         initial_validation: Vec::new(),
     };
@@ -454,7 +457,10 @@ pub fn train(
                 step + 1,
             ));
         }
+        let updating = Instant::now();
         model = optim.step(lr, model, grads);
+        // On a GPU backend this is the time to queue the update, not to run it.
+        pos.optimizer_seconds += updating.elapsed().as_secs_f64();
         pos.step += 1;
         pos.last_loss = step_loss;
         pos.tokens += step_tokens as u64;
@@ -505,5 +511,6 @@ pub fn train(
         resumed_from,
         world_size: ranks,
         allreduce_seconds,
+        optimizer_seconds: pos.optimizer_seconds,
     })
 }

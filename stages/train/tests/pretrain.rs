@@ -31,6 +31,12 @@ fn pretraining_lowers_held_out_loss_and_writes_an_hf_model() {
     let start = stats["validation_loss_start"]["en"].as_f64().unwrap();
     let end = stats["validation_loss_end"]["en"].as_f64().unwrap();
     assert!(end < start - 0.5, "held-out English loss {start:.3} → {end:.3}");
+    // The optimizer's share of the time, which estimates price apart.
+    let (seconds, updating) = (
+        stats["seconds"].as_f64().unwrap(),
+        stats["optimizer_seconds"].as_f64().unwrap(),
+    );
+    assert!(updating > 0.0 && updating < seconds, "{updating} of {seconds} s");
     // Bits per character: the loss over the 8 validation windows (4 × 2
     // batches of 32 predicted tokens), per character of the text behind
     // them, worked out here from the index by hand.
