@@ -147,13 +147,12 @@ fn the_quickstart_is_estimated_before_anything_exists() {
     assert!(!store.exists());
 }
 
-#[test]
-fn a_run_keeps_the_estimate_beside_what_happened_and_the_report_shows_both() {
-    let p = Project::new();
-    p.write(
-        "r.yaml",
-        &format!(
-            "name: recorded
+/// A recipe `name`: the tiny English model, its text tokenized, `pretrain`
+/// of it with `pretrain_with` and `score`, a perplexity of the trained
+/// model on the text with `score_with`.
+fn train_then_score(name: &str, pretrain_with: &str, score_with: &str) -> String {
+    format!(
+        "name: {name}
 stages:
 {}  tokens:
     kind: tokenize
@@ -161,16 +160,31 @@ stages:
   pretrain:
     kind: pretrain
     needs: {{ model: model, tokens: tokens }}
-    with: {{ steps: 3, batch_size: 2, seq_len: 32, warmup_steps: 1 }}
+    with: {{ {pretrain_with} }}
   score:
     kind: perplexity
     needs: {{ model: \"pretrain:model\", text: \"text:corpus.parquet\" }}
-    with: {{ max_len: 64, batch_size: 2 }}
-  report:
+    with: {{ {score_with} }}
+",
+        common::tiny_english_model_stages()
+    )
+}
+
+#[test]
+fn a_run_keeps_the_estimate_beside_what_happened_and_the_report_shows_both() {
+    let p = Project::new();
+    p.write(
+        "r.yaml",
+        &format!(
+            "{}  report:
     kind: report
     needs: {{ training: \"pretrain:stats.json\" }}
 ",
-            common::tiny_english_model_stages()
+            train_then_score(
+                "recorded",
+                "steps: 3, batch_size: 2, seq_len: 32, warmup_steps: 1",
+                "max_len: 64, batch_size: 2"
+            )
         ),
     );
     // A calibration of this machine, made up: 1 GFLOP/s, 1 GB/s, 0.5 s and 10 MiB a `pretrain`.
@@ -201,10 +215,7 @@ stages:
 
     p.ok(&["run", "r.yaml", "--jobs", "1"]);
     let plan = p.plan("r.yaml", &[]);
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::artifact_dir(&p, &plan, "pretrain").join("manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = common::manifest_of(&p, &plan, "pretrain");
     assert_eq!(manifest["estimate"]["seconds"].as_f64(), Some(seconds));
     assert_eq!(manifest["estimate"]["peak_bytes"].as_f64(), Some(peak));
     assert_eq!(manifest["estimate"]["source"], "made up for this test");
@@ -299,11 +310,10 @@ stages:
     // Before the run the scored text's size was a guess; what the manifest
     // keeps for later estimates is the work done, with the text read.
     assert_eq!(estimate_of(&before, "score")["work"]["tokens"]["basis"], "assumed");
-    let dir = common::artifact_dir(&p, &plan, "score");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("stats.json")).unwrap()).unwrap();
+    let (manifest, stats) = (
+        common::manifest_of(&p, &plan, "score"),
+        common::stats_of(&p, &plan, "score"),
+    );
     let (done, scored) = (
         manifest["work_done"]["tokens"].as_f64().unwrap(),
         stats["per_lang"]["en"]["tokens"].as_f64().unwrap(),
@@ -323,31 +333,16 @@ fn a_scoring_after_a_training_records_its_own_peak_not_the_trainings_freed_memor
     let p = Project::new();
     p.write(
         "r.yaml",
-        &format!(
-            "name: peaks
-stages:
-{}  tokens:
-    kind: tokenize
-    needs: {{ corpus: text, tokenizer: tokenizer }}
-  pretrain:
-    kind: pretrain
-    needs: {{ model: model, tokens: tokens }}
-    with: {{ steps: 2, batch_size: 256, seq_len: 128, warmup_steps: 1, checkpoint_every: 0 }}
-  score:
-    kind: perplexity
-    needs: {{ model: \"pretrain:model\", text: \"text:corpus.parquet\" }}
-    with: {{ max_len: 16, batch_size: 1, max_docs: 1 }}
-",
-            common::tiny_english_model_stages()
+        &train_then_score(
+            "peaks",
+            "steps: 2, batch_size: 256, seq_len: 128, warmup_steps: 1, checkpoint_every: 0",
+            "max_len: 16, batch_size: 1, max_docs: 1",
         ),
     );
     p.ok(&["run", "r.yaml", "--jobs", "1"]);
     let plan = p.plan("r.yaml", &[]);
     let peak_mib = |name: &str| {
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(common::artifact_dir(&p, &plan, name).join("manifest.json")).unwrap(),
-        )
-        .unwrap();
+        let manifest = common::manifest_of(&p, &plan, name);
         assert_eq!(manifest["peak_rss_own"], true, "{name} ran alone");
         manifest["peak_rss_bytes"].as_f64().unwrap() / (1 << 20) as f64
     };

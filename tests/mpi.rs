@@ -95,8 +95,8 @@ mod with_mpi {
 
     use super::project;
     use crate::common::{
-        artifact_dir, metrics_of, mpirun_installed, output_text, signal, slurm_cluster_up, spawn_run, stats_of,
-        wait_until, Project,
+        artifact_dir, manifest_of, metrics_of, mpirun_installed, output_text, signal, slurm_cluster_up, spawn_run,
+        stats_of, wait_until, Project,
     };
 
     /// The per-step training losses of an instance in a store, and its
@@ -157,10 +157,7 @@ mod with_mpi {
         // The driver estimated the instance; the ranks' manifest keeps it
         // (the report sets it beside the measured time and peak).
         let plan = p.plan("r.yaml", &["--store", "two"]);
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(artifact_dir(&p, &plan, "train").join("manifest.json")).unwrap(),
-        )
-        .unwrap();
+        let manifest = manifest_of(&p, &plan, "train");
         assert!(manifest["estimate"]["peak_bytes"].as_u64().unwrap() > 0, "{manifest:#}");
         let log = std::fs::read_dir(p.path("two/logs"))
             .unwrap()
@@ -265,10 +262,7 @@ mod with_mpi {
             "r.yaml",
             &["--store", "cluster", "--set", "stages.train.resources.tasks_per_node=2"],
         );
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(artifact_dir(&p, &plan, "train").join("manifest.json")).unwrap(),
-        )
-        .unwrap();
+        let manifest = manifest_of(&p, &plan, "train");
         assert!(
             manifest["estimate"]["peak_bytes"].as_u64().unwrap() > 0,
             "the job's manifest keeps the driver's estimate: {manifest:#}"

@@ -491,43 +491,20 @@ mod tests {
         assert_eq!(t.overhead("perplexity", 1000.0), 1.0);
     }
 
-    #[test]
-    fn processes_on_one_node_share_this_machine() {
-        let machine = Device {
-            name: "this machine (cpu)".into(),
-            memory_bytes: 1 << 30,
-            memory_source: "test".into(),
-            throughput: Some(Throughput {
-                rates: vec![serde_json::from_str(
-                    r#"{"hidden_size": 512, "train_flops_per_s": 1e9, "forward_flops_per_s": 1e9}"#,
-                )
-                .unwrap()],
-                io_bytes_per_s: 1e9,
-                overhead_s: BTreeMap::new(),
-                overhead_per_token_s: BTreeMap::new(),
-                process_bytes: BTreeMap::new(),
-                source: "test".into(),
-            }),
-            throughput_hint: None,
-            is_this_machine: true,
-        };
-        // 100 s of FLOPs: as long on 2 processes of one node (their cores
-        // are the ones the rate was measured with), half on 2 nodes.
-        assert_eq!(machine.seconds("pretrain", &work(1e11), 1, 1), Some(100.0));
-        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 1), Some(100.0));
-        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 2), Some(50.0));
-    }
-
-    #[test]
-    fn the_optimizers_update_is_priced_apart_and_every_process_makes_it_whole() {
-        let rate = |hidden_size, per_update: f64| Rate {
+    /// 1 GFLOP/s at `hidden_size`, the optimizer's update at `per_update` seconds a weight.
+    fn gigaflop(hidden_size: usize, per_update: f64) -> Rate {
+        Rate {
             hidden_size,
             train_flops_per_s: 1e9,
             forward_flops_per_s: 1e9,
             forward_by_rows: Vec::new(),
             optimizer_seconds_per_update: per_update,
-        };
-        let machine = |rates| Device {
+        }
+    }
+
+    /// This machine, calibrated at `rates`, with no fixed costs.
+    fn calibrated(rates: Vec<Rate>) -> Device {
+        Device {
             name: "this machine (cpu)".into(),
             memory_bytes: 1 << 30,
             memory_source: "test".into(),
@@ -541,20 +518,34 @@ mod tests {
             }),
             throughput_hint: None,
             is_this_machine: true,
-        };
+        }
+    }
+
+    #[test]
+    fn processes_on_one_node_share_this_machine() {
+        let machine = calibrated(vec![gigaflop(512, 0.0)]);
+        // 100 s of FLOPs: as long on 2 processes of one node (their cores
+        // are the ones the rate was measured with), half on 2 nodes.
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 1, 1), Some(100.0));
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 1), Some(100.0));
+        assert_eq!(machine.seconds("pretrain", &work(1e11), 2, 2), Some(50.0));
+    }
+
+    #[test]
+    fn the_optimizers_update_is_priced_apart_and_every_process_makes_it_whole() {
         // 100 s of FLOPs and 10 steps of 1 M weights at 2 ns each: 20 ms.
         let mut training = work(1e11);
         training.optimizer_updates = 1e7;
-        let measured = machine(vec![rate(512, 2e-9)]);
+        let measured = calibrated(vec![gigaflop(512, 2e-9)]);
         let seconds = |d: &Device, p, n| d.seconds("pretrain", &training, p, n).unwrap();
         assert!((seconds(&measured, 1, 1) - 100.02).abs() < 1e-9);
         // Two nodes halve the FLOPs, not the update each rank makes.
         assert!((seconds(&measured, 2, 2) - 50.02).abs() < 1e-9);
         // Between widths, log-log: 2 and 8 ns, 4 ns halfway.
-        let two = machine(vec![rate(256, 2e-9), rate(1024, 8e-9)]);
+        let two = calibrated(vec![gigaflop(256, 2e-9), gigaflop(1024, 8e-9)]);
         assert!((two.throughput.as_ref().unwrap().optimizer_at(512) - 4e-9).abs() < 1e-18);
         // A calibration that did not measure it at every width: inside the training rate.
-        let older = machine(vec![rate(256, 0.0), rate(1024, 8e-9)]);
+        let older = calibrated(vec![gigaflop(256, 0.0), gigaflop(1024, 8e-9)]);
         assert!((seconds(&older, 1, 1) - 100.0).abs() < 1e-9);
         let old: Rate =
             serde_json::from_str(r#"{"hidden_size": 64, "train_flops_per_s": 1e9, "forward_flops_per_s": 3e9}"#)

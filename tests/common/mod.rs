@@ -90,7 +90,16 @@ pub fn artifact_dir(p: &Project, plan: &serde_json::Value, name: &str) -> PathBu
 
 /// The stats.json of an instance's artifact.
 pub fn stats_of(p: &Project, plan: &serde_json::Value, name: &str) -> serde_json::Value {
-    let path = artifact_dir(p, plan, name).join("stats.json");
+    json_of(p, plan, name, "stats.json")
+}
+
+/// The manifest.json of an instance's artifact.
+pub fn manifest_of(p: &Project, plan: &serde_json::Value, name: &str) -> serde_json::Value {
+    json_of(p, plan, name, "manifest.json")
+}
+
+fn json_of(p: &Project, plan: &serde_json::Value, name: &str, file: &str) -> serde_json::Value {
+    let path = artifact_dir(p, plan, name).join(file);
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 

@@ -230,86 +230,85 @@ mod tests {
         out
     }
 
-    /// Five steps with weight decay, then a save and load of the optimizer
-    /// state and two more: every weight bit-identical to burn's AdamW's.
-    #[test]
-    fn steps_bit_identical_to_burns_adamw_across_a_state_round_trip() {
+    /// Two parameters drawn at random, `a` of `rows × cols`, on flex's autodiff.
+    fn random(rows: usize, cols: usize) -> Two {
         let ad = Device::flex().autodiff();
-        let start = Two {
-            a: Param::from_tensor(Tensor::random([70, 300], Distribution::Normal(0.0, 1.0), &ad)),
+        Two {
+            a: Param::from_tensor(Tensor::random([rows, cols], Distribution::Normal(0.0, 1.0), &ad)),
             b: Param::from_tensor(Tensor::random([33], Distribution::Normal(0.0, 1.0), &ad)),
-        };
-        let run = |mut optim: ModuleOptimizer| {
-            let mut model = start.clone();
-            for step in 0..7 {
-                if step == 5 {
-                    let bytes = optim.into_bytes().expect("save");
-                    optim = optim.clone().from_bytes(bytes).expect("load");
-                }
-                let loss = (model.a.val().powi_scalar(2).sum() * (step as f64 + 1.0)
-                    + (model.b.val() * 3.0).sin().sum())
-                .backward();
-                let grads = GradientsParams::from_grads(loss, &model);
-                model = optim.step(1e-2, model, grads);
-            }
-            bits(&model)
-        };
-        let (b1, b2, eps, wd) = (0.9, 0.95, 1e-8, 0.1);
-        let burns = AdamWConfig::new()
+        }
+    }
+
+    /// One optimizer step at `step` on a loss whose gradients grow with it.
+    fn step(model: Two, optim: &mut ModuleOptimizer, step: usize) -> Two {
+        let loss =
+            (model.a.val().powi_scalar(2).sum() * (step as f64 + 1.0) + (model.b.val() * 3.0).sin().sum()).backward();
+        let grads = GradientsParams::from_grads(loss, &model);
+        optim.step(1e-2, model, grads)
+    }
+
+    const BETAS_EPSILON_DECAY: (f32, f32, f32, f32) = (0.9, 0.95, 1e-8, 0.1);
+
+    /// Ours, and burn's AdamW, with the same settings.
+    fn ours(clip: Option<f32>) -> ModuleOptimizer {
+        let (b1, b2, eps, wd) = BETAS_EPSILON_DECAY;
+        AdamW::new(b1, b2, eps, wd).init(clip)
+    }
+
+    fn burns(clip: Option<f32>) -> ModuleOptimizer {
+        let (b1, b2, eps, wd) = BETAS_EPSILON_DECAY;
+        AdamWConfig::new()
             .with_beta_1(b1)
             .with_beta_2(b2)
             .with_epsilon(eps)
             .with_weight_decay(wd)
-            .init();
-        let want = run(burns);
-        let got = run(AdamW::new(b1, b2, eps, wd).init(None));
+            .with_grad_clipping(clip.map(burn::grad_clipping::GradientClippingConfig::Norm))
+            .init()
+    }
+
+    /// Five steps with weight decay, then a save and load of the optimizer
+    /// state and two more: every weight bit-identical to burn's AdamW's.
+    #[test]
+    fn steps_bit_identical_to_burns_adamw_across_a_state_round_trip() {
+        let start = random(70, 300);
+        let run = |mut optim: ModuleOptimizer| {
+            let mut model = start.clone();
+            for at in 0..7 {
+                if at == 5 {
+                    let bytes = optim.into_bytes().expect("save");
+                    optim = optim.clone().from_bytes(bytes).expect("load");
+                }
+                model = step(model, &mut optim, at);
+            }
+            bits(&model)
+        };
+        let want = run(burns(None));
+        let got = run(ours(None));
         assert_ne!(want, bits(&start), "the weights moved");
         assert_eq!(got, want);
     }
 
     /// Clipped steps of a parameter over 4 M elements, where burn's own
-    /// norm is summed in parallel: the same weights on 1 and 3 threads,
-    /// and burn's clipped AdamW's to within rounding.
+    /// norm is summed in parallel: the same weights on 1 to 4 threads, and
+    /// burn's clipped AdamW's to within rounding.
     #[test]
     fn clipped_steps_are_the_same_on_any_number_of_threads_and_match_burns_clipping() {
-        let ad = Device::flex().autodiff();
-        let start = Two {
-            a: Param::from_tensor(Tensor::random([2048, 2100], Distribution::Normal(0.0, 1.0), &ad)),
-            b: Param::from_tensor(Tensor::random([33], Distribution::Normal(0.0, 1.0), &ad)),
-        };
-        let run = |optim: ModuleOptimizer, threads: usize| {
+        let start = random(2048, 2100);
+        let run = |mut optim: ModuleOptimizer, threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let (mut model, mut optim) = (start.clone(), optim);
-                for step in 0..3 {
-                    // Gradients of norm ~2 900 and ~4: the clip to 1 scales both.
-                    let loss = (model.a.val().powi_scalar(2).sum() * (step as f64 + 1.0)
-                        + (model.b.val() * 3.0).sin().sum())
-                    .backward();
-                    let grads = GradientsParams::from_grads(loss, &model);
-                    model = optim.step(1e-2, model, grads);
-                }
-                model
-            })
+            // Gradients of norm ~2 900 and ~4: the clip to 1 scales both.
+            pool.install(|| (0..3).fold(start.clone(), |model, at| step(model, &mut optim, at)))
         };
-        let ours = || AdamW::new(0.9, 0.95, 1e-8, 0.1).init(Some(1.0));
-        let one = run(ours(), 1);
+        let one = run(ours(Some(1.0)), 1);
         for threads in [2, 3, 4, 2, 3, 4] {
-            let differ = bits(&run(ours(), threads))
+            let differ = bits(&run(ours(Some(1.0)), threads))
                 .iter()
                 .zip(bits(&one))
                 .filter(|(a, b)| **a != *b)
                 .count();
             assert_eq!(differ, 0, "weights differ from one thread's on {threads} threads");
         }
-        let burns = AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.95)
-            .with_epsilon(1e-8)
-            .with_weight_decay(0.1)
-            .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
-            .init();
-        let theirs = run(burns, 1);
+        let theirs = run(burns(Some(1.0)), 1);
         let worst = bits(&one)
             .iter()
             .zip(bits(&theirs))
