@@ -12,10 +12,18 @@
 # steps and documents), which the store's first runs price (`time from`
 # earlier runs of the same shape), and prints that too.
 #
+# These VMs drift: the same work takes up to 1.5x as long a few minutes
+# later. So a control, the quickstart's `pretrain` in a store of its own
+# (the same 0.4 s of work every time), runs around the calibration and
+# around every instance measured. The table prints its speed against the
+# time the estimate was made (`control`: 1.20 = the same work took 20 %
+# longer than then) and the ratio divided by it: what the estimate missed
+# besides the machine's drift. The raw ratio stays beside it.
+#
 #   ../shared/scripts/guard --mem 16G -- scripts/estimate-vs-measured.sh
 #
 # Needs a release build ($CARGO_TARGET_DIR/release/babelflow) and python3
-# with numpy. About 12 minutes on 2 cores.
+# with numpy. About 15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${BABELFLOW:-${CARGO_TARGET_DIR:-$HOME/.cache/babelflow-target}/release/babelflow}"
@@ -24,7 +32,26 @@ trap 'rm -rf "$work"' EXIT
 store="$work/store"
 printf 'cpu: %s (%s), %s threads\n' "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
   "$(grep -qw avx512f /proc/cpuinfo && echo avx512f || echo 'no avx512f')" "$(nproc)"
+
+# The control: the quickstart's `pretrain`, rerun in a store of its own; its
+# median duration of five runs, in seconds.
+control_store="$work/control"
+"$bin" run pipelines/quickstart.yaml --store "$control_store" --jobs 1 >/dev/null 2>&1 </dev/null
+control_fingerprint=$("$bin" plan pipelines/quickstart.yaml --store "$control_store" --json |
+  python3 -c 'import json, sys; print(next(i["fingerprint"] for i in json.load(sys.stdin)["instances"] if i["name"] == "pretrain"))')
+control() {
+  for _ in 1 2 3 4 5; do
+    "$bin" run pipelines/quickstart.yaml --store "$control_store" --jobs 1 --only pretrain --force pretrain >/dev/null 2>&1 </dev/null
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["duration_s"])' "$control_store/artifacts/$control_fingerprint/manifest.json"
+  done | sort -g | sed -n 3p
+}
+
+before=$(control)
 "$bin" calibrate --store "$store" | grep -v '^[▶✓]'
+after=$(control)
+python3 -c 'import json, sys; print(json.dumps({"control_s": (float(sys.argv[1]) + float(sys.argv[2])) / 2}))' \
+  "$before" "$after" >"$work/control-at-calibration"
+printf '  control (quickstart `pretrain`) around the calibration: %s s before, %s s after\n' "$before" "$after"
 
 python3 scripts/make_synthetic_checkpoint.py smollm2-135m "$work/smollm2" >/dev/null
 python3 - "$work/text.txt" <<'PY'
@@ -60,26 +87,36 @@ stages:
 YAML
 
 # Runs every instance of RECIPE into the store, one process each; ARGS (`--set`s) apply to all.
-# An instance of under 2 s runs twice more (`--force`): it is measured by
-# the median of three runs, as `calibrate` measures the fixed costs, since
+# An instance of under 2 s runs four times more (`--force`): it is measured by
+# the median of five runs, as `calibrate` measures the fixed costs, since
 # one run of a few milliseconds is mostly the timer's and the process's
 # jitter. Its first manifest, with the estimate made before it first ran,
-# is kept in $work/first; each run's time and peak go to $work/runs.
+# is kept in $work/first; each run's time and peak go to $work/runs, with
+# the control's median time before and after the instance's runs.
 mkdir -p "$work/first"
 run_each() {
   local recipe="$1"; shift
   "$bin" plan "$recipe" --store "$store" --json "$@" |
     python3 -c 'import json, sys; print("\n".join(i["name"] + " " + i["fingerprint"] for i in json.load(sys.stdin)["instances"] if i["action"] == "run"))' >"$work/to-run"
   while read -r instance fingerprint; do
-    for run in 1 2 3; do
+    local before after
+    before=$(control)
+    : >"$work/these-runs"
+    for run in 1 2 3 4 5; do
       "$bin" run "$recipe" --store "$store" --jobs 1 --only "$instance" --force "$instance" "$@" >"$work/log" 2>&1 </dev/null ||
         { tail -30 "$work/log"; exit 1; }
       manifest="$store/artifacts/$fingerprint/manifest.json"
       [ "$run" = 1 ] && cp "$manifest" "$work/first/$fingerprint.json"
       python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print(json.dumps({"fingerprint": sys.argv[2], "duration_s": m["duration_s"], "peak_rss_bytes": m.get("peak_rss_bytes")}))' \
-        "$manifest" "$fingerprint" >>"$work/runs"
+        "$manifest" "$fingerprint" >>"$work/these-runs"
       python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["duration_s"] < 2 else 1)' "$manifest" || break
     done
+    after=$(control)
+    python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    run = json.loads(line)
+    run["control_s"] = (float(sys.argv[2]) + float(sys.argv[3])) / 2
+    print(json.dumps(run))' "$work/these-runs" "$before" "$after" >>"$work/runs"
   done <"$work/to-run"
 }
 
@@ -101,6 +138,7 @@ for pass in "first run, priced by the calibration:$first:$second" "second run of
   printf '\n## %s\n' "$title"
   for name in quickstart forgetting smollm2-shape; do
     printf '\n%s\n\n' "$name"
-    python3 scripts/estimate_vs_measured.py "$store" "$name" "$from" "$until" "$work/first" "$work/runs"
+    python3 scripts/estimate_vs_measured.py "$store" "$name" "$from" "$until" "$work/first" "$work/runs" \
+      "$work/control-at-calibration"
   done
 done

@@ -5,16 +5,26 @@ Reads the manifests in a babelflow store (each keeps `plan --estimate`'s
 figures from when the run began beside its duration and peak RSS) and
 prints a Markdown table of the instances with a work estimate, with the
 ratio measured / estimated, and where the estimated time came from.
-Usage: estimate_vs_measured.py STORE [RECIPE_NAME [FROM_UNIX [UNTIL_UNIX [FIRST_DIR RUNS]]]]
+Usage: estimate_vs_measured.py STORE [RECIPE_NAME [FROM_UNIX [UNTIL_UNIX [FIRST_DIR RUNS [CONTROL]]]]]
 (FROM/UNTIL: only instances that finished in that window; FIRST_DIR: the
 manifests of each instance's first run, by fingerprint, whose estimate is
 the one made before it ever ran; RUNS: JSON lines of every run's
-`fingerprint`, `duration_s` and `peak_rss_bytes`, measured by their median).
+`fingerprint`, `duration_s` and `peak_rss_bytes`, measured by their median,
+and `control_s`, the control's time around them; CONTROL: a JSON object
+whose `control_s` is the control's time around the calibration).
+
+With a control, two more columns: the control's time when the instance
+ran over its time when the estimate's source ran (the calibration, or the
+latest earlier run the estimate names), and the ratio divided by that: what
+the estimate missed besides the machine's drift.
 """
 import json
 import pathlib
+import re
 import statistics
 import sys
+
+LATEST = re.compile(r"latest `([^`]+)` of ([^:]+):")
 
 
 def main():
@@ -28,21 +38,48 @@ def main():
         for line in open(sys.argv[6]):
             run = json.loads(line)
             runs.setdefault(run["fingerprint"], []).append(run)
-    rows = []
+    at_calibration = json.load(open(sys.argv[7]))["control_s"] if len(sys.argv) > 7 else None
+    every = []
     for manifest in sorted(store.glob("artifacts/*/manifest.json")):
         fingerprint = manifest.parent.name
         if first and (first / f"{fingerprint}.json").exists():
             manifest = first / f"{fingerprint}.json"
         m = json.loads(manifest.read_text())
-        estimate = m.get("estimate")
-        if not estimate or (recipe and m.get("recipe") != recipe):
-            continue
-        if m["finished_at"] < since or (until is not None and m["finished_at"] >= until):
-            continue
-        rows.append((m["finished_at"], m["instance"], m["kind"], estimate, m, runs.get(fingerprint, [])))
-    rows.sort(key=lambda r: r[:2])
-    print("| instance | kind | estimated time | from | measured time | ratio | estimated peak | measured peak | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        if m.get("estimate"):
+            every.append((m["finished_at"], m["instance"], m["kind"], m["estimate"], m, runs.get(fingerprint, [])))
+    every.sort(key=lambda r: r[:2])
+    rows = [
+        r for r in every
+        if (not recipe or r[4].get("recipe") == recipe)
+        and r[0] >= since and (until is None or r[0] < until)
+    ]
+
+    def control_of(of_this):
+        controls = [r["control_s"] for r in of_this if r.get("control_s")]
+        return statistics.median(controls) if controls else None
+
+    def control_then(m, e):
+        """The control's time when the estimate's source was measured."""
+        source = e.get("source") or ""
+        if "calibrate" in source:
+            return at_calibration
+        latest = LATEST.search(source)
+        if not latest:
+            return None
+        earlier = [
+            r for r in every
+            if r[1] == latest.group(1) and r[4].get("recipe") == latest.group(2)
+            and r[0] <= m["finished_at"] and r[4]["fingerprint"] != m["fingerprint"]
+        ]
+        return control_of(earlier[-1][5]) if earlier else None
+
+    controlled = at_calibration is not None
+    print(
+        "| instance | kind | estimated time | from | measured time | ratio |"
+        + (" control | ratio / control |" if controlled else "")
+        + " estimated peak | measured peak | ratio |"
+    )
+    print("|---|---|---|---|---|---|" + ("---|---|" if controlled else "") + "---|---|---|")
     for _, name, kind, e, m, of_this in rows:
         took = statistics.median(r["duration_s"] for r in of_this) if of_this else m["duration_s"]
         peaks = [r["peak_rss_bytes"] for r in of_this if r.get("peak_rss_bytes")]
@@ -54,8 +91,15 @@ def main():
         est_time = f"{seconds:.2f} s" if seconds is not None else "?"
         source = e.get("source") or ""
         origin = "earlier runs" if "same shape" in source else "calibrate" if "calibrate" in source else source[:20]
+        drift = ""
+        if controlled:
+            now, then = control_of(of_this), control_then(m, e)
+            if now and then and seconds:
+                drift = f"| {now / then:.2f} | {took / seconds / (now / then):.2f} "
+            else:
+                drift = "| - | - "
         print(
-            f"| {name} | {kind} | {est_time} | {origin} | {took:.3f} s{runs_note} | {time_ratio} "
+            f"| {name} | {kind} | {est_time} | {origin} | {took:.3f} s{runs_note} | {time_ratio} {drift}"
             f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{own} | {rss / peak:.2f} |"
         )
 
