@@ -68,6 +68,30 @@ fn perplexity_and_bits_per_char_match_a_hand_computation() {
         &[("model", &[&model_dir]), ("text", &[&tables[0]])],
     );
     assert_eq!(stats(&short)["per_lang"]["en"]["tokens"], s["per_lang"]["en"]["tokens"]);
+    // Batches are formed as the text is read, across documents: scoring
+    // them 3 or 5 at a time (a batch spanning documents, a last one short)
+    // gives what scoring each chunk alone gives.
+    let bits = |batch: usize| {
+        let out = run(
+            dir.path(),
+            &format!("ppl16-{batch}"),
+            "perplexity",
+            json!({"max_len": 16, "batch_size": batch}),
+            &[("model", &[&model_dir]), ("text", &[&tables[0], &tables[1]])],
+        );
+        let s = stats(&out);
+        ["en", "sw"].map(|lang| s["per_lang"][lang]["bits_per_char"].as_f64().unwrap())
+    };
+    let alone = bits(1);
+    for batch in [3, 5] {
+        let batched = bits(batch);
+        for (a, b) in alone.iter().zip(batched) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a,
+                "batch {batch}: {b} vs {a} one chunk at a time"
+            );
+        }
+    }
 }
 
 /// `precision: bf16` / `f16` hold the weights in half precision and score
