@@ -25,10 +25,25 @@ use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader,
 /// Opens a Parquet file for reading in batches of `batch_rows` rows. The
 /// error is the Parquet library's own, for the caller to put in context.
 pub fn open(path: &Path, batch_rows: usize) -> Result<ParquetRecordBatchReader, String> {
+    open_bounded(path, batch_rows, usize::MAX)
+}
+
+/// [`open`] in batches of at most `batch_rows` rows and about `batch_bytes`
+/// of data (at least one row), from the rows' mean size in the footer
+/// (uncompressed): a table of whole chapters or books is read a few rows at
+/// a time, one of sentences `batch_rows` at a time.
+pub fn open_bounded(path: &Path, batch_rows: usize, batch_bytes: usize) -> Result<ParquetRecordBatchReader, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
-        .and_then(|b| b.with_batch_size(batch_rows).build())
+        .and_then(|b| {
+            let groups = b.metadata().row_groups();
+            let rows: i64 = groups.iter().map(|g| g.num_rows()).sum();
+            let bytes: i64 = groups.iter().map(|g| g.total_byte_size()).sum();
+            let row_bytes = usize::try_from(bytes / rows.max(1)).unwrap_or(0).max(1);
+            let rows = (batch_bytes / row_bytes).clamp(1, batch_rows.max(1));
+            b.with_batch_size(rows).build()
+        })
         .map_err(|e| e.to_string())
 }
 

@@ -155,6 +155,11 @@ pub fn for_each_batch(
     for_batches_while(path, expected, &mut |b| each(b).map(|()| ControlFlow::Continue(())))
 }
 
+/// Data a read batch holds at most (but one row, whatever its size): what
+/// a stage reading a table holds of it besides its own work. 1 MiB keeps
+/// that small beside a model and still reads short rows 1024 at a time.
+const READ_BATCH_BYTES: usize = 1 << 20;
+
 /// [`for_each_batch`] that stops when `each` says `Break`.
 fn for_batches_while(
     path: &Path,
@@ -168,7 +173,7 @@ fn for_batches_while(
             format!("no such file (expected {expected})"),
         ));
     }
-    let reader = crate::parquet_in::open(path, 1024)
+    let reader = crate::parquet_in::open_bounded(path, 1024, READ_BATCH_BYTES)
         .map_err(|e| StageError::input(path, None, format!("not a Parquet file: {e} (expected {expected})")))?;
     for batch in reader {
         let batch = batch.map_err(|e| StageError::input(path, None, format!("Parquet read error: {e}")))?;
@@ -283,4 +288,57 @@ pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>, StageError> {
         Ok(())
     })?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A corpus table of `rows` documents of `bytes` bytes each.
+    fn corpus(dir: &Path, rows: usize, bytes: usize) -> PathBuf {
+        let path = dir.join(format!("{rows}x{bytes}.parquet"));
+        let mut writer = StringTableWriter::create(&path, &CORPUS_COLUMNS).unwrap();
+        for i in 0..rows {
+            let text = format!("{i:08} {}", "x".repeat(bytes - 9));
+            writer.push(&[&i.to_string(), "en", &text, "test"]).unwrap();
+        }
+        writer.finish().unwrap();
+        path
+    }
+
+    fn batch_sizes(path: &Path) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for_each_batch(path, "a corpus", &mut |b| {
+            sizes.push(b.num_rows());
+            Ok(())
+        })
+        .unwrap();
+        sizes
+    }
+
+    #[test]
+    fn long_documents_are_read_a_few_at_a_time_and_short_ones_1024_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // 300 chapters of 20 KB: about 1 MiB a batch, not 6 MB.
+        let long = corpus(dir.path(), 300, 20_000);
+        let sizes = batch_sizes(&long);
+        assert_eq!(sizes.iter().sum::<usize>(), 300);
+        assert!(sizes.iter().all(|&n| (30..=52).contains(&n)), "{sizes:?}");
+        let mut ids = Vec::new();
+        read_corpus(&long, &mut |doc| {
+            assert!(doc.text.starts_with(&format!("{:08}", ids.len())));
+            ids.push(doc.id);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids, (0..300).map(|i| i.to_string()).collect::<Vec<_>>());
+
+        // 3000 sentences of 40 bytes: 1024 a batch, as before.
+        let short = corpus(dir.path(), 3000, 40);
+        assert_eq!(batch_sizes(&short), [1024, 1024, 952]);
+
+        // One document larger than a batch's bytes is still read, alone.
+        let huge = corpus(dir.path(), 3, 1_500_000);
+        assert_eq!(batch_sizes(&huge), [1, 1, 1]);
+    }
 }
