@@ -7,7 +7,8 @@
 #
 # then run this from the repository root there. It prints (and copies to
 # $OUT): the GPU, the GPU-against-CPU tests, the model benchmark on Vulkan
-# for the ~100M config, the gpu-smoke recipe (pretraining on the GPU), and
+# for the ~100M config, `calibrate --backend vulkan`, the gpu-smoke recipe
+# (pretraining on the GPU, its time and memory against the estimates), and
 # transformers' check of the GPU-trained and the CPU-trained (quickstart)
 # models.
 set -u
@@ -29,6 +30,12 @@ echo "== the GPU path against the CPU (logits, cached and batched generation, gr
 echo "== model benchmark, 100m config, vulkan"
 BENCH_DEVICE=vulkan BENCH_CONFIG=100m BENCH_PEAK_GFLOPS=67000 timeout 240 model-bench 2>&1 | tee "$OUT/bench-100m-vulkan.txt"
 
+# Calibrated into the recipe's store, so its manifests keep the estimates
+# the Vulkan calibration made beside what the run measured.
+echo "== calibrate on vulkan (the rates plan --estimate prices GPU time with)"
+timeout 150 babelflow calibrate --backend vulkan --store pipelines/examples/.babelflow 2>&1 | grep -v '^[▶✓]' |
+  tee "$OUT/calibrate-vulkan.txt"
+
 echo "== gpu-smoke recipe (pretrain d512 L8 on vulkan; perplexity in f32 and bf16)"
 timeout 150 babelflow run pipelines/examples/gpu-smoke.yaml 2>&1 | tail -25 | tee "$OUT/gpu-smoke.txt"
 python3 scripts/check_hf_transformers.py pipelines/examples/.babelflow gpu-smoke 2>&1 | tail -8 | tee "$OUT/hf-gpu-smoke.txt"
@@ -38,6 +45,7 @@ timeout 120 babelflow run pipelines/quickstart.yaml 2>&1 | tail -3
 for inst in pretrain sft; do
   python3 scripts/check_hf_transformers.py pipelines/.babelflow quickstart --instance $inst 2>&1 | tail -6 | tee "$OUT/hf-quickstart-$inst.txt"
 done
+python3 scripts/estimate_vs_measured.py pipelines/examples/.babelflow gpu-smoke 2>&1 | tee "$OUT/estimate-vs-measured.txt"
 # Every gpu-smoke stats.json under its instance's name (pretrain, perplexity@f32, perplexity@bf16).
 for d in pipelines/examples/.babelflow/artifacts/*/; do
   [ -f "$d/stats.json" ] || continue

@@ -89,3 +89,26 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
     assert!(pretrain["seconds"].as_f64().unwrap() > 0.0, "{pretrain:#}");
     assert!(plan["estimate"]["totals"]["seconds"].as_f64().unwrap() > 0.0);
 }
+
+/// A backend this build lacks is said to be missing, with what the build
+/// has, before anything runs; not blamed on the calibration's own recipe.
+#[test]
+fn calibrating_a_backend_this_build_lacks_says_so_and_what_it_has() {
+    let p = Project::new();
+    let compiled = Registry::builtin().backends().to_vec();
+    let missing = ["cuda", "vulkan", "wgpu"]
+        .into_iter()
+        .find(|b| !compiled.contains(b))
+        .expect("a build without cuda (it cannot build offline)");
+    let store = p.path("store");
+    let out = p.run(&["calibrate", "--backend", missing, "--store", store.to_str().unwrap()]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("cannot calibrate `{missing}`")), "{text}");
+    assert!(
+        text.contains(&format!("this babelflow has {}", compiled.join(", "))),
+        "{text}"
+    );
+    assert!(!text.contains("a babelflow bug"), "{text}");
+    assert!(!store.join("calibration.json").exists());
+}

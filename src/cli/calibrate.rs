@@ -24,6 +24,10 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
+    if let Err(e) = calibrate::can_calibrate(registry, backend) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
     // Outside the store: a `run` on it meanwhile would clear its tmp/.
     let scratch = std::env::temp_dir().join(format!("babelflow-calibrate.{}", std::process::id()));
     println!("calibrating `{backend}`: training and scoring small LLaMAs at widths 64 to 1536 (about a minute)…");

@@ -64,6 +64,11 @@ pub enum CalibrateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot calibrate `{backend}`: this babelflow has {compiled} (a GPU backend needs a build with \
+         `--features vulkan`, `wgpu` or `cuda`)"
+    )]
+    Backend { backend: String, compiled: String },
     #[error("the calibration recipe is invalid (a babelflow bug): {0}")]
     Recipe(String),
     #[error("{0}")]
@@ -400,6 +405,18 @@ fn rerun_alone(binary: &Path, recipe: &Path, store: &Path, instance: &str) -> Re
     Ok(())
 }
 
+/// `Err` when this build cannot run `backend`: said as what it is, not as
+/// the calibration recipe's error.
+pub fn can_calibrate(registry: &Registry, backend: &str) -> Result<(), CalibrateError> {
+    if backend != "auto" && !registry.backends().contains(&backend) {
+        return Err(CalibrateError::Backend {
+            backend: backend.to_string(),
+            compiled: registry.backends().join(", "),
+        });
+    }
+    Ok(())
+}
+
 /// Runs the calibration recipe on `backend` in a scratch folder under
 /// `scratch`, one instance at a time.
 ///
@@ -416,6 +433,7 @@ pub fn calibrate(
     progress: Arc<Progress>,
     cancel: &CancelFlag,
 ) -> Result<Calibration, CalibrateError> {
+    can_calibrate(registry, backend)?;
     let io = |source| CalibrateError::Scratch {
         path: scratch.to_path_buf(),
         source,
