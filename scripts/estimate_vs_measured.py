@@ -24,6 +24,9 @@ import re
 import statistics
 import sys
 
+# The run an estimate from history names, in history.rs's words
+# ("… (latest `exam@pretrain` of quickstart: 0.03 s …)"); without them the
+# control columns say "-".
 LATEST = re.compile(r"latest `([^`]+)` of ([^:]+):")
 
 

@@ -104,11 +104,15 @@ fn calibrating_a_backend_this_build_lacks_says_so_and_what_it_has() {
     let out = p.run(&["calibrate", "--backend", missing, "--store", store.to_str().unwrap()]);
     let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains(&format!("cannot calibrate `{missing}`")), "{text}");
     assert!(
-        text.contains(&format!("this babelflow has {}", compiled.join(", "))),
+        text.contains(&format!("backend `{missing}` is not available")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("this build has: {}", compiled.join(", "))),
         "{text}"
     );
     assert!(!text.contains("a babelflow bug"), "{text}");
+    assert!(!text.contains("calibrating"), "announced work it cannot do: {text}");
     assert!(!store.join("calibration.json").exists());
 }

@@ -24,7 +24,8 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
-    if let Err(e) = calibrate::can_calibrate(registry, backend) {
+    // Before the header and the minute of work it announces.
+    if let Err(e) = calibrate::can_calibrate(backend) {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(EXIT_ERROR));
     }

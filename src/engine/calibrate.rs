@@ -64,11 +64,8 @@ pub enum CalibrateError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "cannot calibrate `{backend}`: this babelflow has {compiled} (a GPU backend needs a build with \
-         `--features vulkan`, `wgpu` or `cuda`)"
-    )]
-    Backend { backend: String, compiled: String },
+    #[error("cannot calibrate: {0}")]
+    Backend(#[from] babelflow_model::ModelError),
     #[error("the calibration recipe is invalid (a babelflow bug): {0}")]
     Recipe(String),
     #[error("{0}")]
@@ -405,20 +402,16 @@ fn rerun_alone(binary: &Path, recipe: &Path, store: &Path, instance: &str) -> Re
     Ok(())
 }
 
-/// `Err` when this build cannot run `backend`: said as what it is, not as
-/// the calibration recipe's error.
-pub fn can_calibrate(registry: &Registry, backend: &str) -> Result<(), CalibrateError> {
-    if backend != "auto" && !registry.backends().contains(&backend) {
-        return Err(CalibrateError::Backend {
-            backend: backend.to_string(),
-            compiled: registry.backends().join(", "),
-        });
-    }
+/// `Err` when `backend` cannot run here (not in this build, not a backend,
+/// or no device answers), as the stages themselves would say it: to check
+/// before [`calibrate`], whose recipe would otherwise fail on it.
+pub fn can_calibrate(backend: &str) -> Result<(), CalibrateError> {
+    babelflow_model::device::select(backend, 0)?;
     Ok(())
 }
 
-/// Runs the calibration recipe on `backend` in a scratch folder under
-/// `scratch`, one instance at a time.
+/// Runs the calibration recipe on `backend` (one [`can_calibrate`]
+/// accepts) in a scratch folder under `scratch`, one instance at a time.
 ///
 /// With `binary` (this babelflow's executable), the smallest width's
 /// instances are run once more, each in a process of its own, for what a
@@ -433,7 +426,6 @@ pub fn calibrate(
     progress: Arc<Progress>,
     cancel: &CancelFlag,
 ) -> Result<Calibration, CalibrateError> {
-    can_calibrate(registry, backend)?;
     let io = |source| CalibrateError::Scratch {
         path: scratch.to_path_buf(),
         source,

@@ -134,7 +134,7 @@ pub fn corpus_chars(path: &Path, max_docs: usize) -> Result<u64, StageError> {
         Ok(())
     })?;
     let counted: u64 = per_lang.values().map(|(_, c)| c).sum();
-    let total_rows = crate::table::table_rows(path).map(|rows| rows as f64);
+    let total_rows = crate::parquet_in::table_rows(path).map(|rows| rows as f64);
     Ok(match total_rows {
         Some(rows) if max_docs == 0 && rows > read as f64 => (counted as f64 * rows / read.max(1) as f64) as u64,
         _ => counted,

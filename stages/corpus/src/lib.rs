@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use babelflow_stage::StageKind;
 
+pub use parquet_in::table_rows;
 pub use table::{
-    cell, for_each_batch, read_corpus, read_corpus_head, read_instructions, table_rows, Document, Instruction,
-    StringTableWriter, TableBatch,
+    cell, for_each_batch, read_corpus, read_corpus_head, read_instructions, Document, Instruction, StringTableWriter,
+    TableBatch,
 };
 
 /// The stage kinds this crate provides.

@@ -47,6 +47,14 @@ pub fn open_bounded(path: &Path, batch_rows: usize, batch_bytes: usize) -> Resul
         .map_err(|e| e.to_string())
 }
 
+/// The rows of a Parquet table, from its footer (nothing else is read);
+/// `None` when it does not open as one.
+pub fn table_rows(path: &Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new()).ok()?;
+    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+}
+
 /// True for the layouts [`to_utf8`] reads.
 pub fn is_text(data_type: &DataType) -> bool {
     match data_type {

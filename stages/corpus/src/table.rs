@@ -199,19 +199,6 @@ fn for_batches_while(
     Ok(())
 }
 
-/// The rows of a Parquet table, from its footer (nothing else is read);
-/// `None` when it does not open as one.
-pub fn table_rows(path: &Path) -> Option<u64> {
-    let file = std::fs::File::open(path).ok()?;
-    let reader = parquet::file::reader::SerializedFileReader::new(file).ok()?;
-    u64::try_from(
-        parquet::file::reader::FileReader::metadata(&reader)
-            .file_metadata()
-            .num_rows(),
-    )
-    .ok()
-}
-
 /// Streams the documents of a corpus Parquet file, batch by batch.
 pub fn read_corpus(path: &Path, each: &mut dyn FnMut(Document) -> Result<(), StageError>) -> Result<(), StageError> {
     read_corpus_head(path, usize::MAX, each).map(|_| ())

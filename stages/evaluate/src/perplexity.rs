@@ -238,10 +238,10 @@ impl Scoring<'_> {
     /// Tokenizes `docs` (counted in `totals` when read) and scores every
     /// full batch of chunks they complete, in reading order.
     fn read(&mut self, docs: Vec<Document>) -> Result<(), StageError> {
-        let tokenizer = &self.loaded.tokenizer;
+        let loaded = self.loaded;
         let ids: Vec<Vec<u32>> = docs
             .par_iter()
-            .map(|doc| tokenizer.ids(&doc.text))
+            .map(|doc| loaded.encode(&doc.text))
             .collect::<Result<_, _>>()?;
         for (doc, ids) in docs.into_iter().zip(ids) {
             let t = self.totals.get_mut(&doc.lang).expect("counted when read");
