@@ -30,6 +30,19 @@ import sys
 LATEST = re.compile(r"latest `([^`]+)` of ([^:]+):")
 
 
+def measured_peak(m):
+    """The peak where an instance's work lived, as babelflow reads it
+    (`memory::measured_peak`): a GPU's own (`notes.device_peak_bytes`), else
+    the process's resident peak; None for a GPU instance without one (its
+    host memory is not its device's)."""
+    notes = m.get("notes") or {}
+    if notes.get("device_peak_bytes"):
+        return notes["device_peak_bytes"], " on the device"
+    if str(notes.get("backend", "cpu")).startswith("cpu"):
+        return m.get("peak_rss_bytes"), ""
+    return None, ""
+
+
 def main():
     store = pathlib.Path(sys.argv[1])
     recipe = sys.argv[2] if len(sys.argv) > 2 else None
@@ -86,7 +99,7 @@ def main():
     for _, name, kind, e, m, of_this in rows:
         took = statistics.median(r["duration_s"] for r in of_this) if of_this else m["duration_s"]
         peaks = [r["peak_rss_bytes"] for r in of_this if r.get("peak_rss_bytes")]
-        rss = statistics.median(peaks) if peaks else m.get("peak_rss_bytes") or 0
+        rss, where = (statistics.median(peaks), "") if peaks else measured_peak(m)
         runs_note = f" (median of {len(of_this)})" if len(of_this) > 1 else ""
         seconds, peak = e.get("seconds"), e["peak_bytes"]
         own = "" if m.get("peak_rss_own") else " (shared)"
@@ -103,7 +116,8 @@ def main():
                 drift = "| - | - "
         print(
             f"| {name} | {kind} | {est_time} | {origin} | {took:.3f} s{runs_note} | {time_ratio} {drift}"
-            f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{own} | {rss / peak:.2f} |"
+            + (f"| {peak / 2**20:.0f} MiB | {rss / 2**20:.0f} MiB{where}{own} | {rss / peak:.2f} |"
+               if rss else f"| {peak / 2**20:.0f} MiB | ? (not measured on the device) | - |")
         )
 
 

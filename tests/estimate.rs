@@ -107,6 +107,64 @@ fn the_text_plan_says_what_does_not_fit_and_what_would_make_it_fit() {
     );
 }
 
+/// A calibration of this machine's `cpu` and `vulkan` backends, at 1
+/// GFLOP/s and 1 PFLOP/s, written into the project's default store.
+fn calibrated_cpu_and_vulkan(p: &Project) {
+    let backend = |flops: f64, source: &str| {
+        serde_json::json!({
+            "rates": [{"hidden_size": 4096, "train_flops_per_s": flops, "forward_flops_per_s": flops}],
+            "io_bytes_per_s": 1e9, "source": source,
+        })
+    };
+    let calibration = serde_json::json!({"cpu": backend(1e9, "cpu test"), "vulkan": backend(1e15, "vulkan test")});
+    p.write(".babelflow/calibration.json", &calibration.to_string());
+}
+
+#[test]
+fn a_gpu_stage_in_a_recipe_of_cpu_stages_is_priced_on_its_own_backend_not_the_hosts_ram() {
+    let p = Project::new();
+    seven_b_recipe(&p);
+    calibrated_cpu_and_vulkan(&p);
+    // `auto` on a machine whose GPU `auto` picks (BURN_DEVICE says which,
+    // as a GPU build finds one): a CPU build can plan it, not run it.
+    let plan_with = |args: &[&str]| {
+        let mut all = vec!["plan", "r.yaml", "--estimate", "--set", "defaults.backend=cpu"];
+        all.extend(["--set", "stages.full.backend=auto"]);
+        all.extend_from_slice(args);
+        let out = p.cmd(&all).env("BURN_DEVICE", "vulkan").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plan: serde_json::Value = serde_json::from_str(&plan_with(&["--json"])).unwrap();
+    // Most instances are on the CPU: the plan's device is this machine's RAM.
+    assert_eq!(plan["estimate"]["device"]["name"], "this machine (cpu)");
+    let full = estimate_of(&plan, "full");
+    let on = &full["device"];
+    assert_eq!(on["name"], "this machine (auto)", "{full:#}");
+    // 108 GB of weights, gradients and AdamW state: over any RAM this test
+    // runs on, but a GPU's memory is not the RAM, and is not known here.
+    assert_eq!(on["memory_bytes"], u64::MAX);
+    assert!(
+        on["memory_source"].as_str().unwrap().contains("`vulkan` device"),
+        "{on}"
+    );
+    assert_eq!(full["over_memory"], false, "{full:#}");
+    // Priced at the GPU's rate, not the CPU's (a million times slower).
+    let flops = full["work"]["train_flops"].as_f64().unwrap();
+    let seconds = full["seconds"].as_f64().unwrap();
+    assert!(seconds < flops / 1e14, "{seconds} s for {flops} FLOPs");
+    assert_eq!(full["seconds_source"], "vulkan test");
+    // The LoRA run stays on the CPU: the RAM is its limit, its rate the CPU's.
+    let lora = estimate_of(&plan, "lora");
+    assert!(lora.get("device").is_none(), "{lora:#}");
+    assert_eq!(lora["seconds_source"], "cpu test");
+    let text = plan_with(&[]);
+    assert!(
+        text.contains("full: priced on this machine (auto): memory unknown"),
+        "{text}"
+    );
+}
+
 #[test]
 fn an_unknown_device_is_refused_with_the_known_ones() {
     let p = Project::new();

@@ -28,6 +28,15 @@ pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// "23.54 GiB of memory (MemTotal …)", or the source alone where the
+/// memory is unknown (the largest u64: nothing is checked against it).
+fn memory_of(bytes: u64, source: &str) -> String {
+    match bytes {
+        u64::MAX => format!("memory {source}"),
+        bytes => format!("{} of memory ({source})", gib(bytes)),
+    }
+}
+
 pub fn duration(seconds: f64) -> String {
     match seconds {
         s if s < 0.1 => format!("{:.0} ms", s * 1000.0),
@@ -72,10 +81,9 @@ pub fn print(cost: &PlanCost) {
     let device: &Device = &cost.device;
     println!();
     println!(
-        "estimate on {}: {} of memory ({})",
+        "estimate on {}: {}",
         device.name,
-        gib(device.memory_bytes),
-        device.memory_source
+        memory_of(device.memory_bytes, &device.memory_source)
     );
     match (&device.throughput, &device.throughput_hint) {
         (Some(t), _) => {
@@ -127,6 +135,15 @@ pub fn print(cost: &PlanCost) {
         if let Some(work) = &c.work {
             println!("  {}: tokens = {}", c.name, work.tokens.how);
         }
+        // An instance on another backend than most is priced on its own.
+        if let Some(on) = &c.device {
+            println!(
+                "  {}: priced on {}: {}",
+                c.name,
+                on.name,
+                memory_of(on.memory_bytes, &on.memory_source)
+            );
+        }
         // Priced by what runs of its shape measured, not by the device's rate.
         if let Some(source) = c.seconds_source.as_deref().filter(|s| Some(*s) != device_source) {
             println!("  {}: time from {source}", c.name);
@@ -144,18 +161,19 @@ pub fn print(cost: &PlanCost) {
     for c in running.iter().filter(|c| c.over_memory) {
         let Some(work) = &c.work else { continue };
         let m = &work.memory;
+        let limit = c.device.as_ref().map_or(device.memory_bytes, |on| on.memory_bytes);
         println!(
             "  ! {} does not fit: {} > {} (weights {}, gradients {}, optimizer {}, activations {})",
             c.name,
             gib(m.total_bytes()),
-            gib(device.memory_bytes),
+            gib(limit),
             gib(m.weights_bytes),
             gib(m.gradients_bytes),
             gib(m.optimizer_state_bytes),
             gib(m.activations_bytes)
         );
         for option in &work.fit_options {
-            let fits = if option.peak_bytes <= device.memory_bytes {
+            let fits = if option.peak_bytes <= limit {
                 "fits"
             } else {
                 "still too large"

@@ -530,7 +530,7 @@ pub fn calibrate(
         Some((
             manifest["duration_s"].as_f64()?,
             stats,
-            manifest["peak_rss_bytes"].as_f64()?,
+            babelflow_stage::memory::measured_peak(&manifest)?.bytes as f64,
         ))
     };
     let mut runs: BTreeMap<String, Vec<(f64, serde_json::Value, f64)>> = BTreeMap::new();

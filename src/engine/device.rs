@@ -201,6 +201,11 @@ pub struct Device {
     /// This machine, where the store's earlier runs were measured (not a
     /// documented device priced from its data sheet).
     pub is_this_machine: bool,
+    /// On this machine, the backend it is (an instance on another backend
+    /// is priced on that one's); `None` for a documented device, which
+    /// prices every instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// The kind calibrated in `kind`'s place: `sft` trains as `pretrain` does.
@@ -253,13 +258,20 @@ impl Device {
             }),
             throughput_hint: None,
             is_this_machine: false,
+            backend: None,
         })
     }
 
-    /// This machine for `backend`: its RAM (a CPU backend's memory), and
-    /// the throughput `babelflow calibrate` stored in `store_dir`, if any.
+    /// This machine for `backend`: its RAM (a CPU backend's memory; a GPU's
+    /// is its own, see [`Device::gpu_memory_unknown`]), and the throughput
+    /// `babelflow calibrate` stored in `store_dir`, if any.
     pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
-        let memory = host_memory_bytes();
+        let resolved = match backend {
+            "auto" => babelflow_model::device::auto_choice(),
+            other => other.to_string(),
+        };
+        let on_gpu = !matches!(resolved.as_str(), "cpu" | "flex");
+        let memory = if on_gpu { None } else { host_memory_bytes() };
         let (calibration, unreadable) = match read_calibration(store_dir) {
             Ok(c) => (c, None),
             Err(e) => (BTreeMap::new(), Some(e)),
@@ -280,6 +292,7 @@ impl Device {
             memory_bytes: memory.unwrap_or(u64::MAX),
             memory_source: match memory {
                 Some(_) => "MemTotal of /proc/meminfo".into(),
+                None if on_gpu => Self::gpu_memory_unknown(&resolved),
                 None => "unknown (not Linux): not checked".into(),
             },
             throughput_hint: throughput.is_none().then(|| {
@@ -292,7 +305,20 @@ impl Device {
             }),
             throughput,
             is_this_machine: true,
+            backend: Some(backend.to_string()),
         }
+    }
+
+    /// Why a GPU's memory is not checked on this machine: an instance on a
+    /// GPU holds its weights, gradients and activations in the device's own
+    /// memory, which this machine's RAM says nothing of (checked against
+    /// RAM, a 60 GiB training would "fit" a 24 GiB card on a 128 GiB host).
+    fn gpu_memory_unknown(backend: &str) -> String {
+        format!(
+            "unknown: the `{backend}` device's own memory, not this machine's RAM, is what a GPU instance needs, \
+             and it is not read here, so nothing is checked against it; `--device` prices and checks a \
+             documented GPU (h100-80gb, a100-80gb, ...)"
+        )
     }
 
     /// What a process running `kind` holds besides its work (0 unless measured).
@@ -518,6 +544,7 @@ mod tests {
             }),
             throughput_hint: None,
             is_this_machine: true,
+            backend: Some("cpu".into()),
         }
     }
 
@@ -566,6 +593,22 @@ mod tests {
         let host = Device::this_machine("cpu", &dir);
         assert!(host.throughput.is_none() && host.seconds("pretrain", &work(1.0), 1, 1).is_none());
         assert!(host.throughput_hint.unwrap().contains("babelflow calibrate --store"));
+    }
+
+    #[test]
+    fn a_gpu_backend_is_never_checked_against_this_machines_ram() {
+        let dir = std::env::temp_dir().join(format!("babelflow-device-gpu-{}", std::process::id()));
+        let gpu = Device::this_machine("vulkan", &dir);
+        assert_eq!(gpu.memory_bytes, u64::MAX, "{}", gpu.memory_source);
+        assert!(
+            gpu.memory_source.contains("not this machine's RAM"),
+            "{}",
+            gpu.memory_source
+        );
+        assert!(gpu.memory_source.contains("--device"), "{}", gpu.memory_source);
+        // The CPU's memory is the RAM.
+        let host = Device::this_machine("cpu", &dir);
+        assert!(host.memory_bytes < u64::MAX && host.memory_source.contains("MemTotal"));
     }
 
     #[test]

@@ -51,6 +51,20 @@ pub struct InstanceCost {
     pub shape: Option<String>,
     /// `peak_bytes` above the device's memory.
     pub over_memory: bool,
+    /// The device it is priced on, where that is not the plan's: on this
+    /// machine, an instance on another backend than most (a GPU stage in
+    /// a recipe of CPU stages) is priced on its own backend's rates and
+    /// checked against its memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<PricedOn>,
+}
+
+/// The device an instance is priced on, by name, and its memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct PricedOn {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub memory_source: String,
 }
 
 /// An instance's estimate as a run records it in the manifest.
@@ -156,6 +170,17 @@ fn estimate_some(
     // Earlier runs price only the machine they ran on, and only what would
     // run: the store's manifests are read once, when first needed.
     let history = std::cell::OnceCell::new();
+    // This machine on each other backend the instances ask for.
+    let others: BTreeMap<&str, Device> = match (&device.backend, device.is_this_machine) {
+        (Some(planned_on), true) => graph
+            .instances
+            .iter()
+            .map(|inst| inst.backend.as_str())
+            .filter(|b| b != planned_on)
+            .map(|b| (b, Device::this_machine(b, store.root())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     let instances: Vec<InstanceCost> = planned
         .iter()
         .zip(&graph.instances)
@@ -163,6 +188,8 @@ fn estimate_some(
         .map(|((p, inst), estimate)| {
             let estimate = estimate.unwrap_or_default();
             let processes = processes(inst);
+            let on = others.get(inst.backend.as_str());
+            let device = on.unwrap_or(device);
             let mut cost = InstanceCost {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
@@ -176,6 +203,11 @@ fn estimate_some(
                 peak_source: None,
                 shape: None,
                 over_memory: false,
+                device: on.map(|d| PricedOn {
+                    name: d.name.clone(),
+                    memory_bytes: d.memory_bytes,
+                    memory_source: d.memory_source.clone(),
+                }),
             };
             if let Some(work) = estimate.work {
                 cost.seconds = device.seconds(&p.kind, &work, processes, inst.resources.nodes);
@@ -276,7 +308,7 @@ impl PlanCost {
                 c.work.as_ref().map(|_| Recorded {
                     seconds: c.seconds,
                     peak_bytes: c.peak_bytes,
-                    device: self.device.name.clone(),
+                    device: c.device.as_ref().map_or(&self.device.name, |d| &d.name).clone(),
                     source: c.seconds_source.clone(),
                     peak_source: c.peak_source.clone(),
                 })

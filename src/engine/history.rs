@@ -45,7 +45,8 @@ impl PastRun {
             flops: done["flops"].as_f64()?,
             tokens: done["tokens"].as_f64()?,
             alone: m["peak_rss_own"].as_bool() == Some(true),
-            peak_bytes: m["peak_rss_bytes"].as_u64(),
+            // Where its work lived: a GPU's own peak, never its host memory.
+            peak_bytes: babelflow_stage::memory::measured_peak(m).map(|p| p.bytes),
         })
     }
 }
@@ -80,6 +81,15 @@ pub fn run_line(manifest: &Value) -> Value {
         if let Some(value) = manifest.get(key) {
             line.insert(key.to_string(), value.clone());
         }
+    }
+    // Of the notes, where the work ran and the device's peak there: what
+    // `measured_peak` reads.
+    let notes: serde_json::Map<String, Value> = ["backend", "device_peak_bytes"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_string(), manifest["notes"].get(key)?.clone())))
+        .collect();
+    if !notes.is_empty() {
+        line.insert("notes".into(), Value::Object(notes));
     }
     Value::Object(line)
 }
@@ -315,6 +325,32 @@ mod tests {
             shape_of("pretrain", &work(1e9, 10), 1),
             shape_of("pretrain", &work(1e9, 10), 2)
         );
+    }
+
+    #[test]
+    fn a_gpu_runs_peak_is_its_devices_never_its_host_memory() {
+        let manifest = |notes: Value| {
+            serde_json::json!({
+                "fingerprint": "f", "instance": "train", "recipe": "r", "backend": "vulkan", "finished_at": 1,
+                "duration_s": 2.0, "peak_rss_bytes": 900, "peak_rss_own": true,
+                "work_done": {"shape": "a", "flops": 1e9, "tokens": 1000.0}, "notes": notes,
+            })
+        };
+        let peak_of = |notes: Value| {
+            let run = PastRun::from_manifest(&manifest(notes)).unwrap();
+            let e = History::of(vec![run]).estimate("a", "vulkan", &work(1e9, 0), |_| 0.0);
+            e.unwrap().peak.map(|(bytes, _)| bytes)
+        };
+        // Host memory is not the device's: no peak rather than a wrong one.
+        assert_eq!(peak_of(serde_json::json!({"backend": "vulkan:0"})), None);
+        let measured = serde_json::json!({"backend": "vulkan:0", "device_peak_bytes": 5000});
+        assert_eq!(peak_of(measured.clone()), Some(5000));
+        // `auto` that ran on the CPU: its resident memory is its peak.
+        assert_eq!(peak_of(serde_json::json!({"backend": "cpu (flex)"})), Some(900));
+        // The run log keeps what that needs, and no other note.
+        let mut notes = measured.clone();
+        notes["special_tokens"] = "BOS <s>".into();
+        assert_eq!(run_line(&manifest(notes))["notes"], measured);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use babelflow_model::{device, hf, Llama, LlamaConfig, Precision, Rope};
+use babelflow_model::device::{self, DevicePeak};
+use babelflow_model::{hf, Llama, LlamaConfig, Precision, Rope};
 use babelflow_stage::{InputSpec, ParamSpec, ParamType, StageContext, StageError};
 use babelflow_tokens::hf::LoadedTokenizer;
 use babelflow_tokens::specials::Specials;
@@ -49,6 +50,8 @@ pub struct Loaded {
     pub name: String,
     /// The process's peak resident memory once the model was loaded.
     pub peak_after_load: Option<u64>,
+    /// On a GPU, the device's peak memory, sampled after each pass.
+    device_peak: std::sync::Mutex<DevicePeak>,
 }
 
 impl Loaded {
@@ -74,6 +77,7 @@ impl Loaded {
         // The manifest records the backend `auto` resolved to (the report shows it).
         ctx.note("backend", backend.clone());
         let peak_after_load = babelflow_stage::memory::peak_rss_bytes();
+        let device_peak = std::sync::Mutex::new(DevicePeak::new(&device));
         Ok(Loaded {
             config,
             model,
@@ -84,15 +88,32 @@ impl Loaded {
             backend,
             name: item.instance.clone().unwrap_or_else(|| dir.display().to_string()),
             peak_after_load,
+            device_peak,
         })
     }
 
+    /// Samples the GPU's memory after a forward pass or a generation (no-op
+    /// on the CPU): where an evaluation's device memory peaks.
+    pub fn sample_device_memory(&self) {
+        if let Ok(mut peak) = self.device_peak.lock() {
+            peak.sample();
+        }
+    }
+
     /// For stats.json: the peak resident memory after loading and overall
-    /// (host RSS; the process's, see `babelflow_stage::memory`).
-    pub fn memory(&self) -> serde_json::Value {
+    /// (host RSS; the process's, see `babelflow_stage::memory`), and on a
+    /// GPU the device's peak, which the manifest notes too (what the report
+    /// and later estimates read as the instance's peak there).
+    pub fn memory(&self, ctx: &StageContext) -> serde_json::Value {
+        self.sample_device_memory();
+        let device_peak = self.device_peak.lock().ok().and_then(|p| p.bytes());
+        if let Some(bytes) = device_peak {
+            ctx.note("device_peak_bytes", bytes);
+        }
         serde_json::json!({
             "peak_rss_bytes_after_load": self.peak_after_load,
             "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
+            "device_peak_bytes": device_peak,
         })
     }
 

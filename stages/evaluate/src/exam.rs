@@ -336,6 +336,7 @@ impl StageKind for Exam {
                     let scores: Vec<f64> = letter_ids[..n].iter().map(|&id| row[id as usize] as f64).collect();
                     letter_pred[c * batch + i] = Some(argmax(&scores));
                 }
+                m.sample_device_memory();
             }
         }
         if by_likelihood {
@@ -362,6 +363,7 @@ impl StageKind for Exam {
                     let total: f64 = lp[start..].iter().map(|&x| x as f64).sum();
                     scores[i][c] = total / items[i].continuations[c].1.max(1) as f64;
                 }
+                m.sample_device_memory();
             }
             for (i, s) in scores.iter().enumerate() {
                 likelihood_pred[i] = Some(argmax(s));
@@ -441,7 +443,7 @@ impl StageKind for Exam {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "shots": shots, "split": split,
                 "scored": items.len(), "skipped_unanswered": unanswered, "skipped_too_long": too_long,
                 "seconds": seconds, "questions_per_s": items.len() as f64 / seconds.max(1e-9),
-                "positions": positions, "results": stats, "memory": m.memory(), "special_tokens": m.specials.describe(),
+                "positions": positions, "results": stats, "memory": m.memory(ctx), "special_tokens": m.specials.describe(),
             }),
         )?;
         ctx.note("questions", items.len());

@@ -204,7 +204,7 @@ impl StageKind for Perplexity {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "max_len": max_len, "per_lang": stats,
                 "context_token": m.specials.context_token().map(|t| &t.text), "special_tokens": m.specials.describe(),
                 "seconds": seconds, "tokens_per_s": scored as f64 / seconds.max(1e-9),
-                "memory": m.memory(),
+                "memory": m.memory(ctx),
             }),
         )?;
         Ok(())
@@ -277,6 +277,7 @@ impl Scoring<'_> {
         self.ctx.check_cancelled()?;
         let seqs: Vec<&[u32]> = group.iter().map(|(_, c)| c.as_slice()).collect();
         let logps = next_token_logprobs(&self.loaded.model, self.rope, &seqs, &self.loaded.device);
+        self.loaded.sample_device_memory();
         for ((lang, _), lp) in group.iter().zip(logps) {
             let t = self.totals.get_mut(lang).expect("counted when read");
             t.nll -= lp.iter().map(|&x| x as f64).sum::<f64>();

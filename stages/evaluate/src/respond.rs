@@ -205,6 +205,7 @@ impl StageKind for Respond {
             s.max_new_tokens = s.max_new_tokens.min(room);
             let rope = m.rope(longest + s.max_new_tokens)?;
             let outputs = generate_batch(&m.model, &rope, &ids, &s, &m.device);
+            m.sample_device_memory();
             for ((row, prompt), new) in chunk.iter().zip(&prompts).zip(outputs) {
                 let body: Vec<u32> = new.into_iter().filter(|t| !stop.contains(t)).collect();
                 let response = m
@@ -270,7 +271,7 @@ impl StageKind for Respond {
                 "model": m.name, "backend": m.backend, "precision": m.precision, "template": p.str("template")?,
                 "scores": "reference-based (chrF); bind a `judge` stage for LLM-Eval scores",
                 "special_tokens": m.specials.describe(), "stop_ids": stop,
-                "memory": m.memory(),
+                "memory": m.memory(ctx),
                 "per_lang": stats,
             }),
         )?;

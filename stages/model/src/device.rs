@@ -91,8 +91,9 @@ pub fn gpu_driver_present() -> bool {
             .any(|name| !name.contains("lvp") && !name.contains("lavapipe"))
 }
 
-/// What `auto` means in this build on this machine.
-fn auto_choice() -> String {
+/// What `auto` means in this build on this machine (no device is opened:
+/// `select` may still fall back to the CPU when no adapter opens).
+pub fn auto_choice() -> String {
     if let Some(forced) = std::env::var("BURN_DEVICE").ok().filter(|s| !s.is_empty()) {
         return forced;
     }
@@ -202,6 +203,52 @@ pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelErro
     }
 }
 
+/// The most a GPU device's allocator held at any moment it was sampled: a
+/// GPU stage's peak memory on the device, which the process's resident
+/// memory (host RAM) says nothing of. `None` on the CPU, where burn's
+/// `flex` backend keeps no pool and the process's peak is the figure.
+///
+/// What is read is the memory the allocator has reserved on the device
+/// (cubecl's pools: what it holds for tensors, padding and pages kept for
+/// reuse), which is what another process could not have. Pools give pages
+/// back as they empty, so it is sampled where a stage's memory is at its
+/// highest (after a training step, after a forward pass) and the largest
+/// kept. Each sample waits for the device's queue, so it is taken where a
+/// stage waits anyway (it reads a loss or log-probabilities back).
+#[derive(Debug, Clone)]
+pub struct DevicePeak {
+    device: Device,
+    peak: Option<u64>,
+}
+
+impl DevicePeak {
+    /// Starts tracking `device`, with a first sample (the weights loaded).
+    /// The pools first give back the pages nothing uses: those an earlier
+    /// instance in this process left reserved are not this one's peak (as
+    /// the process's RSS peak is started over before an instance).
+    pub fn new(device: &Device) -> Self {
+        device.memory_cleanup();
+        let mut peak = DevicePeak {
+            device: device.clone(),
+            peak: None,
+        };
+        peak.sample();
+        peak
+    }
+
+    /// Reads what the device's allocator holds now and keeps the largest.
+    pub fn sample(&mut self) {
+        if let Some(usage) = self.device.memory_pool_usage() {
+            self.peak = Some(self.peak.unwrap_or(0).max(usage.bytes_reserved));
+        }
+    }
+
+    /// The largest sample, in bytes; `None` on a device without a pool (the CPU).
+    pub fn bytes(&self) -> Option<u64> {
+        self.peak
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +272,14 @@ mod tests {
         }
         let err = select("tpu", 0).err().unwrap().to_string();
         assert!(err.contains("not a backend"), "{err}");
+    }
+
+    #[test]
+    fn the_cpu_has_no_device_peak_its_peak_is_the_processes() {
+        let (device, _) = select("cpu", 0).unwrap();
+        let mut peak = DevicePeak::new(&device);
+        let _held = burn::tensor::Tensor::<2>::ones([256, 256], &device);
+        peak.sample();
+        assert_eq!(peak.bytes(), None);
     }
 }

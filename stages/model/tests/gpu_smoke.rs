@@ -169,3 +169,25 @@ fn a_precision_the_device_lacks_is_refused_naming_those_it_has() {
         "{err}"
     );
 }
+
+/// A GPU stage's peak memory is the device's, read from its allocator: at
+/// least what its tensors hold, and still at least that once they are
+/// freed (the peak, not what is held at the end).
+#[test]
+fn the_device_peak_counts_what_the_gpu_held() {
+    if !gpu_runs_here("device peak") {
+        return;
+    }
+    let device = device_for(GPU);
+    let mut peak = device::DevicePeak::new(&device);
+    let held = Tensor::<2>::ones([1024, 1024], &device);
+    // Wait for the tensor to exist on the device before reading the pools.
+    assert_eq!(values(held.clone().sum())[0], (1024 * 1024) as f32);
+    peak.sample();
+    let with_tensor = peak.bytes().expect("a GPU device reports its allocator");
+    drop(held);
+    peak.sample();
+    eprintln!("device peak with a 4 MiB tensor: {with_tensor} bytes");
+    assert!(with_tensor >= 4 << 20, "{with_tensor}");
+    assert!(peak.bytes() >= Some(with_tensor));
+}

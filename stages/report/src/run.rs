@@ -34,9 +34,8 @@ fn row(instance: &str, kind: &str, this_run: Cell, manifest: Option<&Value>) -> 
             .as_f64()
             .map(|b| Cell::Float(b / 1e6, 0))
             .unwrap_or(Cell::Missing),
-        m["peak_rss_bytes"]
-            .as_f64()
-            .map(|b| Cell::Float(b / 1e6, 0))
+        babelflow_stage::memory::measured_peak(m)
+            .map(|p| Cell::Float(p.bytes as f64 / 1e6, 0))
             .unwrap_or(Cell::Missing),
         backend.clone().map_or(Cell::Missing, Cell::Text),
         // A device index means something only on a GPU backend.
@@ -72,9 +71,10 @@ pub fn run_table(upstream: &[Upstream], bound: &[&InputItem]) -> Table {
     t.note = Some(
         "Cached: its artifact was already in the store (the duration is from the run that made it). \
          Missing: it has no artifact, and the sections that need it say so. Estimated: what `plan --estimate` \
-         said on this machine when the run began (time needs `babelflow calibrate`). Peak memory: the babelflow \
-         process's peak resident memory, the instance's own when it ran alone (`--jobs 1`), else shared with \
-         the instances before and beside it."
+         said on this machine when the run began (time needs `babelflow calibrate`). Peak memory: where the \
+         instance's work lived. On the CPU, the babelflow process's peak resident memory, the instance's own \
+         when it ran alone (`--jobs 1`), else shared with the instances before and beside it; on a GPU, the \
+         device's (what its allocator held), as the estimate is."
             .into(),
     );
     if upstream.is_empty() {

@@ -82,13 +82,16 @@ pub fn write(
         "validation_bits_per_char_start": bits_at(0),
         "validation_bits_per_char_end": bits_at(steps as u64),
         "precision": ctx.params.str("precision")?,
-        "memory": memory(ctx, start, trainable, outcome.world_size)?,
+        "memory": memory(ctx, start, trainable, (outcome.world_size, outcome.device_peak_bytes))?,
     });
     if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
         stats.extend(extra);
     }
     ctx.write_json("stats.json", &stats)?;
     ctx.note("backend", backend);
+    if let Some(bytes) = outcome.device_peak_bytes {
+        ctx.note("device_peak_bytes", bytes);
+    }
     ctx.note("final_loss", outcome.last_loss);
     if let Some(step) = outcome.resumed_from {
         ctx.note("resumed_from_step", step);
@@ -100,12 +103,13 @@ pub fn write(
 /// for the trainable part its f32 gradients and AdamW's two f32 moments;
 /// an estimate of the activations of one micro-batch, `memory.rs`) beside
 /// the measured peak resident memory, which adds temporaries and the
-/// allocator's own.
+/// allocator's own, and on a GPU the device's peak (`DevicePeak`), which
+/// is where those parts live there.
 fn memory(
     ctx: &StageContext,
     start: &Start,
     trainable: &Trainable,
-    world_size: usize,
+    (world_size, device_peak_bytes): (usize, Option<u64>),
 ) -> Result<serde_json::Value, StageError> {
     let held: &Held = &start.held;
     let trainable_bytes = held.trainable_bytes;
@@ -116,6 +120,7 @@ fn memory(
     let activations = crate::memory::activations_bytes(&start.config, trainable, rows, start.seq_len, checkpointed);
     Ok(serde_json::json!({
         "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
+        "device_peak_bytes": device_peak_bytes,
         "weights_trainable_bytes": trainable_bytes,
         "weights_frozen_bytes": held.frozen_bytes,
         "gradients_bytes": gradients,

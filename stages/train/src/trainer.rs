@@ -189,6 +189,8 @@ pub struct Outcome {
     pub allreduce_seconds: f64,
     /// Of `seconds`, the optimizer's updates (AdamW over what trains).
     pub optimizer_seconds: f64,
+    /// The GPU's peak memory, sampled after every step (`None` on the CPU).
+    pub device_peak_bytes: Option<u64>,
 }
 
 /// A batch's inputs, targets and loss weights as tensors on `device`.
@@ -388,6 +390,7 @@ pub fn train(
         )));
     }
 
+    let mut device_peak = babelflow_model::device::DevicePeak::new(device);
     let mut order = Order::new(examples.len(), s.seed);
     let (earlier_seconds, started) = (pos.seconds, Instant::now());
     let mut allreduce_seconds = 0.0;
@@ -457,6 +460,9 @@ pub fn train(
                 step + 1,
             ));
         }
+        // Gradients, optimizer state and what the backward left in the
+        // pools are all held here: the step's high-water mark.
+        device_peak.sample();
         let updating = Instant::now();
         model = optim.step(lr, model, grads);
         // On a GPU backend this is the time to queue the update, not to run it.
@@ -500,6 +506,7 @@ pub fn train(
         metrics.push(pos.step as u64, pos.tokens, "allreduce_s", "", allreduce_seconds);
     }
     let final_validation = evaluate(&model, s.steps, pos.tokens, &mut metrics);
+    device_peak.sample();
     Ok(Outcome {
         model,
         metrics,
@@ -512,5 +519,6 @@ pub fn train(
         world_size: ranks,
         allreduce_seconds,
         optimizer_seconds: pos.optimizer_seconds,
+        device_peak_bytes: device_peak.bytes(),
     })
 }
