@@ -131,18 +131,24 @@ pub fn print(cost: &PlanCost) {
         println!("  device time: {hours:.2} device-hours");
     }
     let device_source = device.throughput.as_ref().map(|t| t.source.as_str());
+    let mut described: Vec<&str> = Vec::new();
     for c in running.iter().filter(|c| c.work.is_some()) {
         if let Some(work) = &c.work {
             println!("  {}: tokens = {}", c.name, work.tokens.how);
         }
-        // An instance on another backend than most is priced on its own.
+        // An instance on another backend than most is priced on its own;
+        // why its memory is what it is, once per device.
         if let Some(on) = &c.device {
-            println!(
-                "  {}: priced on {}: {}",
-                c.name,
-                on.name,
+            let memory = if described.contains(&on.name.as_str()) {
+                match on.memory_bytes {
+                    u64::MAX => "memory unknown (as above)".to_string(),
+                    bytes => format!("{} of memory", gib(bytes)),
+                }
+            } else {
+                described.push(&on.name);
                 memory_of(on.memory_bytes, &on.memory_source)
-            );
+            };
+            println!("  {}: priced on {}: {memory}", c.name, on.name);
         }
         // Priced by what runs of its shape measured, not by the device's rate.
         if let Some(source) = c.seconds_source.as_deref().filter(|s| Some(*s) != device_source) {

@@ -109,7 +109,9 @@ pub fn text_chars(texts: &[PlannedInput], max_docs: usize) -> Option<Count> {
             let chars = text.facts.chars.as_ref()?;
             total += chars.value;
             basis = basis.max(chars.basis);
-            how.push(chars.how.clone());
+            // An upstream count read as characters already ("characters
+            // counted"): said once, not "characters characters …".
+            how.push(chars.how.strip_prefix("characters ").unwrap_or(&chars.how).to_string());
         }
     }
     how.dedup();
