@@ -201,9 +201,9 @@ pub struct Device {
     /// This machine, where the store's earlier runs were measured (not a
     /// documented device priced from its data sheet).
     pub is_this_machine: bool,
-    /// On this machine, the backend it is (an instance on another backend
-    /// is priced on that one's); `None` for a documented device, which
-    /// prices every instance.
+    /// On this machine, the backend it is, `auto` resolved ([`resolve`]):
+    /// an instance on another is priced on that one's; `None` for a
+    /// documented device, which prices every instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
 }
@@ -214,6 +214,17 @@ fn like(kind: &str) -> &str {
         "pretrain"
     } else {
         kind
+    }
+}
+
+/// The backend a recipe's `backend:` runs on here: `auto` as this build
+/// picks it on this machine (no device is opened), `flex` as `cpu`, the
+/// name `calibrate` stores a backend's throughput under.
+pub fn resolve(backend: &str) -> String {
+    match backend {
+        "auto" => babelflow_model::device::auto_choice(),
+        "flex" => "cpu".into(),
+        other => other.into(),
     }
 }
 
@@ -266,27 +277,15 @@ impl Device {
     /// is its own, see [`Device::gpu_memory_unknown`]), and the throughput
     /// `babelflow calibrate` stored in `store_dir`, if any.
     pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
-        let resolved = match backend {
-            "auto" => babelflow_model::device::auto_choice(),
-            other => other.to_string(),
-        };
-        let on_gpu = !matches!(resolved.as_str(), "cpu" | "flex");
+        let resolved = resolve(backend);
+        let on_gpu = resolved != "cpu";
         let memory = if on_gpu { None } else { host_memory_bytes() };
         let (calibration, unreadable) = match read_calibration(store_dir) {
             Ok(c) => (c, None),
             Err(e) => (BTreeMap::new(), Some(e)),
         };
-        // `auto` runs on a GPU backend when the build has one and a device
-        // answers, else on the CPU: take a GPU backend's calibration if one
-        // was made here, else the CPU's.
-        let throughput = match backend {
-            "auto" => calibration
-                .iter()
-                .find(|(b, _)| b.as_str() != "cpu")
-                .or_else(|| calibration.get_key_value("cpu"))
-                .map(|(_, t)| t.clone()),
-            _ => calibration.get(backend).cloned(),
-        };
+        // `auto` is priced as what it picks: the rates and the memory of one backend.
+        let throughput = calibration.get(&resolved).cloned();
         Device {
             name: format!("this machine ({backend})"),
             memory_bytes: memory.unwrap_or(u64::MAX),
@@ -296,16 +295,22 @@ impl Device {
                 None => "unknown (not Linux): not checked".into(),
             },
             throughput_hint: throughput.is_none().then(|| {
-                let why = unreadable.unwrap_or_else(|| format!("no throughput measured for `{backend}` in this store"));
+                let why =
+                    unreadable.unwrap_or_else(|| format!("no throughput measured for `{resolved}` in this store"));
+                let on = if on_gpu {
+                    format!(" --backend {resolved}")
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{why}: run `babelflow calibrate --store {}` (about a minute), or price a documented device \
+                    "{why}: run `babelflow calibrate{on} --store {}` (about a minute), or price a documented device \
                      with --device",
                     store_dir.display()
                 )
             }),
             throughput,
             is_this_machine: true,
-            backend: Some(backend.to_string()),
+            backend: Some(resolved),
         }
     }
 
@@ -606,6 +611,9 @@ mod tests {
             gpu.memory_source
         );
         assert!(gpu.memory_source.contains("--device"), "{}", gpu.memory_source);
+        // Uncalibrated, it is told the backend to calibrate.
+        let hint = gpu.throughput_hint.unwrap();
+        assert!(hint.contains("babelflow calibrate --backend vulkan --store"), "{hint}");
         // The CPU's memory is the RAM.
         let host = Device::this_machine("cpu", &dir);
         assert!(host.memory_bytes < u64::MAX && host.memory_source.contains("MemTotal"));

@@ -170,13 +170,14 @@ fn estimate_some(
     // Earlier runs price only the machine they ran on, and only what would
     // run: the store's manifests are read once, when first needed.
     let history = std::cell::OnceCell::new();
-    // This machine on each other backend the instances ask for.
+    // This machine under each other backend the instances run on (`auto`
+    // that picks the plan's backend is the plan's).
     let others: BTreeMap<&str, Device> = match (&device.backend, device.is_this_machine) {
         (Some(planned_on), true) => graph
             .instances
             .iter()
             .map(|inst| inst.backend.as_str())
-            .filter(|b| b != planned_on)
+            .filter(|b| super::device::resolve(b) != *planned_on)
             .map(|b| (b, Device::this_machine(b, store.root())))
             .collect(),
         _ => BTreeMap::new(),

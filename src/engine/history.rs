@@ -84,7 +84,7 @@ pub fn run_line(manifest: &Value) -> Value {
     }
     // Of the notes, where the work ran and the device's peak there: what
     // `measured_peak` reads.
-    let notes: serde_json::Map<String, Value> = ["backend", "device_peak_bytes"]
+    let notes: serde_json::Map<String, Value> = ["backend", babelflow_stage::memory::DEVICE_PEAK_NOTE]
         .into_iter()
         .filter_map(|key| Some((key.to_string(), manifest["notes"].get(key)?.clone())))
         .collect();

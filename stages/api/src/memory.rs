@@ -41,6 +41,10 @@ pub fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The manifest note a stage on a GPU records its device's peak under
+/// (`DevicePeak::note` in babelflow-model).
+pub const DEVICE_PEAK_NOTE: &str = "device_peak_bytes";
+
 /// A finished instance's measured peak memory, where its work lived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeasuredPeak {
@@ -57,7 +61,7 @@ pub struct MeasuredPeak {
 /// checked against host RAM, or priced by it, would be silently wrong).
 pub fn measured_peak(manifest: &serde_json::Value) -> Option<MeasuredPeak> {
     let notes = &manifest["notes"];
-    if let Some(bytes) = notes["device_peak_bytes"].as_u64() {
+    if let Some(bytes) = notes[DEVICE_PEAK_NOTE].as_u64() {
         return Some(MeasuredPeak { bytes, on_device: true });
     }
     // Model stages note the backend they ran on; the rest run on the CPU.

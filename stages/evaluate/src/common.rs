@@ -51,7 +51,7 @@ pub struct Loaded {
     /// The process's peak resident memory once the model was loaded.
     pub peak_after_load: Option<u64>,
     /// On a GPU, the device's peak memory, sampled after each pass.
-    device_peak: std::sync::Mutex<DevicePeak>,
+    device_peak: DevicePeak,
 }
 
 impl Loaded {
@@ -77,7 +77,7 @@ impl Loaded {
         // The manifest records the backend `auto` resolved to (the report shows it).
         ctx.note("backend", backend.clone());
         let peak_after_load = babelflow_stage::memory::peak_rss_bytes();
-        let device_peak = std::sync::Mutex::new(DevicePeak::new(&device));
+        let device_peak = DevicePeak::new(&device);
         Ok(Loaded {
             config,
             model,
@@ -95,9 +95,7 @@ impl Loaded {
     /// Samples the GPU's memory after a forward pass or a generation (no-op
     /// on the CPU): where an evaluation's device memory peaks.
     pub fn sample_device_memory(&self) {
-        if let Ok(mut peak) = self.device_peak.lock() {
-            peak.sample();
-        }
+        self.device_peak.sample();
     }
 
     /// For stats.json: the peak resident memory after loading and overall
@@ -105,11 +103,7 @@ impl Loaded {
     /// GPU the device's peak, which the manifest notes too (what the report
     /// and later estimates read as the instance's peak there).
     pub fn memory(&self, ctx: &StageContext) -> serde_json::Value {
-        self.sample_device_memory();
-        let device_peak = self.device_peak.lock().ok().and_then(|p| p.bytes());
-        if let Some(bytes) = device_peak {
-            ctx.note("device_peak_bytes", bytes);
-        }
+        let device_peak = self.device_peak.note(ctx);
         serde_json::json!({
             "peak_rss_bytes_after_load": self.peak_after_load,
             "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),

@@ -215,10 +215,13 @@ pub fn select(backend: &str, index: usize) -> Result<(Device, String), ModelErro
 /// highest (after a training step, after a forward pass) and the largest
 /// kept. Each sample waits for the device's queue, so it is taken where a
 /// stage waits anyway (it reads a loss or log-probabilities back).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DevicePeak {
     device: Device,
-    peak: Option<u64>,
+    /// Whether the device reports a pool at all: on the CPU it does not,
+    /// and a sample is then nothing (it sits in every scoring pass).
+    pooled: bool,
+    peak: std::sync::atomic::AtomicU64,
 }
 
 impl DevicePeak {
@@ -228,24 +231,43 @@ impl DevicePeak {
     /// the process's RSS peak is started over before an instance).
     pub fn new(device: &Device) -> Self {
         device.memory_cleanup();
-        let mut peak = DevicePeak {
+        let usage = device.memory_pool_usage();
+        DevicePeak {
             device: device.clone(),
-            peak: None,
-        };
-        peak.sample();
-        peak
+            pooled: usage.is_some(),
+            peak: usage.map_or(0, |u| u.bytes_reserved).into(),
+        }
     }
 
     /// Reads what the device's allocator holds now and keeps the largest.
-    pub fn sample(&mut self) {
+    /// Through a shared reference: an evaluation samples from the passes
+    /// of a model its threads share.
+    pub fn sample(&self) {
+        if !self.pooled {
+            return;
+        }
         if let Some(usage) = self.device.memory_pool_usage() {
-            self.peak = Some(self.peak.unwrap_or(0).max(usage.bytes_reserved));
+            self.peak
+                .fetch_max(usage.bytes_reserved, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// The largest sample, in bytes; `None` on a device without a pool (the CPU).
     pub fn bytes(&self) -> Option<u64> {
-        self.peak
+        self.pooled
+            .then(|| self.peak.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Samples once more and notes the peak in the instance's manifest
+    /// (nothing on the CPU), where the report and later estimates read it
+    /// (`babelflow_stage::memory::measured_peak`); returns it for stats.json.
+    pub fn note(&self, ctx: &babelflow_stage::StageContext) -> Option<u64> {
+        self.sample();
+        let bytes = self.bytes();
+        if let Some(bytes) = bytes {
+            ctx.note(babelflow_stage::memory::DEVICE_PEAK_NOTE, bytes);
+        }
+        bytes
     }
 }
 
@@ -277,7 +299,7 @@ mod tests {
     #[test]
     fn the_cpu_has_no_device_peak_its_peak_is_the_processes() {
         let (device, _) = select("cpu", 0).unwrap();
-        let mut peak = DevicePeak::new(&device);
+        let peak = DevicePeak::new(&device);
         let _held = burn::tensor::Tensor::<2>::ones([256, 256], &device);
         peak.sample();
         assert_eq!(peak.bytes(), None);

@@ -346,16 +346,14 @@ impl StageKind for InitModel {
         config.bos_token_id = tok.bos;
         config.eos_token_id = tok.eos.map(Into::into);
         let (device, backend) = crate::device::select(&ctx.device.backend, ctx.device.index).map_err(model_err)?;
-        let mut device_peak = crate::device::DevicePeak::new(&device);
+        let device_peak = crate::device::DevicePeak::new(&device);
         let model = crate::Llama::init(&config, p.i64("seed")? as u64, &device);
         device_peak.sample();
         let out = ctx.output("model");
         hf::save(&out, &config, &model, DiskDtype::F32).map_err(model_err)?;
         std::fs::copy(tok_path, out.join("tokenizer.json")).map_err(|e| StageError::io(tok_path, e))?;
         ctx.note("backend", backend);
-        if let Some(bytes) = device_peak.bytes() {
-            ctx.note("device_peak_bytes", bytes);
-        }
+        device_peak.note(ctx);
         ctx.note("parameters", parameter_count(&config));
         Ok(())
     }

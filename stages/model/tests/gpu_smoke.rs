@@ -179,7 +179,7 @@ fn the_device_peak_counts_what_the_gpu_held() {
         return;
     }
     let device = device_for(GPU);
-    let mut peak = device::DevicePeak::new(&device);
+    let peak = device::DevicePeak::new(&device);
     let held = Tensor::<2>::ones([1024, 1024], &device);
     // Wait for the tensor to exist on the device before reading the pools.
     assert_eq!(values(held.clone().sum())[0], (1024 * 1024) as f32);

@@ -82,16 +82,13 @@ pub fn write(
         "validation_bits_per_char_start": bits_at(0),
         "validation_bits_per_char_end": bits_at(steps as u64),
         "precision": ctx.params.str("precision")?,
-        "memory": memory(ctx, start, trainable, (outcome.world_size, outcome.device_peak_bytes))?,
+        "memory": memory(ctx, start, trainable, outcome)?,
     });
     if let (Some(stats), serde_json::Value::Object(extra)) = (stats.as_object_mut(), extra) {
         stats.extend(extra);
     }
     ctx.write_json("stats.json", &stats)?;
     ctx.note("backend", backend);
-    if let Some(bytes) = outcome.device_peak_bytes {
-        ctx.note("device_peak_bytes", bytes);
-    }
     ctx.note("final_loss", outcome.last_loss);
     if let Some(step) = outcome.resumed_from {
         ctx.note("resumed_from_step", step);
@@ -109,8 +106,9 @@ fn memory(
     ctx: &StageContext,
     start: &Start,
     trainable: &Trainable,
-    (world_size, device_peak_bytes): (usize, Option<u64>),
+    outcome: &Outcome,
 ) -> Result<serde_json::Value, StageError> {
+    let world_size = outcome.world_size;
     let held: &Held = &start.held;
     let trainable_bytes = held.trainable_bytes;
     let frozen: u64 = held.frozen_bytes.values().sum();
@@ -120,7 +118,7 @@ fn memory(
     let activations = crate::memory::activations_bytes(&start.config, trainable, rows, start.seq_len, checkpointed);
     Ok(serde_json::json!({
         "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
-        "device_peak_bytes": device_peak_bytes,
+        "device_peak_bytes": outcome.device_peak.note(ctx),
         "weights_trainable_bytes": trainable_bytes,
         "weights_frozen_bytes": held.frozen_bytes,
         "gradients_bytes": gradients,

@@ -189,8 +189,8 @@ pub struct Outcome {
     pub allreduce_seconds: f64,
     /// Of `seconds`, the optimizer's updates (AdamW over what trains).
     pub optimizer_seconds: f64,
-    /// The GPU's peak memory, sampled after every step (`None` on the CPU).
-    pub device_peak_bytes: Option<u64>,
+    /// The GPU's peak memory, sampled after every step (nothing on the CPU).
+    pub device_peak: babelflow_model::device::DevicePeak,
 }
 
 /// A batch's inputs, targets and loss weights as tensors on `device`.
@@ -390,7 +390,7 @@ pub fn train(
         )));
     }
 
-    let mut device_peak = babelflow_model::device::DevicePeak::new(device);
+    let device_peak = babelflow_model::device::DevicePeak::new(device);
     let mut order = Order::new(examples.len(), s.seed);
     let (earlier_seconds, started) = (pos.seconds, Instant::now());
     let mut allreduce_seconds = 0.0;
@@ -506,7 +506,6 @@ pub fn train(
         metrics.push(pos.step as u64, pos.tokens, "allreduce_s", "", allreduce_seconds);
     }
     let final_validation = evaluate(&model, s.steps, pos.tokens, &mut metrics);
-    device_peak.sample();
     Ok(Outcome {
         model,
         metrics,
@@ -519,6 +518,6 @@ pub fn train(
         world_size: ranks,
         allreduce_seconds,
         optimizer_seconds: pos.optimizer_seconds,
-        device_peak_bytes: device_peak.bytes(),
+        device_peak,
     })
 }

@@ -219,7 +219,7 @@ impl StageKind for ResizeVocab {
 
         let (device, backend) =
             babelflow_model::device::select(&ctx.device.backend, ctx.device.index).map_err(model_err)?;
-        let mut device_peak = babelflow_model::device::DevicePeak::new(&device);
+        let device_peak = babelflow_model::device::DevicePeak::new(&device);
         let (mut config, model) = hf::load(model_dir, &device).map_err(model_err)?;
         device_peak.sample();
         let model = babelflow_model::resize::resize(model, &mut config, &added, &device, &mut |matrix, old, d| {
@@ -253,9 +253,7 @@ impl StageKind for ResizeVocab {
         let bytes = serde_json::to_vec_pretty(&stats).map_err(|e| StageError::failed(e.to_string()))?;
         std::fs::write(&stats_path, bytes).map_err(|e| StageError::io(&stats_path, e))?;
         ctx.note("backend", backend);
-        if let Some(bytes) = device_peak.bytes() {
-            ctx.note("device_peak_bytes", bytes);
-        }
+        device_peak.note(ctx);
         ctx.note("vocab_size", config.vocab_size);
         ctx.note("init", init.name());
         ctx.note("new_rows_by", new_rows_by);
