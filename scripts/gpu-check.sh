@@ -36,6 +36,12 @@ echo "== calibrate on vulkan (the rates plan --estimate prices GPU time with)"
 timeout 150 babelflow calibrate --backend vulkan --store pipelines/examples/.babelflow 2>&1 | grep -v '^[▶✓]' |
   tee "$OUT/calibrate-vulkan.txt"
 
+# The memory plan checks a Vulkan instance against, read from the driver
+# (compare nvidia-smi's memory.total above).
+echo "== plan: the GPU's memory as its driver reports it"
+timeout 60 babelflow plan pipelines/examples/gpu-smoke.yaml --estimate 2>&1 | grep -i -E "priced on|memory|fit" |
+  tee "$OUT/plan-gpu-memory.txt"
+
 echo "== gpu-smoke recipe (pretrain d512 L8 on vulkan; perplexity in f32 and bf16)"
 timeout 150 babelflow run pipelines/examples/gpu-smoke.yaml 2>&1 | tail -25 | tee "$OUT/gpu-smoke.txt"
 python3 scripts/check_hf_transformers.py pipelines/examples/.babelflow gpu-smoke 2>&1 | tail -8 | tee "$OUT/hf-gpu-smoke.txt"

@@ -412,3 +412,37 @@ fn a_scoring_after_a_training_records_its_own_peak_not_the_trainings_freed_memor
         "the scoring of one short document recorded {scoring:.0} MiB, the training {training:.0} MiB"
     );
 }
+
+#[test]
+fn a_stage_on_a_second_gpu_is_priced_on_that_gpu_not_the_first() {
+    let p = Project::new();
+    seven_b_recipe(&p);
+    calibrated_cpu_and_vulkan(&p);
+    let out = p
+        .cmd(&[
+            "plan",
+            "r.yaml",
+            "--estimate",
+            "--json",
+            "--set",
+            "defaults.backend=auto",
+            "--set",
+            "stages.lora.device=1",
+        ])
+        // What a GPU build on a machine with GPUs picks (a CPU build can plan it).
+        .env("BURN_DEVICE", "vulkan")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The plan's device is the first GPU; the stage on the second has its
+    // own, whose memory may differ (a GPU build reads each from its driver).
+    assert_eq!(plan["estimate"]["device"]["name"], "this machine (auto)");
+    let full = estimate_of(&plan, "full");
+    assert!(full.get("device").is_none(), "{full:#}");
+    let lora = estimate_of(&plan, "lora");
+    assert_eq!(lora["device"]["name"], "this machine (auto, device 1)", "{lora:#}");
+    // Both on Vulkan's rate.
+    assert_eq!(lora["seconds_source"], "vulkan test");
+    assert_eq!(full["seconds_source"], "vulkan test");
+}

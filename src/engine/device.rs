@@ -217,6 +217,18 @@ fn like(kind: &str) -> &str {
     }
 }
 
+/// The memory of the GPU `backend` (resolved) opens as its device `index`,
+/// read once a process: `plan` and `run` ask for each backend, and each
+/// asking starts and stops a Vulkan instance.
+fn gpu_memory(backend: &str, index: usize) -> Result<babelflow_model::gpu_memory::GpuMemory, String> {
+    type Read = Result<babelflow_model::gpu_memory::GpuMemory, String>;
+    static READ: std::sync::Mutex<BTreeMap<(String, usize), Read>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut read = READ.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    read.entry((backend.to_string(), index))
+        .or_insert_with(|| babelflow_model::gpu_memory::gpu_memory(backend, index))
+        .clone()
+}
+
 /// The backend a recipe's `backend:` runs on here: `auto` as this build
 /// picks it on this machine (no device is opened), `flex` as `cpu`, the
 /// name `calibrate` stores a backend's throughput under.
@@ -273,13 +285,42 @@ impl Device {
         })
     }
 
-    /// This machine for `backend`: its RAM (a CPU backend's memory; a GPU's
-    /// is its own, see [`Device::gpu_memory_unknown`]), and the throughput
-    /// `babelflow calibrate` stored in `store_dir`, if any.
+    /// This machine for `backend`: its memory (the RAM for the CPU; for a
+    /// GPU, its device-local memory as its driver reports it, see
+    /// [`gpu_memory`]), and the throughput `babelflow calibrate` stored in
+    /// `store_dir`, if any.
     pub fn this_machine(backend: &str, store_dir: &Path) -> Device {
+        Self::this_machine_on(backend, 0, store_dir)
+    }
+
+    /// This machine for `backend`'s device `index` (a recipe's `device:`;
+    /// on the CPU there is one). Data-parallel ranks on their local GPUs
+    /// (`device: local`) are priced on device 0, taking a node's GPUs alike.
+    pub fn this_machine_on(backend: &str, index: usize, store_dir: &Path) -> Device {
         let resolved = resolve(backend);
         let on_gpu = resolved != "cpu";
-        let memory = if on_gpu { None } else { host_memory_bytes() };
+        let index = if on_gpu && index != crate::recipe::LOCAL_RANK_DEVICE {
+            index
+        } else {
+            0
+        };
+        let (memory, memory_source) = if on_gpu {
+            match gpu_memory(&resolved, index) {
+                Ok(gpu) => (
+                    Some(gpu.bytes),
+                    format!(
+                        "the largest device-local heap of {}, as its Vulkan driver reports it",
+                        gpu.device_name
+                    ),
+                ),
+                Err(why) => (None, Self::gpu_memory_unknown(&resolved, &why)),
+            }
+        } else {
+            match host_memory_bytes() {
+                Some(bytes) => (Some(bytes), "MemTotal of /proc/meminfo".into()),
+                None => (None, "unknown (not Linux): not checked".into()),
+            }
+        };
         let (calibration, unreadable) = match read_calibration(store_dir) {
             Ok(c) => (c, None),
             Err(e) => (BTreeMap::new(), Some(e)),
@@ -287,13 +328,12 @@ impl Device {
         // `auto` is priced as what it picks: the rates and the memory of one backend.
         let throughput = calibration.get(&resolved).cloned();
         Device {
-            name: format!("this machine ({backend})"),
-            memory_bytes: memory.unwrap_or(u64::MAX),
-            memory_source: match memory {
-                Some(_) => "MemTotal of /proc/meminfo".into(),
-                None if on_gpu => Self::gpu_memory_unknown(&resolved),
-                None => "unknown (not Linux): not checked".into(),
+            name: match index {
+                0 => format!("this machine ({backend})"),
+                n => format!("this machine ({backend}, device {n})"),
             },
+            memory_bytes: memory.unwrap_or(u64::MAX),
+            memory_source,
             throughput_hint: throughput.is_none().then(|| {
                 let why =
                     unreadable.unwrap_or_else(|| format!("no throughput measured for `{resolved}` in this store"));
@@ -317,12 +357,13 @@ impl Device {
     /// Why a GPU's memory is not checked on this machine: an instance on a
     /// GPU holds its weights, gradients and activations in the device's own
     /// memory, which this machine's RAM says nothing of (checked against
-    /// RAM, a 60 GiB training would "fit" a 24 GiB card on a 128 GiB host).
-    fn gpu_memory_unknown(backend: &str) -> String {
+    /// RAM, a 60 GiB training would "fit" a 24 GiB card on a 128 GiB host),
+    /// and `why` its driver did not say.
+    fn gpu_memory_unknown(backend: &str, why: &str) -> String {
         format!(
             "unknown: the `{backend}` device's own memory, not this machine's RAM, is what a GPU instance needs, \
-             and it is not read here, so nothing is checked against it; `--device` prices and checks a \
-             documented GPU (h100-80gb, a100-80gb, ...)"
+             and it could not be read ({why}), so nothing is checked against it; `--device` prices and checks \
+             a documented GPU (h100-80gb, a100-80gb, ...)"
         )
     }
 
@@ -611,6 +652,14 @@ mod tests {
             gpu.memory_source
         );
         assert!(gpu.memory_source.contains("--device"), "{}", gpu.memory_source);
+        // And says why it was not read: in a CPU build there is no driver to ask.
+        if !cfg!(feature = "wgpu") {
+            assert!(
+                gpu.memory_source.contains("this build has no GPU backend"),
+                "{}",
+                gpu.memory_source
+            );
+        }
         // Uncalibrated, it is told the backend to calibrate.
         let hint = gpu.throughput_hint.unwrap();
         assert!(hint.contains("babelflow calibrate --backend vulkan --store"), "{hint}");

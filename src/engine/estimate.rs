@@ -170,17 +170,27 @@ fn estimate_some(
     // Earlier runs price only the machine they ran on, and only what would
     // run: the store's manifests are read once, when first needed.
     let history = std::cell::OnceCell::new();
-    // This machine under each other backend the instances run on (`auto`
-    // that picks the plan's backend is the plan's).
-    let others: BTreeMap<&str, Device> = match (&device.backend, device.is_this_machine) {
-        (Some(planned_on), true) => graph
+    // This machine under each other backend and GPU the instances run on
+    // (`auto` that picks the plan's backend is the plan's; its device 0 is
+    // the plan's device).
+    let elsewhere = |inst: &&crate::recipe::Instance| match &device.backend {
+        Some(planned_on) => {
+            let resolved = super::device::resolve(&inst.backend);
+            resolved != *planned_on || (resolved != "cpu" && inst.device != 0)
+        }
+        None => false,
+    };
+    let others: BTreeMap<(&str, usize), Device> = match device.is_this_machine {
+        true => graph
             .instances
             .iter()
-            .map(|inst| inst.backend.as_str())
-            .filter(|b| super::device::resolve(b) != *planned_on)
-            .map(|b| (b, Device::this_machine(b, store.root())))
+            .filter(elsewhere)
+            .map(|inst| {
+                let on = Device::this_machine_on(&inst.backend, inst.device, store.root());
+                ((inst.backend.as_str(), inst.device), on)
+            })
             .collect(),
-        _ => BTreeMap::new(),
+        false => BTreeMap::new(),
     };
     let instances: Vec<InstanceCost> = planned
         .iter()
@@ -189,7 +199,7 @@ fn estimate_some(
         .map(|((p, inst), estimate)| {
             let estimate = estimate.unwrap_or_default();
             let processes = processes(inst);
-            let on = others.get(inst.backend.as_str());
+            let on = others.get(&(inst.backend.as_str(), inst.device));
             let device = on.unwrap_or(device);
             let mut cost = InstanceCost {
                 name: p.name.clone(),

@@ -9,6 +9,7 @@ pub mod estimate;
 pub mod fused;
 pub mod generate;
 pub mod gguf;
+pub mod gpu_memory;
 pub mod hf;
 pub mod llama;
 pub mod loss;

@@ -191,3 +191,27 @@ fn the_device_peak_counts_what_the_gpu_held() {
     assert!(with_tensor >= 4 << 20, "{with_tensor}");
     assert!(peak.bytes() >= Some(with_tensor));
 }
+
+/// `plan` checks a GPU instance against its device's memory, read from the
+/// Vulkan driver without opening the device: the device-local heap of the
+/// adapter burn opens (lavapipe's, which says 2 GiB, on a CPU-only
+/// machine), never this machine's RAM by another name.
+#[test]
+fn the_gpus_memory_is_read_from_its_driver() {
+    use babelflow_model::gpu_memory::gpu_memory;
+    if !gpu_runs_here("gpu memory") {
+        return;
+    }
+    let gpu = gpu_memory(GPU, 0).unwrap();
+    eprintln!("{GPU} device 0: {} with {} bytes", gpu.device_name, gpu.bytes);
+    assert!(gpu.bytes >= 256 << 20, "{gpu:?}");
+    if !device::gpu_driver_present() {
+        // Only Mesa's software driver: that is the adapter burn opens.
+        assert!(gpu.device_name.contains("llvmpipe"), "{gpu:?}");
+        // Device n > 0 is the n-th discrete GPU, which a CPU-only machine lacks.
+        let none = gpu_memory(GPU, 1).unwrap_err();
+        assert!(none.contains("discrete GPU 1") && none.contains("lists 0"), "{none}");
+    }
+    // The same answer each time (plan asks once a backend, run again).
+    assert_eq!(gpu_memory(GPU, 0).unwrap(), gpu);
+}
