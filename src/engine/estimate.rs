@@ -164,6 +164,9 @@ fn estimate_some(
             params: &inst.params,
             inputs,
             processes: processes(inst),
+            // On this machine, what its backend resolves to; a documented
+            // device is a GPU.
+            on_gpu: !device.is_this_machine || super::device::resolve(&inst.backend) != "cpu",
         };
         estimates[i] = Some(inst.kind.estimate(&ctx));
     }

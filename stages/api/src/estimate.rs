@@ -112,6 +112,10 @@ pub struct EstimateContext<'a> {
     /// Data-parallel processes the instance runs on (1 unless the kind is
     /// data-parallel and the recipe asks for more).
     pub processes: usize,
+    /// The instance runs on a GPU (its backend on this machine, or a
+    /// documented GPU it is priced on): burn's composed operations rather
+    /// than the CPU's fused kernels, which keep less for the backward pass.
+    pub on_gpu: bool,
 }
 
 impl EstimateContext<'_> {

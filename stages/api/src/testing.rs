@@ -119,6 +119,7 @@ pub fn estimate_kind(
         params: &params,
         inputs,
         processes: 1,
+        on_gpu: false,
     };
     Ok(kind.estimate(&ctx))
 }

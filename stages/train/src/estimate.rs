@@ -27,7 +27,7 @@ use babelflow_stage::{Estimate, EstimateContext};
 use burn::module::{ParamGroup, ParamId};
 use burn::tensor::DType;
 
-use crate::memory::activations_bytes;
+use crate::memory::{activations_bytes, Kernels};
 use crate::trainable::{Mode, Trainable, PROJECTIONS};
 use crate::trainer::Settings;
 
@@ -91,6 +91,7 @@ pub fn step_cost(
     rows: usize,
     seq_len: usize,
     checkpointed: bool,
+    kernels: Kernels,
 ) -> StepCost {
     let d = config.hidden_size as u64;
     let frozen_bytes = trainable.frozen_dtype.size() as u64;
@@ -159,7 +160,7 @@ pub fn step_cost(
             weights_bytes,
             gradients_bytes: 4 * trainable_parameters,
             optimizer_state_bytes: 8 * trainable_parameters,
-            activations_bytes: activations_bytes(config, trainable, rows, seq_len, checkpointed)
+            activations_bytes: activations_bytes(config, trainable, rows, seq_len, checkpointed, kernels)
                 + transient_bytes(config, trainable, rows, seq_len),
         },
         train_flops_per_token: forward + backward + recompute,
@@ -176,6 +177,8 @@ pub struct RunShape {
     pub grad_accum: usize,
     pub seq_len: usize,
     pub checkpointed: bool,
+    /// The CPU's fused kernels, or a GPU's composed operations.
+    pub kernels: Kernels,
     pub processes: usize,
     /// Sequences one evaluation reads over all validation sets.
     pub validation_rows: usize,
@@ -197,13 +200,29 @@ pub fn training_work(
     tokens_how: String,
 ) -> Work {
     let rows = run.batch.div_ceil(run.processes.max(1));
-    let cost = step_cost(config, base_vocab_size, trainable, rows, run.seq_len, run.checkpointed);
+    let cost = step_cost(
+        config,
+        base_vocab_size,
+        trainable,
+        rows,
+        run.seq_len,
+        run.checkpointed,
+        run.kernels,
+    );
     let tokens = (run.steps * run.grad_accum * run.batch * run.seq_len) as f64;
     let validation_tokens = (run.evaluations * run.validation_rows * run.seq_len) as f64;
     let peak = |trainable: &Trainable, rows: usize, checkpointed: bool| {
-        step_cost(config, base_vocab_size, trainable, rows, run.seq_len, checkpointed)
-            .memory
-            .total_bytes()
+        step_cost(
+            config,
+            base_vocab_size,
+            trainable,
+            rows,
+            run.seq_len,
+            checkpointed,
+            run.kernels,
+        )
+        .memory
+        .total_bytes()
     };
     let mut fit_options = Vec::new();
     let now = cost.memory.total_bytes();
@@ -343,6 +362,7 @@ pub fn estimate_training(
         grad_accum: settings.grad_accum,
         seq_len,
         checkpointed: settings.checkpoint_activations,
+        kernels: if ctx.on_gpu { Kernels::Composed } else { Kernels::Fused },
         processes: ctx.processes,
         validation_rows,
         evaluations: 2 + between(settings.steps, settings.eval_every),
@@ -380,7 +400,15 @@ mod tests {
     /// One step of one 512-token sequence of LLaMA-2-7B.
     fn cost_7b(mode: Mode, frozen_dtype: DType, checkpointed: bool) -> StepCost {
         let trainable = Trainable::new(mode, frozen_dtype);
-        step_cost(&LlamaConfig::llama_2_7b(), None, &trainable, 1, 512, checkpointed)
+        step_cost(
+            &LlamaConfig::llama_2_7b(),
+            None,
+            &trainable,
+            1,
+            512,
+            checkpointed,
+            Kernels::Fused,
+        )
     }
 
     #[test]
@@ -453,6 +481,7 @@ mod tests {
             1,
             512,
             false,
+            Kernels::Fused,
         );
         assert_eq!(cost.trainable_parameters, 2 * 17953 * 4096);
     }
@@ -473,7 +502,7 @@ mod tests {
     fn freeze_patterns_take_weights_out_of_what_trains() {
         let mut t = Trainable::new(Mode::Full, DType::F32);
         t.freeze = vec![r"^layers\.[0-9]\.".into()];
-        let cost = step_cost(&LlamaConfig::llama_2_7b(), None, &t, 1, 512, false);
+        let cost = step_cost(&LlamaConfig::llama_2_7b(), None, &t, 1, 512, false, Kernels::Fused);
         let per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096;
         assert_eq!(cost.trainable_parameters, N_7B - 10 * per_layer);
     }
@@ -486,6 +515,7 @@ mod tests {
             grad_accum: 4,
             seq_len: 512,
             checkpointed: true,
+            kernels: Kernels::Fused,
             processes,
             validation_rows: 0,
             evaluations: 0,
@@ -495,7 +525,7 @@ mod tests {
         };
         let config = LlamaConfig::llama_2_7b();
         let lora = Trainable::new(lora_qkvo(), DType::BF16);
-        let adapters = step_cost(&config, None, &lora, 1, 512, true).trainable_parameters;
+        let adapters = step_cost(&config, None, &lora, 1, 512, true, Kernels::Fused).trainable_parameters;
         let work = |processes| training_work(&config, None, &lora, &run(processes), String::new());
         // f32 gradients of the adapters alone, once per optimizer step
         // (not per micro-batch): 10 × 4 bytes × 4.2 M.

@@ -115,7 +115,9 @@ fn memory(
     let (gradients, optimizer) = (trainable_bytes, 2 * trainable_bytes);
     let rows = ctx.params.usize("batch_size")?.div_ceil(world_size.max(1));
     let checkpointed = ctx.params.bool("checkpoint_activations")?;
-    let activations = crate::memory::activations_bytes(&start.config, trainable, rows, start.seq_len, checkpointed);
+    let kernels = crate::memory::Kernels::on(&start.backend);
+    let activations =
+        crate::memory::activations_bytes(&start.config, trainable, rows, start.seq_len, checkpointed, kernels);
     Ok(serde_json::json!({
         "peak_rss_bytes": babelflow_stage::memory::peak_rss_bytes(),
         "device_peak_bytes": outcome.device_peak.note(ctx),
