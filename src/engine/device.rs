@@ -229,6 +229,18 @@ fn gpu_memory(backend: &str, index: usize) -> Result<babelflow_model::gpu_memory
         .clone()
 }
 
+/// The device an instance on `resolved` runs on, as priced: its `device:`
+/// on a GPU, where data-parallel ranks on their local GPUs (`device:
+/// local`) are priced on device 0, taking a node's GPUs alike; the CPU is
+/// one device whatever the recipe says.
+pub fn device_index(resolved: &str, index: usize) -> usize {
+    if resolved != "cpu" && index != crate::recipe::LOCAL_RANK_DEVICE {
+        index
+    } else {
+        0
+    }
+}
+
 /// The backend a recipe's `backend:` runs on here: `auto` as this build
 /// picks it on this machine (no device is opened), `flex` as `cpu`, the
 /// name `calibrate` stores a backend's throughput under.
@@ -293,28 +305,14 @@ impl Device {
         Self::this_machine_on(backend, 0, store_dir)
     }
 
-    /// This machine for `backend`'s device `index` (a recipe's `device:`;
-    /// on the CPU there is one). Data-parallel ranks on their local GPUs
-    /// (`device: local`) are priced on device 0, taking a node's GPUs alike.
+    /// This machine for `backend`'s device `index` (a recipe's `device:`,
+    /// taken as [`device_index`] takes it).
     pub fn this_machine_on(backend: &str, index: usize, store_dir: &Path) -> Device {
         let resolved = resolve(backend);
         let on_gpu = resolved != "cpu";
-        let index = if on_gpu && index != crate::recipe::LOCAL_RANK_DEVICE {
-            index
-        } else {
-            0
-        };
+        let index = device_index(&resolved, index);
         let (memory, memory_source) = if on_gpu {
-            match gpu_memory(&resolved, index) {
-                Ok(gpu) => (
-                    Some(gpu.bytes),
-                    format!(
-                        "the largest device-local heap of {}, as its Vulkan driver reports it",
-                        gpu.device_name
-                    ),
-                ),
-                Err(why) => (None, Self::gpu_memory_unknown(&resolved, &why)),
-            }
+            Self::gpu_memory_of(&resolved, gpu_memory(&resolved, index))
         } else {
             match host_memory_bytes() {
                 Some(bytes) => (Some(bytes), "MemTotal of /proc/meminfo".into()),
@@ -351,6 +349,24 @@ impl Device {
             throughput,
             is_this_machine: true,
             backend: Some(resolved),
+        }
+    }
+
+    /// A GPU's memory and where it came from: what its driver reported,
+    /// or why nothing is checked against it.
+    fn gpu_memory_of(
+        backend: &str,
+        read: Result<babelflow_model::gpu_memory::GpuMemory, String>,
+    ) -> (Option<u64>, String) {
+        match read {
+            Ok(gpu) => (
+                Some(gpu.bytes),
+                format!(
+                    "the largest device-local heap of {}, as its Vulkan driver reports it",
+                    gpu.device_name
+                ),
+            ),
+            Err(why) => (None, Self::gpu_memory_unknown(backend, &why)),
         }
     }
 
@@ -666,6 +682,33 @@ mod tests {
         // The CPU's memory is the RAM.
         let host = Device::this_machine("cpu", &dir);
         assert!(host.memory_bytes < u64::MAX && host.memory_source.contains("MemTotal"));
+    }
+
+    #[test]
+    fn a_gpus_memory_is_what_its_driver_reported_and_else_says_why_not() {
+        let h100 = babelflow_model::gpu_memory::GpuMemory {
+            device_name: "NVIDIA H100 80GB HBM3".into(),
+            bytes: 85_520_809_984,
+        };
+        let (bytes, source) = Device::gpu_memory_of("vulkan", Ok(h100));
+        assert_eq!(bytes, Some(85_520_809_984));
+        assert!(
+            source.contains("NVIDIA H100 80GB HBM3") && source.contains("Vulkan driver"),
+            "{source}"
+        );
+        let (bytes, source) = Device::gpu_memory_of("vulkan", Err("no Vulkan loader: libvulkan.so.1".into()));
+        assert_eq!(bytes, None);
+        assert!(
+            source.contains("no Vulkan loader") && source.contains("--device"),
+            "{source}"
+        );
+    }
+
+    #[test]
+    fn local_rank_gpus_and_the_cpu_are_priced_as_device_0() {
+        assert_eq!(device_index("vulkan", 1), 1);
+        assert_eq!(device_index("vulkan", crate::recipe::LOCAL_RANK_DEVICE), 0);
+        assert_eq!(device_index("cpu", 3), 0);
     }
 
     #[test]

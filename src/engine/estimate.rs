@@ -176,24 +176,19 @@ fn estimate_some(
     // This machine under each other backend and GPU the instances run on
     // (`auto` that picks the plan's backend is the plan's; its device 0 is
     // the plan's device).
-    let elsewhere = |inst: &&crate::recipe::Instance| match &device.backend {
-        Some(planned_on) => {
-            let resolved = super::device::resolve(&inst.backend);
-            resolved != *planned_on || (resolved != "cpu" && inst.device != 0)
-        }
-        None => false,
-    };
-    let others: BTreeMap<(&str, usize), Device> = match device.is_this_machine {
-        true => graph
+    fn on_device(inst: &crate::recipe::Instance) -> (&str, usize) {
+        let index = super::device::device_index(&super::device::resolve(&inst.backend), inst.device);
+        (inst.backend.as_str(), index)
+    }
+    let others: BTreeMap<(&str, usize), Device> = match &device.backend {
+        Some(planned_on) if device.is_this_machine => graph
             .instances
             .iter()
-            .filter(elsewhere)
-            .map(|inst| {
-                let on = Device::this_machine_on(&inst.backend, inst.device, store.root());
-                ((inst.backend.as_str(), inst.device), on)
-            })
+            .map(on_device)
+            .filter(|&(backend, index)| super::device::resolve(backend) != *planned_on || index != 0)
+            .map(|(backend, index)| ((backend, index), Device::this_machine_on(backend, index, store.root())))
             .collect(),
-        false => BTreeMap::new(),
+        _ => BTreeMap::new(),
     };
     let instances: Vec<InstanceCost> = planned
         .iter()
@@ -202,7 +197,7 @@ fn estimate_some(
         .map(|((p, inst), estimate)| {
             let estimate = estimate.unwrap_or_default();
             let processes = processes(inst);
-            let on = others.get(&(inst.backend.as_str(), inst.device));
+            let on = others.get(&on_device(inst));
             let device = on.unwrap_or(device);
             let mut cost = InstanceCost {
                 name: p.name.clone(),

@@ -50,8 +50,9 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// What runs on `backend` (a recipe's backend resolved, or the name a
-    /// device was opened as: `cpu (flex)`, `wgpu:0`).
+    /// What runs on `backend`, the name a device was opened as
+    /// (`babelflow_model::device::select`: `cpu (flex)`, `wgpu:0`), or a
+    /// resolved recipe backend (`cpu`, `vulkan`).
     pub fn on(backend: &str) -> Kernels {
         if backend == "cpu" || backend == "flex" || backend.starts_with("cpu ") {
             Kernels::Fused
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_cpu_runs_the_fused_kernels_and_anything_else_the_composed_ones() {
-        for cpu in ["cpu", "flex", "cpu (flex)"] {
+        for cpu in ["cpu", "flex", "cpu (flex)", "cpu (flex; no usable GPU adapter)"] {
             assert_eq!(Kernels::on(cpu), Kernels::Fused, "{cpu}");
         }
         for gpu in ["wgpu", "vulkan", "cuda", "wgpu:0", "vulkan:1"] {
