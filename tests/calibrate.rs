@@ -54,6 +54,23 @@ fn calibration_measures_each_width_and_plan_prices_time_with_it() {
         let update = r.optimizer_seconds_per_update;
         assert!(update > 1e-10 && update < 1e-6, "{r:?}");
     }
+    // The smallest width's training, under a second, is the median of its
+    // run in the calibration and its runs in processes of their own; a
+    // wider one's is its one run.
+    let runs: Vec<usize> = calibration.measured.iter().map(|m| m.train_rates.len()).collect();
+    assert_eq!(runs, [6, 1]);
+    let smallest = &calibration.measured[0];
+    let mut sorted = smallest.train_rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(
+        smallest.rate.train_flops_per_s,
+        (sorted[2] + sorted[3]) / 2.0,
+        "{sorted:?}"
+    );
+    assert_eq!(
+        calibration.measured[1].rate.train_flops_per_s,
+        calibration.measured[1].train_rates[0]
+    );
     assert!(calibration.throughput.io_bytes_per_s > 1e6);
     assert!(calibration.throughput.overhead_s.contains_key("pretrain"));
     // Scoring's cost besides its passes: fixed, and per token read (fitted over the three batch sizes).

@@ -52,7 +52,22 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
     println!(
         "  width  train FLOP/s  AdamW ns/weight  forward FLOP/s  train time  scoring time  forward FLOP/s by rows a pass"
     );
+    let mut spread = None;
     for m in &calibration.measured {
+        let (slowest, fastest) = m
+            .train_rates
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        if m.train_rates.len() > 1 {
+            spread = Some(format!(
+                "  training at width {}: the median of {} runs, {}FLOP/s to {}FLOP/s ({:.0} % apart: the machine's speed varies; so do estimates priced by it)",
+                m.rate.hidden_size,
+                m.train_rates.len(),
+                si(slowest),
+                si(fastest),
+                (fastest / slowest - 1.0) * 100.0
+            ));
+        }
         let by_rows: Vec<String> = m
             .rate
             .forward_by_rows
@@ -69,6 +84,9 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
             duration(m.score_seconds),
             by_rows.join(", ")
         );
+    }
+    if let Some(spread) = spread {
+        println!("{spread}");
     }
     let t = &calibration.throughput;
     println!("  disk: {}B/s written", si(t.io_bytes_per_s));

@@ -83,7 +83,13 @@ pub enum CalibrateError {
 /// What one width measured.
 #[derive(Debug, Clone)]
 pub struct Measured {
+    /// At the smallest width, training's FLOP/s is the median of
+    /// `train_rates`.
     pub rate: Rate,
+    /// Training's FLOP/s in each run of this width's training: one, or at
+    /// the smallest width its runs in processes of their own too (how much
+    /// the machine's speed moved during the calibration).
+    pub train_rates: Vec<f64>,
     pub train_seconds: f64,
     pub score_seconds: f64,
 }
@@ -312,6 +318,20 @@ fn forward_rate(work: &babelflow_stage::estimate::Work, stats: &serde_json::Valu
     (seconds, per_token * scored_tokens / seconds)
 }
 
+/// A training instance's (FLOP/s of its steps, seconds of its optimizer a
+/// weight updated) from its stats.json. The optimizer's updates, timed by the
+/// trainer, are apart: they cost per weight trained, not per token, so a run
+/// with more tokens a step than these spends a smaller share of its time on
+/// them.
+fn training_rate(work: &babelflow_stage::estimate::Work, stats: &serde_json::Value) -> (f64, f64) {
+    let seconds = stats["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+    let optimizer_seconds = stats["optimizer_seconds"].as_f64().unwrap_or(0.0).clamp(0.0, seconds);
+    (
+        (work.train_flops + work.forward_flops) / (seconds - optimizer_seconds).max(1e-6),
+        optimizer_seconds / work.optimizer_updates.max(1.0),
+    )
+}
+
 /// Costs below this are weighed as this in [`line_through`]: a timer's resolution.
 const LEAST_COST_S: f64 = 1e-3;
 
@@ -499,22 +519,16 @@ pub fn calibrate(
         }
         forward_by_rows.sort_by_key(|r| r.rows);
         forward_by_rows.dedup_by_key(|r| r.rows);
-        // The optimizer's updates, timed by the trainer, apart: they cost
-        // per weight trained, not per token, so a run with more tokens a step
-        // than these spends a smaller share of its time on them.
-        let optimizer_seconds = train_stats["optimizer_seconds"]
-            .as_f64()
-            .unwrap_or(0.0)
-            .clamp(0.0, train_seconds);
+        let (train_flops_per_s, optimizer_seconds_per_update) = training_rate(train_work, &train_stats);
         let rate = Rate {
             hidden_size: width,
-            train_flops_per_s: (train_work.train_flops + train_work.forward_flops)
-                / (train_seconds - optimizer_seconds).max(1e-6),
+            train_flops_per_s,
             forward_flops_per_s,
             forward_by_rows,
-            optimizer_seconds_per_update: optimizer_seconds / train_work.optimizer_updates.max(1.0),
+            optimizer_seconds_per_update,
         };
         measured.push(Measured {
+            train_rates: vec![rate.train_flops_per_s],
             rate,
             train_seconds,
             score_seconds,
@@ -550,6 +564,25 @@ pub fn calibrate(
                 None => of_this.extend(record(&name)),
             }
             runs.insert(name, of_this);
+        }
+    }
+    // The smallest width's training, well under a second, is timed again
+    // in each of its runs alone: its rate prices every toy training, and one
+    // run of it moves by ±12 % from one calibration to the next here.
+    if let (Some(width), Some(first)) = (small, measured.first_mut()) {
+        let name = format!("train_{width}");
+        // (The store's stats.json is now the last run's: the in-process
+        // run's rate is the one measured above.)
+        if let (Ok((cost, _)), Some(alone)) = (find(&name), runs.get(&name)) {
+            if let Some(work) = &cost.work {
+                let in_process = (first.rate.train_flops_per_s, first.rate.optimizer_seconds_per_update);
+                let samples: Vec<(f64, f64)> = std::iter::once(in_process)
+                    .chain(alone.iter().map(|(_, stats, _)| training_rate(work, stats)))
+                    .collect();
+                first.train_rates = samples.iter().map(|s| s.0).collect();
+                first.rate.train_flops_per_s = super::history::median(first.train_rates.clone());
+                first.rate.optimizer_seconds_per_update = super::history::median(samples.iter().map(|s| s.1).collect());
+            }
         }
     }
     // At the smallest width, what each kind holds and takes beyond its work
