@@ -7,7 +7,7 @@
 //! runs it one instance at a time, and divides each instance's FLOPs (from
 //! the same estimate `plan --estimate` makes) by the seconds its stats.json
 //! reports. What an instance took beyond that is its kind's fixed cost.
-//! Disk speed comes from writing a 256 MiB file. The result goes into the store's
+//! Disk speed comes from writing a 256 MiB file three times (the median). The result goes into the store's
 //! `calibration.json`, under the backend.
 
 use std::collections::BTreeMap;
@@ -18,9 +18,10 @@ use std::time::Instant;
 
 use babelflow_stage::CancelFlag;
 
-use super::device::{read_calibration, Device, Rate, RowsRate, Throughput, CALIBRATION_FILE};
+use super::device::{read_calibration, Device, CALIBRATION_FILE};
 use super::progress::Progress;
 use super::scheduler::SchedulerOptions;
+use super::throughput::{Rate, RowsRate, Throughput};
 use super::{Outcome, Pipeline, Selection};
 use crate::executor::Executor;
 use crate::registry::Registry;
@@ -55,6 +56,9 @@ pub const WIDTHS: &[Width] = &[
 
 /// Bytes written to measure the disk.
 const DISK_PROBE_BYTES: usize = 256 << 20;
+
+/// Writes of [`DISK_PROBE_BYTES`] timed, for their median.
+const DISK_PROBES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -487,7 +491,15 @@ pub fn calibrate(
         let stats = read_json(&store, fingerprint, "stats.json").ok_or_else(|| missing("wrote no stats.json"))?;
         Ok((&cost.instances[index], stats))
     };
-    let io_rate = disk_bytes_per_s(scratch).map_err(io)?;
+    // One write of the probe read 0.47 GB/s here where five others read
+    // 4.9 to 6.4 (the page cache flushing what the calibration wrote):
+    // the median of three.
+    let io_rate = super::history::median(
+        (0..DISK_PROBES)
+            .map(|_| disk_bytes_per_s(scratch))
+            .collect::<std::io::Result<Vec<f64>>>()
+            .map_err(io)?,
+    );
     let mut measured = Vec::new();
     for &Width { hidden_size: width, .. } in widths {
         let (train, train_stats) = find(&format!("train_{width}"))?;

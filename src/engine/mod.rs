@@ -9,6 +9,7 @@ pub mod history;
 pub mod plan;
 pub mod progress;
 pub mod scheduler;
+pub mod throughput;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
