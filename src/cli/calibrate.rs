@@ -54,11 +54,9 @@ pub fn calibrate(registry: &Registry, store: Option<PathBuf>, backend: &str) -> 
     );
     let mut spread = None;
     for m in &calibration.measured {
-        let (slowest, fastest) = m
-            .train_rates
-            .iter()
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         if m.train_rates.len() > 1 {
+            let slowest = m.train_rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let fastest = m.train_rates.iter().copied().fold(0.0, f64::max);
             spread = Some(format!(
                 "  training at width {}: the median of {} runs, {}FLOP/s to {}FLOP/s ({:.0} % apart: the machine's speed varies; so do estimates priced by it)",
                 m.rate.hidden_size,

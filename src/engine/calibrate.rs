@@ -501,6 +501,8 @@ pub fn calibrate(
             .map_err(io)?,
     );
     let mut measured = Vec::new();
+    // The smallest width's training work, to rate its runs alone below.
+    let mut small_train_work = None;
     for &Width { hidden_size: width, .. } in widths {
         let (train, train_stats) = find(&format!("train_{width}"))?;
         let (score, score_stats) = find(&format!("score_{width}"))?;
@@ -532,6 +534,7 @@ pub fn calibrate(
         forward_by_rows.sort_by_key(|r| r.rows);
         forward_by_rows.dedup_by_key(|r| r.rows);
         let (train_flops_per_s, optimizer_seconds_per_update) = training_rate(train_work, &train_stats);
+        small_train_work.get_or_insert_with(|| train_work.clone());
         let rate = Rate {
             hidden_size: width,
             train_flops_per_s,
@@ -581,20 +584,15 @@ pub fn calibrate(
     // The smallest width's training, well under a second, is timed again
     // in each of its runs alone: its rate prices every toy training, and one
     // run of it moves by ±12 % from one calibration to the next here.
-    if let (Some(width), Some(first)) = (small, measured.first_mut()) {
-        let name = format!("train_{width}");
-        // (The store's stats.json is now the last run's: the in-process
-        // run's rate is the one measured above.)
-        if let (Ok((cost, _)), Some(alone)) = (find(&name), runs.get(&name)) {
-            if let Some(work) = &cost.work {
-                let in_process = (first.rate.train_flops_per_s, first.rate.optimizer_seconds_per_update);
-                let samples: Vec<(f64, f64)> = std::iter::once(in_process)
-                    .chain(alone.iter().map(|(_, stats, _)| training_rate(work, stats)))
-                    .collect();
-                first.train_rates = samples.iter().map(|s| s.0).collect();
-                first.rate.train_flops_per_s = super::history::median(first.train_rates.clone());
-                first.rate.optimizer_seconds_per_update = super::history::median(samples.iter().map(|s| s.1).collect());
-            }
+    if let (Some(width), Some(first), Some(work)) = (small, measured.first_mut(), &small_train_work) {
+        if let Some(alone) = runs.get(&format!("train_{width}")) {
+            let in_process = (first.rate.train_flops_per_s, first.rate.optimizer_seconds_per_update);
+            let samples: Vec<(f64, f64)> = std::iter::once(in_process)
+                .chain(alone.iter().map(|(_, stats, _)| training_rate(work, stats)))
+                .collect();
+            first.train_rates = samples.iter().map(|s| s.0).collect();
+            first.rate.train_flops_per_s = super::history::median(first.train_rates.clone());
+            first.rate.optimizer_seconds_per_update = super::history::median(samples.iter().map(|s| s.1).collect());
         }
     }
     // At the smallest width, what each kind holds and takes beyond its work
